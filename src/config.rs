@@ -1,0 +1,498 @@
+//! Configuration: one TOML file, every key overridable by an environment
+//! variable (`SLUICE_<SECTION>_<KEY>`), the common keys by a flag.
+//!
+//! Precedence, lowest first: built-in defaults, the file, the environment, flags.
+//! Every bound carries its unit in its name (`_ms`, `_bytes`, `_max`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+/// When a request is answered `202 Accepted`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After Kafka acknowledged every event with `acks=all`.
+    Durable,
+    /// Once the events are handed to the producer queue; lost if the process dies.
+    Enqueued,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole configuration, as read from TOML.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub kafka: KafkaConfig,
+    /// Run with librdkafka's in-process mock cluster and a generated dev key.
+    pub dev: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address every core listens on (SO_REUSEPORT).
+    pub listen: String,
+    /// Event-loop cores; 0 means one per available CPU.
+    pub cores: usize,
+    /// Pin each event loop to its own CPU.
+    pub pin_cores: bool,
+    /// Open connections per core; beyond it new connections get 503 and are closed.
+    pub connections_per_core_max: usize,
+    pub ack_mode: AckMode,
+    /// Per-request delivery deadline; past it the request gets 503.
+    pub delivery_timeout_ms: u64,
+    /// Time allowed on SIGTERM for in-flight requests and producer flushes.
+    pub drain_timeout_ms: u64,
+    /// From the first byte of a request until its head is complete (else 408).
+    pub header_read_timeout_ms: u64,
+    /// From the end of the head until the body is complete (else 408).
+    pub body_read_timeout_ms: u64,
+    /// Idle keep-alive connection lifetime between requests.
+    pub idle_timeout_ms: u64,
+    pub log_format: LogFormat,
+    /// Failed-request log lines per second per core; the rest are counted, not logged.
+    pub error_logs_per_second_max: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// TOML file of API keys; reloaded on change and on SIGHUP.
+    pub keys_file: PathBuf,
+    /// How often the keys file is checked for changes.
+    pub reload_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Request line plus headers (431 beyond).
+    pub header_bytes_max: usize,
+    /// Body bytes on the wire (413 beyond).
+    pub body_bytes_max: usize,
+    /// Body bytes after gzip decompression (413 beyond).
+    pub decompressed_body_bytes_max: usize,
+    /// Events in one batch request (413 beyond).
+    pub batch_events_max: usize,
+    /// Bytes of one event as sent (413 beyond); below Kafka's message.max.bytes.
+    pub event_bytes_max: usize,
+    /// Nesting depth allowed inside `properties`.
+    pub properties_depth_max: usize,
+    /// How far in the past `event_time` may be.
+    pub event_time_past_ms: u64,
+    /// How far in the future `event_time` may be.
+    pub event_time_future_ms: u64,
+    /// Event bytes awaiting Kafka per core; beyond it requests get 503.
+    pub inflight_bytes_per_core_max: usize,
+    /// Requests awaiting Kafka per core; beyond it requests get 503.
+    pub inflight_requests_per_core_max: usize,
+    /// Kafka records (events and dead letters) awaiting delivery per core;
+    /// beyond it requests get 503. Sizes each core's completion queue.
+    pub inflight_events_per_core_max: usize,
+    /// Bytes of an invalid event copied into its dead-letter record.
+    pub dlq_raw_bytes_max: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated bootstrap brokers.
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    /// Dedicated producer threads (each owns one librdkafka producer).
+    pub producer_threads: usize,
+    pub linger_ms: u64,
+    /// librdkafka `batch.size`.
+    pub batch_bytes: usize,
+    /// none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// Request batches queued between the cores and the producer threads.
+    pub queue_batches_max: usize,
+    /// How often Kafka metadata is fetched for readiness.
+    pub health_interval_ms: u64,
+    /// librdkafka properties passed through verbatim; they win over ours.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            kafka: KafkaConfig::default(),
+            dev: false,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8080".into(),
+            cores: 0,
+            pin_cores: true,
+            connections_per_core_max: 20_000,
+            ack_mode: AckMode::Durable,
+            delivery_timeout_ms: 5_000,
+            drain_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            log_format: LogFormat::Text,
+            error_logs_per_second_max: 20,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            keys_file: PathBuf::from("keys.toml"),
+            reload_interval_ms: 1_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_bytes_max: 16 * 1024,
+            body_bytes_max: 4 * 1024 * 1024,
+            decompressed_body_bytes_max: 16 * 1024 * 1024,
+            batch_events_max: 1_000,
+            event_bytes_max: 512 * 1024,
+            properties_depth_max: 16,
+            event_time_past_ms: 7 * 24 * 3_600_000,
+            event_time_future_ms: 10 * 60_000,
+            inflight_bytes_per_core_max: 64 * 1024 * 1024,
+            inflight_requests_per_core_max: 16_384,
+            inflight_events_per_core_max: 262_144,
+            dlq_raw_bytes_max: 8 * 1024,
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "events_raw".into(),
+            dlq_topic: "events_dlq".into(),
+            producer_threads: 1,
+            linger_ms: 5,
+            batch_bytes: 1_000_000,
+            compression: "lz4".into(),
+            queue_batches_max: 8_192,
+            health_interval_ms: 1_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Flags given on the command line; `None` leaves the key as configured.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub cores: Option<usize>,
+    pub brokers: Option<String>,
+    pub topic: Option<String>,
+    pub dlq_topic: Option<String>,
+    pub keys_file: Option<PathBuf>,
+    pub ack_mode: Option<String>,
+    pub log_format: Option<String>,
+    pub dev: bool,
+}
+
+/// Environment variable prefix.
+pub const ENV_PREFIX: &str = "SLUICE_";
+
+impl Config {
+    /// Builds the effective configuration from defaults, file, environment and flags.
+    pub fn load(
+        overrides: &Overrides,
+        environment: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let mut table = match &overrides.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (section, key) in Self::keys() {
+            let name = env_name(&section, &key);
+            if let Some(raw) = environment(&name) {
+                let value = parse_env_value(&raw);
+                section_table(&mut table, &section)?.insert(key, value);
+            }
+        }
+        apply_flags(&mut table, overrides)?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every (section, key) pair, for environment overrides and `--help`.
+    pub fn keys() -> Vec<(String, String)> {
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        let mut keys = Vec::new();
+        for (section, value) in defaults {
+            match value {
+                toml::Value::Table(inner) => {
+                    for (key, value) in inner {
+                        if !value.is_table() {
+                            keys.push((section.clone(), key));
+                        }
+                    }
+                }
+                _ => keys.push((String::new(), section)),
+            }
+        }
+        keys
+    }
+
+    /// The environment variables that override keys, one per line, for `--help`.
+    pub fn environment_help() -> String {
+        let mut out = String::from("Environment overrides (each key of the TOML file):\n");
+        for (section, key) in Self::keys() {
+            let shown = if section.is_empty() {
+                key.clone()
+            } else {
+                format!("{section}.{key}")
+            };
+            let _ = writeln!(out, "  {:<48} {}", env_name(&section, &key), shown);
+        }
+        out
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.listen_address()?;
+        let limits = &self.limits;
+        if limits.event_bytes_max > limits.decompressed_body_bytes_max {
+            bail!("limits.event_bytes_max must not exceed limits.decompressed_body_bytes_max");
+        }
+        if limits.body_bytes_max > limits.decompressed_body_bytes_max {
+            bail!("limits.body_bytes_max must not exceed limits.decompressed_body_bytes_max");
+        }
+        if limits.header_bytes_max < 256 {
+            bail!("limits.header_bytes_max must be at least 256");
+        }
+        if limits.batch_events_max == 0 || limits.inflight_requests_per_core_max == 0 {
+            bail!("limits.batch_events_max and inflight_requests_per_core_max must be positive");
+        }
+        if limits.inflight_requests_per_core_max > crate::kafka::handoff::SLOTS_PER_CORE_MAX {
+            bail!(
+                "limits.inflight_requests_per_core_max must be at most {}",
+                crate::kafka::handoff::SLOTS_PER_CORE_MAX
+            );
+        }
+        if limits.inflight_events_per_core_max < limits.batch_events_max {
+            bail!("limits.inflight_events_per_core_max must be at least limits.batch_events_max");
+        }
+        if self.server.cores > crate::kafka::handoff::CORES_MAX {
+            bail!(
+                "server.cores must be at most {}",
+                crate::kafka::handoff::CORES_MAX
+            );
+        }
+        if self.kafka.producer_threads == 0 {
+            bail!("kafka.producer_threads must be at least 1");
+        }
+        if self.server.delivery_timeout_ms < 100 {
+            bail!("server.delivery_timeout_ms must be at least 100");
+        }
+        match self.kafka.compression.as_str() {
+            "none" | "gzip" | "snappy" | "lz4" | "zstd" => {}
+            other => {
+                bail!("kafka.compression {other:?} is not one of none, gzip, snappy, lz4, zstd")
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed listen address.
+    pub fn listen_address(&self) -> anyhow::Result<SocketAddr> {
+        self.server
+            .listen
+            .parse()
+            .with_context(|| format!("server.listen {:?} is not an address", self.server.listen))
+    }
+
+    /// The configuration as TOML with secrets masked, for the start-up log.
+    pub fn masked_summary(&self) -> String {
+        let mut copy = self.clone();
+        for (name, value) in copy.kafka.properties.iter_mut() {
+            if is_secret_property(name) {
+                *value = "***".into();
+            }
+        }
+        let text = toml::to_string(&copy).unwrap_or_default();
+        text.split('\n')
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn is_secret_property(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["password", "secret", "key", "token", "jaas"]
+        .iter()
+        .any(|s| lower.contains(s))
+}
+
+fn env_name(section: &str, key: &str) -> String {
+    let path = if section.is_empty() {
+        key.to_string()
+    } else {
+        format!("{section}_{key}")
+    };
+    format!("{ENV_PREFIX}{}", path.to_ascii_uppercase())
+}
+
+/// An environment value is read as a TOML value when it parses as one
+/// (numbers, booleans, arrays), otherwise as a plain string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut table) => table
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn section_table<'t>(
+    table: &'t mut toml::Table,
+    section: &str,
+) -> anyhow::Result<&'t mut toml::Table> {
+    if section.is_empty() {
+        return Ok(table);
+    }
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(inner) => Ok(inner),
+        _ => bail!("configuration key {section} must be a table"),
+    }
+}
+
+fn apply_flags(table: &mut toml::Table, flags: &Overrides) -> anyhow::Result<()> {
+    let mut set = |section: &str, key: &str, value: toml::Value| -> anyhow::Result<()> {
+        section_table(table, section)?.insert(key.into(), value);
+        Ok(())
+    };
+    if let Some(v) = &flags.listen {
+        set("server", "listen", v.clone().into())?;
+    }
+    if let Some(v) = flags.cores {
+        set("server", "cores", toml::Value::Integer(v as i64))?;
+    }
+    if let Some(v) = &flags.ack_mode {
+        set("server", "ack_mode", v.clone().into())?;
+    }
+    if let Some(v) = &flags.log_format {
+        set("server", "log_format", v.clone().into())?;
+    }
+    if let Some(v) = &flags.brokers {
+        set("kafka", "brokers", v.clone().into())?;
+    }
+    if let Some(v) = &flags.topic {
+        set("kafka", "topic", v.clone().into())?;
+    }
+    if let Some(v) = &flags.dlq_topic {
+        set("kafka", "dlq_topic", v.clone().into())?;
+    }
+    if let Some(v) = &flags.keys_file {
+        set("auth", "keys_file", v.display().to_string().into())?;
+    }
+    if flags.dev {
+        set("", "dev", true.into())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_environment() {
+        let dir = std::env::temp_dir().join(format!("sluice-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\ntopic = \"from_file\"\nlinger_ms = 7\n[server]\ncores = 3\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            config: Some(path),
+            cores: Some(2),
+            ..Default::default()
+        };
+        let env = |name: &str| match name {
+            "SLUICE_KAFKA_LINGER_MS" => Some("9".to_string()),
+            "SLUICE_SERVER_CORES" => Some("5".to_string()),
+            "SLUICE_KAFKA_BROKERS" => Some("b1:9092,b2:9092".to_string()),
+            _ => None,
+        };
+        let config = Config::load(&overrides, env).unwrap();
+        assert_eq!(config.kafka.topic, "from_file");
+        assert_eq!(config.kafka.linger_ms, 9);
+        assert_eq!(config.kafka.brokers, "b1:9092,b2:9092");
+        assert_eq!(config.server.cores, 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = std::env::temp_dir().join(format!("sluice-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[kafka]\ntopik = \"x\"\n").unwrap();
+        let overrides = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(Config::load(&overrides, |_| None).is_err());
+        let overrides = Overrides {
+            ack_mode: Some("sometimes".into()),
+            ..Default::default()
+        };
+        assert!(Config::load(&overrides, |_| None).is_err());
+    }
+
+    #[test]
+    fn secrets_are_masked_in_the_summary() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
+        let summary = config.masked_summary();
+        assert!(!summary.contains("hunter2"));
+        assert!(summary.contains("***"));
+    }
+}

@@ -1,0 +1,147 @@
+//! Request-level errors and the one place they become HTTP statuses.
+
+use std::borrow::Cow;
+
+use crate::http::gzip::GzipError;
+use crate::http::FramingError;
+
+/// A refusal sent to the client as `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+    /// The event field at fault, for event validation errors.
+    pub field: Option<&'static str>,
+    /// Whether the connection must be closed after the response because
+    /// the request's framing, and so the next request's start, is unknown.
+    pub close: bool,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            close: false,
+        }
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(404, "not_found", "no such route")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            405,
+            "method_not_allowed",
+            "method not allowed on this route",
+        )
+    }
+
+    pub fn missing_api_key() -> Self {
+        Self::new(
+            401,
+            "missing_api_key",
+            "send the API key in X-CS-API-Key or Authorization: Bearer",
+        )
+    }
+
+    pub fn invalid_api_key() -> Self {
+        Self::new(401, "invalid_api_key", "unknown or disabled API key")
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            415,
+            "unsupported_media_type",
+            "Content-Type must be application/json (or application/x-ndjson for batches) and Content-Encoding gzip or none",
+        )
+    }
+
+    pub fn unavailable(reason: &'static str) -> Self {
+        Self::new(503, "unavailable", reason)
+    }
+
+    pub fn overloaded() -> Self {
+        Self::unavailable("server is at capacity; retry later")
+    }
+
+    pub fn too_many_connections() -> Self {
+        Self::unavailable("too many connections on this core").closing()
+    }
+
+    pub fn request_timeout() -> Self {
+        Self::new(408, "request_timeout", "request not received in time").closing()
+    }
+
+    pub fn batch_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "payload_too_large",
+            format!("a batch may hold at most {limit} events"),
+        )
+    }
+
+    pub fn event_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "payload_too_large",
+            format!("an event may be at most {limit} bytes"),
+        )
+    }
+
+    /// Whether a response to this error carries `Retry-After`.
+    pub fn retry_after(&self) -> bool {
+        self.status == 429 || self.status == 503
+    }
+}
+
+impl From<FramingError> for ApiError {
+    fn from(error: FramingError) -> Self {
+        let error = match error {
+            FramingError::Malformed(why) => ApiError::new(400, "bad_request", why),
+            FramingError::Smuggling(why) => ApiError::new(400, "bad_request", why),
+            FramingError::BadChunk(why) => ApiError::new(400, "bad_request", why),
+            FramingError::HeadTooLarge { limit_bytes } => ApiError::new(
+                431,
+                "header_too_large",
+                format!(
+                    "request head exceeds {limit_bytes} bytes or {} headers",
+                    crate::http::request::HEADERS_MAX
+                ),
+            ),
+            FramingError::BodyTooLarge { limit_bytes } => ApiError::new(
+                413,
+                "payload_too_large",
+                format!("request body exceeds {limit_bytes} bytes"),
+            ),
+            FramingError::LengthRequired => ApiError::new(
+                411,
+                "length_required",
+                "Content-Length or Transfer-Encoding: chunked is required",
+            ),
+        };
+        error.closing()
+    }
+}
+
+impl From<GzipError> for ApiError {
+    fn from(error: GzipError) -> Self {
+        match error {
+            GzipError::TooLarge { limit_bytes } => ApiError::new(
+                413,
+                "payload_too_large",
+                format!("decompressed request body exceeds {limit_bytes} bytes"),
+            ),
+            GzipError::Corrupt => ApiError::new(400, "bad_request", "body is not valid gzip"),
+        }
+    }
+}

@@ -1,0 +1,703 @@
+//! Event validation (SPEC section 1, "Event schema") and enrichment into the
+//! Kafka record format (SPEC section 2).
+//!
+//! simd-json parses each event into a tape held in per-core buffers that are
+//! reused, so a steady stream of events allocates nothing here. The record
+//! value is the client's bytes unchanged with the server fields appended
+//! before the closing brace; nothing else is rewritten.
+
+use std::ops::Range;
+
+use simd_json::{Node, StaticNode, Tape};
+
+use crate::error::ApiError;
+use crate::http::response::write_json_string;
+
+/// Longest `user_id`, in bytes.
+pub const USER_ID_BYTES_MAX: usize = 256;
+/// Longest `event_type`, in bytes.
+pub const EVENT_TYPE_BYTES_MAX: usize = 128;
+/// Longest `experiment_id` or `variant`, in bytes.
+pub const LABEL_BYTES_MAX: usize = 256;
+
+/// Bounds applied to every event.
+#[derive(Debug, Clone, Copy)]
+pub struct EventLimits {
+    pub event_bytes_max: usize,
+    pub properties_depth_max: usize,
+    pub event_time_past_ms: u64,
+    pub event_time_future_ms: u64,
+}
+
+/// Who sent the event and when, added to the record.
+#[derive(Debug, Clone, Copy)]
+pub struct Enrichment<'a> {
+    pub tenant_id: &'a str,
+    pub project_id: Option<&'a str>,
+    pub received_at_ms: u64,
+}
+
+/// Where one enriched record was written in the output buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSpans {
+    pub key: Range<usize>,
+    pub value: Range<usize>,
+    pub event_type: Range<usize>,
+}
+
+/// Per-core validator with reused parse buffers.
+pub struct Validator {
+    limits: EventLimits,
+    buffers: simd_json::Buffers,
+    /// Always `Some` between calls; taken while a parse borrows `scratch`.
+    tape: Option<Tape<'static>>,
+    scratch: Vec<u8>,
+    random: WyRand,
+}
+
+impl Validator {
+    pub fn new(limits: EventLimits, seed: u64) -> Self {
+        Validator {
+            limits,
+            buffers: simd_json::Buffers::new(4096),
+            tape: Some(Tape::null().reset()),
+            scratch: Vec::with_capacity(4096),
+            random: WyRand(seed),
+        }
+    }
+
+    /// Validates `raw` and, if valid, appends its key, enriched value and
+    /// event type to `out`. On error `out` is left as it was.
+    pub fn validate_into(
+        &mut self,
+        raw: &[u8],
+        enrichment: &Enrichment<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<RecordSpans, ApiError> {
+        if raw.len() > self.limits.event_bytes_max {
+            return Err(ApiError::event_too_large(self.limits.event_bytes_max));
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.extend_from_slice(raw);
+        let mut tape = self
+            .tape
+            .take()
+            .expect("tape is returned after every parse")
+            .reset();
+        let result = match simd_json::fill_tape(&mut scratch, &mut self.buffers, &mut tape) {
+            Err(error) => Err(ApiError::new(
+                400,
+                "invalid_json",
+                format!("event is not valid JSON: {error}"),
+            )),
+            Ok(()) => inspect(&tape.0, &self.limits, enrichment.received_at_ms)
+                .map(|fields| self.write_record(raw, &fields, enrichment, out)),
+        };
+        self.tape = Some(tape.reset());
+        self.scratch = scratch;
+        result
+    }
+
+    fn write_record(
+        &mut self,
+        raw: &[u8],
+        fields: &Fields<'_>,
+        enrichment: &Enrichment<'_>,
+        out: &mut Vec<u8>,
+    ) -> RecordSpans {
+        let key_start = out.len();
+        out.extend_from_slice(enrichment.tenant_id.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(fields.user_id.as_bytes());
+        let key = key_start..out.len();
+
+        let value_start = out.len();
+        let body = trim_object_end(raw);
+        out.extend_from_slice(body);
+        out.extend_from_slice(b",\"tenant_id\":");
+        write_json_string(out, enrichment.tenant_id.as_bytes());
+        if let Some(project_id) = enrichment.project_id {
+            out.extend_from_slice(b",\"project_id\":");
+            write_json_string(out, project_id.as_bytes());
+        }
+        out.extend_from_slice(b",\"received_at\":");
+        out.extend_from_slice(
+            itoa::Buffer::new()
+                .format(enrichment.received_at_ms)
+                .as_bytes(),
+        );
+        if !fields.has_event_id {
+            let id = self.new_event_id(enrichment.received_at_ms);
+            out.extend_from_slice(b",\"event_id\":\"");
+            out.extend_from_slice(
+                id.hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    .as_bytes(),
+            );
+            out.push(b'"');
+        }
+        out.push(b'}');
+        let value = value_start..out.len();
+
+        let type_start = out.len();
+        out.extend_from_slice(fields.event_type.as_bytes());
+        RecordSpans {
+            key,
+            value,
+            event_type: type_start..out.len(),
+        }
+    }
+
+    /// A UUIDv7 from the receive time and this core's generator.
+    fn new_event_id(&mut self, now_ms: u64) -> uuid::Uuid {
+        let mut random = [0u8; 10];
+        random[..8].copy_from_slice(&self.random.next().to_le_bytes());
+        random[8..].copy_from_slice(&self.random.next().to_le_bytes()[..2]);
+        uuid::Builder::from_unix_timestamp_millis(now_ms, &random).into_uuid()
+    }
+}
+
+/// Appends a dead-letter record for an invalid event: key `<tenant_id>`,
+/// value `{"tenant_id", "received_at", "error": {code, message, field}, "raw"}`
+/// with `raw` cut to `raw_bytes_max` bytes. Returns (key, value) spans.
+pub fn write_dead_letter(
+    raw: &[u8],
+    error: &ApiError,
+    enrichment: &Enrichment<'_>,
+    raw_bytes_max: usize,
+    out: &mut Vec<u8>,
+) -> (Range<usize>, Range<usize>) {
+    let key_start = out.len();
+    out.extend_from_slice(enrichment.tenant_id.as_bytes());
+    let key = key_start..out.len();
+    let value_start = out.len();
+    out.extend_from_slice(b"{\"tenant_id\":");
+    write_json_string(out, enrichment.tenant_id.as_bytes());
+    out.extend_from_slice(b",\"received_at\":");
+    out.extend_from_slice(
+        itoa::Buffer::new()
+            .format(enrichment.received_at_ms)
+            .as_bytes(),
+    );
+    out.extend_from_slice(b",\"error\":");
+    write_error_object(out, error);
+    out.extend_from_slice(b",\"raw\":");
+    write_json_string(out, &raw[..raw.len().min(raw_bytes_max)]);
+    out.push(b'}');
+    (key, value_start..out.len())
+}
+
+/// Appends `{"code", "message"[, "field"]}`.
+pub fn write_error_object(out: &mut Vec<u8>, error: &ApiError) {
+    out.push(b'{');
+    write_error_fields(out, error);
+    out.push(b'}');
+}
+
+/// Appends `"code":..,"message":..[,"field":..]` without braces.
+pub fn write_error_fields(out: &mut Vec<u8>, error: &ApiError) {
+    out.extend_from_slice(b"\"code\":\"");
+    out.extend_from_slice(error.code.as_bytes());
+    out.extend_from_slice(b"\",\"message\":");
+    write_json_string(out, error.message.as_bytes());
+    if let Some(field) = error.field {
+        out.extend_from_slice(b",\"field\":\"");
+        out.extend_from_slice(field.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// The client's object without its closing brace (and trailing whitespace).
+/// `raw` parsed as an object, so after trimming it ends with `}`.
+fn trim_object_end(raw: &[u8]) -> &[u8] {
+    let end = raw
+        .iter()
+        .rposition(|&b| b == b'}')
+        .expect("a parsed object ends with }");
+    &raw[..end]
+}
+
+/// What validation extracts for the record.
+#[derive(Debug)]
+struct Fields<'a> {
+    user_id: &'a str,
+    event_type: &'a str,
+    has_event_id: bool,
+}
+
+fn invalid(field: &'static str, message: &'static str) -> ApiError {
+    ApiError {
+        field: Some(field),
+        ..ApiError::new(400, "invalid_event", message)
+    }
+}
+
+/// Index of the node after the value starting at `index`.
+fn skip_value(nodes: &[Node<'_>], index: usize) -> usize {
+    match nodes[index] {
+        Node::Object { count, .. } | Node::Array { count, .. } => index + 1 + count,
+        _ => index + 1,
+    }
+}
+
+fn inspect<'a>(
+    nodes: &[Node<'a>],
+    limits: &EventLimits,
+    now_ms: u64,
+) -> Result<Fields<'a>, ApiError> {
+    let Some(Node::Object { len, .. }) = nodes.first() else {
+        return Err(ApiError::new(
+            400,
+            "invalid_event",
+            "an event must be a JSON object",
+        ));
+    };
+    let mut user_id = None;
+    let mut event_type = None;
+    let mut event_time: Option<i64> = None;
+    let mut event_id_seen = false;
+    let mut experiment_seen = false;
+    let mut variant_seen = false;
+    let mut properties_seen = false;
+    let mut index = 1;
+    for _ in 0..*len {
+        let Node::String(key) = nodes[index] else {
+            unreachable!("object keys are strings")
+        };
+        let value = index + 1;
+        match key {
+            "user_id" => set_once(
+                &mut user_id,
+                "user_id",
+                bounded_string(&nodes[value], "user_id", USER_ID_BYTES_MAX)?,
+            )?,
+            "event_type" => set_once(
+                &mut event_type,
+                "event_type",
+                bounded_string(&nodes[value], "event_type", EVENT_TYPE_BYTES_MAX)?,
+            )?,
+            "event_time" => set_once(
+                &mut event_time,
+                "event_time",
+                check_event_time(&nodes[value], limits, now_ms)?,
+            )?,
+            "event_id" => {
+                flag_once(&mut event_id_seen, "event_id")?;
+                let Node::String(text) = nodes[value] else {
+                    return Err(invalid("event_id", "event_id must be a UUID string"));
+                };
+                uuid::Uuid::try_parse(text)
+                    .map_err(|_| invalid("event_id", "event_id must be a UUID string"))?;
+            }
+            "experiment_id" => {
+                flag_once(&mut experiment_seen, "experiment_id")?;
+                bounded_string(&nodes[value], "experiment_id", LABEL_BYTES_MAX)?;
+            }
+            "variant" => {
+                flag_once(&mut variant_seen, "variant")?;
+                bounded_string(&nodes[value], "variant", LABEL_BYTES_MAX)?;
+            }
+            "properties" => {
+                flag_once(&mut properties_seen, "properties")?;
+                if !matches!(nodes[value], Node::Object { .. }) {
+                    return Err(invalid("properties", "properties must be an object"));
+                }
+                if depth(nodes, value, limits.properties_depth_max).is_none() {
+                    return Err(ApiError {
+                        field: Some("properties"),
+                        ..ApiError::new(
+                            400,
+                            "invalid_event",
+                            format!(
+                                "properties may nest at most {} levels deep",
+                                limits.properties_depth_max
+                            ),
+                        )
+                    });
+                }
+            }
+            "tenant_id" | "project_id" | "received_at" => {
+                let field = match key {
+                    "tenant_id" => "tenant_id",
+                    "project_id" => "project_id",
+                    _ => "received_at",
+                };
+                return Err(ApiError {
+                    field: Some(field),
+                    ..ApiError::new(
+                        400,
+                        "reserved_field",
+                        format!("{field} is set by the server and may not be sent"),
+                    )
+                });
+            }
+            _ => {}
+        }
+        index = skip_value(nodes, value);
+    }
+    let user_id = user_id.ok_or_else(|| invalid("user_id", "user_id is required"))?;
+    let event_type = event_type.ok_or_else(|| invalid("event_type", "event_type is required"))?;
+    if event_time.is_none() {
+        return Err(invalid("event_time", "event_time is required"));
+    }
+    Ok(Fields {
+        user_id,
+        event_type,
+        has_event_id: event_id_seen,
+    })
+}
+
+fn set_once<T>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), ApiError> {
+    if slot.replace(value).is_some() {
+        return Err(invalid(field, "field appears more than once"));
+    }
+    Ok(())
+}
+
+fn flag_once(seen: &mut bool, field: &'static str) -> Result<(), ApiError> {
+    if std::mem::replace(seen, true) {
+        return Err(invalid(field, "field appears more than once"));
+    }
+    Ok(())
+}
+
+fn bounded_string<'a>(
+    node: &Node<'a>,
+    field: &'static str,
+    bytes_max: usize,
+) -> Result<&'a str, ApiError> {
+    match *node {
+        Node::String(text) if !text.is_empty() && text.len() <= bytes_max => Ok(text),
+        Node::String(_) => Err(ApiError {
+            field: Some(field),
+            ..ApiError::new(
+                400,
+                "invalid_event",
+                format!("{field} must be 1 to {bytes_max} bytes"),
+            )
+        }),
+        _ => Err(ApiError {
+            field: Some(field),
+            ..ApiError::new(400, "invalid_event", format!("{field} must be a string"))
+        }),
+    }
+}
+
+fn check_event_time(node: &Node<'_>, limits: &EventLimits, now_ms: u64) -> Result<i64, ApiError> {
+    let millis = match *node {
+        Node::Static(StaticNode::I64(value)) => value,
+        Node::Static(StaticNode::U64(value)) => i64::try_from(value).unwrap_or(i64::MAX),
+        _ => {
+            return Err(invalid(
+                "event_time",
+                "event_time must be an integer of Unix epoch milliseconds",
+            ))
+        }
+    };
+    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    let earliest = now.saturating_sub(i64::try_from(limits.event_time_past_ms).unwrap_or(i64::MAX));
+    let latest = now.saturating_add(i64::try_from(limits.event_time_future_ms).unwrap_or(i64::MAX));
+    if millis < earliest || millis > latest {
+        return Err(ApiError {
+            field: Some("event_time"),
+            ..ApiError::new(
+                400,
+                "invalid_event",
+                format!(
+                    "event_time must be within {} ms before and {} ms after the server clock ({now_ms})",
+                    limits.event_time_past_ms, limits.event_time_future_ms
+                ),
+            )
+        });
+    }
+    Ok(millis)
+}
+
+/// `Some(depth)` of the value at `index` when it is at most `depth_max`.
+/// Recursion is bounded by `depth_max`.
+fn depth(nodes: &[Node<'_>], index: usize, depth_max: usize) -> Option<usize> {
+    let (children, is_object) = match nodes[index] {
+        Node::Object { len, .. } => (len, true),
+        Node::Array { len, .. } => (len, false),
+        _ => return Some(0),
+    };
+    if depth_max == 0 {
+        return None;
+    }
+    let mut deepest = 0;
+    let mut child = index + 1;
+    for _ in 0..children {
+        if is_object {
+            child += 1; // the key
+        }
+        deepest = deepest.max(depth(nodes, child, depth_max - 1)?);
+        child = skip_value(nodes, child);
+    }
+    Some(deepest + 1)
+}
+
+/// wyrand: a fast, small generator for the random bits of UUIDv7. Event ids
+/// need uniqueness, not secrecy, and a per-core generator needs no lock.
+struct WyRand(u64);
+
+impl WyRand {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
+        let product = u128::from(self.0) * u128::from(self.0 ^ 0xe703_7ed1_a0b4_28db);
+        ((product >> 64) as u64) ^ (product as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW_MS: u64 = 1_710_000_000_000;
+
+    fn validator() -> Validator {
+        Validator::new(
+            EventLimits {
+                event_bytes_max: 4096,
+                properties_depth_max: 3,
+                event_time_past_ms: 86_400_000,
+                event_time_future_ms: 60_000,
+            },
+            7,
+        )
+    }
+
+    fn enrichment() -> Enrichment<'static> {
+        Enrichment {
+            tenant_id: "tenant_a",
+            project_id: Some("proj_1"),
+            received_at_ms: NOW_MS,
+        }
+    }
+
+    fn check(raw: &str) -> Result<(String, serde_json::Value, String), ApiError> {
+        let mut out = Vec::new();
+        let spans = validator().validate_into(raw.as_bytes(), &enrichment(), &mut out)?;
+        let key = String::from_utf8(out[spans.key].to_vec()).unwrap();
+        let value = serde_json::from_slice(&out[spans.value]).unwrap();
+        let event_type = String::from_utf8(out[spans.event_type].to_vec()).unwrap();
+        Ok((key, value, event_type))
+    }
+
+    #[test]
+    fn valid_event_is_enriched_and_otherwise_unchanged() {
+        let raw = r#"{"event_id":"0f8fad5b-d9cb-469f-a165-70867728950e","user_id":"user_123","event_type":"page_view","event_time":1710000000000,"experiment_id":"exp_42","variant":"A","properties":{"page":"checkout"},"extra":[1,2.5e3]}"#;
+        let (key, value, event_type) = check(raw).unwrap();
+        assert_eq!(key, "tenant_a:user_123");
+        assert_eq!(event_type, "page_view");
+        assert_eq!(value["tenant_id"], "tenant_a");
+        assert_eq!(value["project_id"], "proj_1");
+        assert_eq!(value["received_at"], NOW_MS);
+        assert_eq!(value["event_id"], "0f8fad5b-d9cb-469f-a165-70867728950e");
+        assert_eq!(value["extra"][1], 2500.0);
+        let mut out = Vec::new();
+        let spans = validator()
+            .validate_into(raw.as_bytes(), &enrichment(), &mut out)
+            .unwrap();
+        assert!(
+            out[spans.value].starts_with(&raw.as_bytes()[..raw.len() - 1]),
+            "client bytes were rewritten"
+        );
+    }
+
+    #[test]
+    fn a_missing_event_id_gets_a_uuid_v7() {
+        let (_, value, _) =
+            check(r#"{"user_id":"u","event_type":"t","event_time":1710000000000}"#).unwrap();
+        let id = uuid::Uuid::parse_str(value["event_id"].as_str().unwrap()).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn escaped_user_ids_are_unescaped_in_the_key() {
+        let (key, _, _) =
+            check(r#"{"user_id":"a\"b","event_type":"t","event_time":1710000000000}"#).unwrap();
+        assert_eq!(key, "tenant_a:a\"b");
+    }
+
+    fn error(raw: &str) -> (u16, &'static str, Option<&'static str>) {
+        let error = check(raw).unwrap_err();
+        (error.status, error.code, error.field)
+    }
+
+    #[test]
+    fn each_field_is_checked_precisely() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            (
+                r#"{"event_type":"t","event_time":1710000000000}"#,
+                "invalid_event",
+                Some("user_id"),
+            ),
+            (
+                r#"{"user_id":"","event_type":"t","event_time":1710000000000}"#,
+                "invalid_event",
+                Some("user_id"),
+            ),
+            (
+                r#"{"user_id":5,"event_type":"t","event_time":1710000000000}"#,
+                "invalid_event",
+                Some("user_id"),
+            ),
+            (
+                r#"{"user_id":"u","event_time":1710000000000}"#,
+                "invalid_event",
+                Some("event_type"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t"}"#,
+                "invalid_event",
+                Some("event_time"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":1.5}"#,
+                "invalid_event",
+                Some("event_time"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":"1710000000000"}"#,
+                "invalid_event",
+                Some("event_time"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":1}"#,
+                "invalid_event",
+                Some("event_time"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":1710000060001}"#,
+                "invalid_event",
+                Some("event_time"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":1710000000000,"event_id":"nope"}"#,
+                "invalid_event",
+                Some("event_id"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":1710000000000,"variant":7}"#,
+                "invalid_event",
+                Some("variant"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":1710000000000,"properties":[]}"#,
+                "invalid_event",
+                Some("properties"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":1710000000000,"properties":{"a":{"b":{"c":{}}}}}"#,
+                "invalid_event",
+                Some("properties"),
+            ),
+            (
+                r#"{"user_id":"u","user_id":"v","event_type":"t","event_time":1710000000000}"#,
+                "invalid_event",
+                Some("user_id"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":1710000000000,"tenant_id":"x"}"#,
+                "reserved_field",
+                Some("tenant_id"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":1710000000000,"received_at":1}"#,
+                "reserved_field",
+                Some("received_at"),
+            ),
+            (
+                r#"{"user_id":"u","event_type":"t","event_time":1710000000000,"project_id":"p"}"#,
+                "reserved_field",
+                Some("project_id"),
+            ),
+        ];
+        for (raw, code, field) in cases {
+            assert!(check(raw).is_err(), "{raw} was accepted");
+            let (status, got_code, got_field) = error(raw);
+            assert_eq!((status, got_code, got_field), (400, *code, *field), "{raw}");
+        }
+    }
+
+    #[test]
+    fn properties_at_the_depth_limit_pass() {
+        check(r#"{"user_id":"u","event_type":"t","event_time":1710000000000,"properties":{"a":{"b":[1]}}}"#).unwrap();
+    }
+
+    #[test]
+    fn hostile_json_is_a_clear_error() {
+        for raw in [
+            "[1,2]",
+            "\"x\"",
+            "{\"user_id\":",
+            "{} trailing",
+            "{\"a\":\"\\ud800\"}",
+            "{\"a\":\"\u{0}\"}",
+        ] {
+            let error = check(raw).unwrap_err();
+            assert_eq!(error.status, 400, "{raw}");
+        }
+        let mut out = Vec::new();
+        let invalid_utf8 =
+            b"{\"user_id\":\"\xff\",\"event_type\":\"t\",\"event_time\":1710000000000}";
+        assert_eq!(
+            validator()
+                .validate_into(invalid_utf8, &enrichment(), &mut out)
+                .unwrap_err()
+                .code,
+            "invalid_json"
+        );
+        let deep = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
+        assert_eq!(check(&deep).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn dead_letters_carry_the_error_and_truncated_raw_bytes() {
+        let error = invalid("user_id", "user_id is required");
+        let mut out = Vec::new();
+        let (key, value) = write_dead_letter(
+            b"{\"event_type\":\"\xff\"}",
+            &error,
+            &enrichment(),
+            12,
+            &mut out,
+        );
+        assert_eq!(&out[key], b"tenant_a");
+        let value: serde_json::Value = serde_json::from_slice(&out[value]).unwrap();
+        assert_eq!(value["tenant_id"], "tenant_a");
+        assert_eq!(value["received_at"], NOW_MS);
+        assert_eq!(value["error"]["code"], "invalid_event");
+        assert_eq!(value["error"]["field"], "user_id");
+        assert_eq!(value["raw"], "{\"event_type");
+    }
+
+    #[test]
+    fn oversized_events_are_413() {
+        let raw = format!(
+            r#"{{"user_id":"u","event_type":"t","event_time":1710000000000,"p":"{}"}}"#,
+            "x".repeat(5000)
+        );
+        assert_eq!(error(&raw).0, 413);
+    }
+
+    #[test]
+    fn buffers_are_reused_across_events() {
+        let mut validator = validator();
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.clear();
+            validator
+                .validate_into(
+                    br#"{"user_id":"u","event_type":"t","event_time":1710000000000}"#,
+                    &enrichment(),
+                    &mut out,
+                )
+                .unwrap();
+            assert!(validator
+                .validate_into(b"{bad", &enrichment(), &mut out)
+                .is_err());
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Chunked transfer decoding (RFC 9112 section 7.1), in place.
+//!
+//! The decoder compacts chunk data toward the start of the body region of
+//! the connection's read buffer, so a chunked body needs no second buffer:
+//! decoded bytes are always written at or before the bytes being read.
+
+use super::FramingError;
+
+/// Hex digits accepted in a chunk size; 15 keep any size below 2^60.
+const CHUNK_SIZE_DIGITS_MAX: usize = 15;
+/// Bytes accepted in one chunk-size line including extensions.
+const CHUNK_LINE_BYTES_MAX: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a chunk-size line.
+    Size,
+    /// Copying chunk data; this many bytes remain.
+    Data(usize),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty line.
+    Trailer,
+    Done,
+}
+
+/// Incremental in-place chunked decoder over `buffer[start..]`.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: State,
+    /// Next undecoded byte.
+    read: usize,
+    /// End of the decoded bytes (decoded body is `start..write`).
+    write: usize,
+    start: usize,
+    body_bytes_max: usize,
+    trailer_bytes: usize,
+    trailer_bytes_max: usize,
+}
+
+/// Progress after feeding the bytes received so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The body is complete: decoded bytes are `start..end`, and the encoded
+    /// body ended at `consumed` (the next request starts there).
+    Done { end: usize, consumed: usize },
+    /// More bytes are needed.
+    NeedMore,
+}
+
+impl ChunkedDecoder {
+    /// A decoder for a chunked body starting at `start`.
+    pub fn new(start: usize, body_bytes_max: usize, trailer_bytes_max: usize) -> Self {
+        ChunkedDecoder {
+            state: State::Size,
+            read: start,
+            write: start,
+            start,
+            body_bytes_max,
+            trailer_bytes: 0,
+            trailer_bytes_max,
+        }
+    }
+
+    /// Decodes as far as `buffer` allows. `buffer` grows between calls; the
+    /// bytes before `read` are never looked at again.
+    pub fn decode(&mut self, buffer: &mut [u8]) -> Result<Progress, FramingError> {
+        loop {
+            match self.state {
+                State::Size => {
+                    let Some(line_end) = find_crlf(buffer, self.read, CHUNK_LINE_BYTES_MAX)? else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    let size = parse_chunk_size(&buffer[self.read..line_end])?;
+                    self.read = line_end + 2;
+                    if size == 0 {
+                        self.state = State::Trailer;
+                    } else {
+                        let decoded = self.write - self.start;
+                        if decoded.saturating_add(size) > self.body_bytes_max {
+                            return Err(FramingError::BodyTooLarge {
+                                limit_bytes: self.body_bytes_max,
+                            });
+                        }
+                        self.state = State::Data(size);
+                    }
+                }
+                State::Data(remaining) => {
+                    let available = buffer.len() - self.read;
+                    if available == 0 {
+                        return Ok(Progress::NeedMore);
+                    }
+                    let take = available.min(remaining);
+                    buffer.copy_within(self.read..self.read + take, self.write);
+                    self.read += take;
+                    self.write += take;
+                    self.state = if take == remaining {
+                        State::DataEnd
+                    } else {
+                        State::Data(remaining - take)
+                    };
+                }
+                State::DataEnd => {
+                    if buffer.len() - self.read < 2 {
+                        return Ok(Progress::NeedMore);
+                    }
+                    if &buffer[self.read..self.read + 2] != b"\r\n" {
+                        return Err(FramingError::BadChunk("chunk data not followed by CRLF"));
+                    }
+                    self.read += 2;
+                    self.state = State::Size;
+                }
+                State::Trailer => {
+                    let Some(line_end) = find_crlf(buffer, self.read, CHUNK_LINE_BYTES_MAX)? else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    let line_bytes = line_end - self.read;
+                    self.trailer_bytes += line_bytes + 2;
+                    if self.trailer_bytes > self.trailer_bytes_max {
+                        return Err(FramingError::HeadTooLarge {
+                            limit_bytes: self.trailer_bytes_max,
+                        });
+                    }
+                    self.read = line_end + 2;
+                    if line_bytes == 0 {
+                        self.state = State::Done;
+                    }
+                }
+                State::Done => {
+                    return Ok(Progress::Done {
+                        end: self.write,
+                        consumed: self.read,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Finds the CRLF ending the line that starts at `from`. A bare LF or CR, or
+/// a line longer than `line_bytes_max`, is an error.
+fn find_crlf(
+    buffer: &[u8],
+    from: usize,
+    line_bytes_max: usize,
+) -> Result<Option<usize>, FramingError> {
+    let window = &buffer[from..];
+    let limit = window.len().min(line_bytes_max + 1);
+    for (index, &byte) in window[..limit].iter().enumerate() {
+        match byte {
+            b'\r' => {
+                return match window.get(index + 1) {
+                    Some(b'\n') => Ok(Some(from + index)),
+                    Some(_) => Err(FramingError::BadChunk("bare CR in chunked framing")),
+                    None => Ok(None),
+                }
+            }
+            b'\n' => return Err(FramingError::BadChunk("bare LF in chunked framing")),
+            _ => {}
+        }
+    }
+    if window.len() > line_bytes_max {
+        return Err(FramingError::BadChunk("chunk line too long"));
+    }
+    Ok(None)
+}
+
+fn parse_chunk_size(line: &[u8]) -> Result<usize, FramingError> {
+    // Extensions (`;name=value`) are allowed and ignored.
+    let digits_end = line
+        .iter()
+        .position(|&byte| byte == b';')
+        .unwrap_or(line.len());
+    let digits = super::request::trim(&line[..digits_end]);
+    if digits.is_empty() || digits.len() > CHUNK_SIZE_DIGITS_MAX {
+        return Err(FramingError::BadChunk("invalid chunk size"));
+    }
+    let mut size = 0usize;
+    for &byte in digits {
+        let value = match byte {
+            b'0'..=b'9' => byte - b'0',
+            b'a'..=b'f' => byte - b'a' + 10,
+            b'A'..=b'F' => byte - b'A' + 10,
+            _ => return Err(FramingError::BadChunk("invalid chunk size")),
+        };
+        size = size * 16 + usize::from(value);
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(encoded: &[u8], body_bytes_max: usize) -> Result<(Vec<u8>, usize), FramingError> {
+        let mut buffer = encoded.to_vec();
+        let mut decoder = ChunkedDecoder::new(0, body_bytes_max, 1024);
+        match decoder.decode(&mut buffer)? {
+            Progress::Done { end, consumed } => Ok((buffer[..end].to_vec(), consumed)),
+            Progress::NeedMore => panic!("incomplete"),
+        }
+    }
+
+    #[test]
+    fn decodes_chunks_extensions_and_trailers() {
+        let encoded = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\nNEXT";
+        let (body, consumed) = decode_all(encoded, 100).unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(&encoded[consumed..], b"NEXT");
+    }
+
+    #[test]
+    fn decodes_byte_by_byte() {
+        let encoded = b"3\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n";
+        let mut buffer = Vec::new();
+        let mut decoder = ChunkedDecoder::new(0, 100, 1024);
+        for &byte in encoded.iter() {
+            buffer.push(byte);
+            if let Progress::Done { end, consumed } = decoder.decode(&mut buffer).unwrap() {
+                assert_eq!(&buffer[..end], b"abc0123456789");
+                assert_eq!(consumed, encoded.len());
+                return;
+            }
+        }
+        panic!("never completed");
+    }
+
+    #[test]
+    fn refuses_bad_chunks() {
+        for encoded in [
+            &b"g\r\nabc\r\n0\r\n\r\n"[..],
+            b"3\r\nabcd\r\n0\r\n\r\n",
+            b"3\nabc\r\n0\r\n\r\n",
+            b"-3\r\nabc\r\n0\r\n\r\n",
+            b"fffffffffffffffffff\r\n",
+            b"\r\n",
+        ] {
+            assert!(
+                decode_all(encoded, 100).is_err(),
+                "{encoded:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn enforces_the_body_limit() {
+        let result = decode_all(b"a\r\n0123456789\r\n0\r\n\r\n", 5);
+        assert_eq!(result, Err(FramingError::BodyTooLarge { limit_bytes: 5 }));
+    }
+}

@@ -1,0 +1,317 @@
+//! Request-head parsing with httparse into borrowed spans, and the framing
+//! decisions RFC 9112 section 6 asks for (no request smuggling).
+
+use super::{FramingError, Span};
+
+/// Headers accepted per request; more is answered 431.
+pub const HEADERS_MAX: usize = 64;
+
+/// Longest `X-Request-Id` echoed back; longer ones are replaced.
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Head,
+    Other,
+}
+
+/// How the body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+/// A parsed request head. Every span indexes the buffer it was parsed from.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub method: Method,
+    pub path: Span,
+    /// HTTP/1.0 (`false`) or HTTP/1.1 (`true`).
+    pub http11: bool,
+    pub head_bytes: usize,
+    pub framing: Framing,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub content_type: Option<Span>,
+    pub content_encoding: Option<Span>,
+    pub api_key: Option<Span>,
+    pub authorization: Option<Span>,
+    pub request_id: Option<Span>,
+}
+
+/// Outcome of parsing the bytes received so far.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A whole head was found.
+    Complete(Head),
+    /// More bytes are needed; not an error while within the head limit.
+    Partial,
+}
+
+/// Parses a request head from `buffer`. `head_bytes_max` bounds the head;
+/// a partial head already over it is an error, so the caller never buffers more.
+pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, FramingError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let status = request.parse(buffer).map_err(|error| match error {
+        httparse::Error::TooManyHeaders => FramingError::HeadTooLarge {
+            limit_bytes: head_bytes_max,
+        },
+        httparse::Error::Version => FramingError::Malformed("unsupported HTTP version"),
+        httparse::Error::HeaderName => FramingError::Malformed("invalid header name"),
+        httparse::Error::HeaderValue => FramingError::Malformed("invalid header value"),
+        httparse::Error::Token => FramingError::Malformed("invalid method or request line"),
+        httparse::Error::NewLine => FramingError::Malformed("invalid line ending"),
+        httparse::Error::Status => FramingError::Malformed("invalid request line"),
+    })?;
+    let head_bytes = match status {
+        httparse::Status::Partial => {
+            if buffer.len() > head_bytes_max {
+                return Err(FramingError::HeadTooLarge {
+                    limit_bytes: head_bytes_max,
+                });
+            }
+            return Ok(Parsed::Partial);
+        }
+        httparse::Status::Complete(length) => length,
+    };
+    if head_bytes > head_bytes_max {
+        return Err(FramingError::HeadTooLarge {
+            limit_bytes: head_bytes_max,
+        });
+    }
+    if has_bare_line_feed(&buffer[..head_bytes]) {
+        return Err(FramingError::Malformed("line endings must be CRLF"));
+    }
+    let span_of = |slice: &[u8]| -> Span {
+        let start = slice.as_ptr() as usize - buffer.as_ptr() as usize;
+        start..start + slice.len()
+    };
+    let method = match request.method.unwrap_or("") {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "HEAD" => Method::Head,
+        _ => Method::Other,
+    };
+    let path = span_of(request.path.unwrap_or("/").as_bytes());
+    let http11 = request.version == Some(1);
+
+    let mut head = Head {
+        method,
+        path,
+        http11,
+        head_bytes,
+        framing: Framing::None,
+        keep_alive: http11,
+        expect_continue: false,
+        content_type: None,
+        content_encoding: None,
+        api_key: None,
+        authorization: None,
+        request_id: None,
+    };
+    let mut content_length: Option<usize> = None;
+    let mut transfer_encoding_seen = false;
+    for header in request.headers.iter() {
+        let name = header.name.as_bytes();
+        let value = trim(header.value);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Err(FramingError::Smuggling("duplicate Content-Length"));
+            }
+            content_length = Some(parse_content_length(value)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if transfer_encoding_seen {
+                return Err(FramingError::Smuggling("duplicate Transfer-Encoding"));
+            }
+            transfer_encoding_seen = true;
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(FramingError::Smuggling("unsupported Transfer-Encoding"));
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            apply_connection(&mut head, value);
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            if !value.eq_ignore_ascii_case(b"100-continue") {
+                return Err(FramingError::Malformed("unsupported Expect"));
+            }
+            head.expect_continue = http11;
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            head.content_type = Some(span_of(value));
+        } else if name.eq_ignore_ascii_case(b"content-encoding") {
+            head.content_encoding = Some(span_of(value));
+        } else if name.eq_ignore_ascii_case(b"x-cs-api-key") {
+            head.api_key = Some(span_of(value));
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            head.authorization = Some(span_of(value));
+        } else if name.eq_ignore_ascii_case(b"x-request-id") && is_valid_request_id(value) {
+            head.request_id = Some(span_of(value));
+        }
+    }
+    head.framing = match (content_length, transfer_encoding_seen) {
+        (Some(_), true) => {
+            return Err(FramingError::Smuggling(
+                "both Content-Length and Transfer-Encoding",
+            ))
+        }
+        (None, true) if !http11 => {
+            return Err(FramingError::Smuggling(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ))
+        }
+        (None, true) => Framing::Chunked,
+        (Some(length), false) => Framing::Length(length),
+        (None, false) => Framing::None,
+    };
+    Ok(Parsed::Complete(head))
+}
+
+/// RFC 9112 allows bare LF, but a proxy in front may read the same bytes
+/// differently: refusing it removes one smuggling vector.
+fn has_bare_line_feed(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(index, &byte)| byte == b'\n' && (index == 0 || head[index - 1] != b'\r'))
+}
+
+fn parse_content_length(value: &[u8]) -> Result<usize, FramingError> {
+    // 19 digits always fit a u64; longer is never a length we would accept.
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(FramingError::Smuggling("invalid Content-Length"));
+    }
+    let length = value
+        .iter()
+        .fold(0u64, |total, digit| total * 10 + u64::from(digit - b'0'));
+    usize::try_from(length).map_err(|_| FramingError::Smuggling("invalid Content-Length"))
+}
+
+fn apply_connection(head: &mut Head, value: &[u8]) {
+    for token in value.split(|&byte| byte == b',') {
+        let token = trim(token);
+        if token.eq_ignore_ascii_case(b"close") {
+            head.keep_alive = false;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") && !head.http11 {
+            head.keep_alive = true;
+        }
+    }
+}
+
+fn is_valid_request_id(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= REQUEST_ID_BYTES_MAX
+        && value
+            .iter()
+            .all(|&byte| byte.is_ascii_graphic() && byte != b'"' && byte != b'\\')
+}
+
+/// Trims optional whitespace (SP and HTAB) from both ends.
+pub fn trim(mut value: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = value {
+        if *first == b' ' || *first == b'\t' {
+            value = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = value {
+        if *last == b' ' || *last == b'\t' {
+            value = rest;
+        } else {
+            break;
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Result<Parsed, FramingError> {
+        parse_head(raw.as_bytes(), 16 * 1024)
+    }
+
+    fn complete(raw: &str) -> Head {
+        match head(raw) {
+            Ok(Parsed::Complete(head)) => head,
+            other => panic!("expected a complete head, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn content_length_and_keep_alive() {
+        let parsed = complete("POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n");
+        assert_eq!(parsed.framing, Framing::Length(12));
+        assert!(parsed.keep_alive);
+        assert_eq!(parsed.method, Method::Post);
+    }
+
+    #[test]
+    fn http10_closes_unless_asked_to_keep_alive() {
+        assert!(!complete("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(complete("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(!complete("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        for raw in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(raw), Err(FramingError::Smuggling(_))),
+                "{raw:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_heads_are_refused() {
+        for raw in [
+            "POST / HTTP/1.1\nHost: x\n\n",
+            "POST / HTTP/1.1\r\nHost : x\r\n\r\n",
+            "POST / HTTP/1.1\r\nHo\0st: x\r\n\r\n",
+            "POST / HTTP/2.0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(raw), Err(FramingError::Malformed(_))),
+                "{raw:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn partial_heads_are_bounded() {
+        assert!(matches!(
+            head("POST / HTTP/1.1\r\nHost"),
+            Ok(Parsed::Partial)
+        ));
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(300));
+        assert!(matches!(
+            parse_head(long.as_bytes(), 256),
+            Err(FramingError::HeadTooLarge { limit_bytes: 256 })
+        ));
+    }
+
+    #[test]
+    fn request_ids_are_echoed_only_when_printable() {
+        let raw = "GET / HTTP/1.1\r\nX-Request-Id: abc-123\r\n\r\n";
+        let parsed = complete(raw);
+        assert_eq!(&raw.as_bytes()[parsed.request_id.unwrap()], b"abc-123");
+        assert!(complete("GET / HTTP/1.1\r\nX-Request-Id: a\"b\r\n\r\n")
+            .request_id
+            .is_none());
+    }
+}

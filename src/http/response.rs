@@ -1,0 +1,143 @@
+//! Response serialization into a reusable byte buffer.
+
+/// Seconds a client is asked to wait after a 429 or 503.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// The reason phrase for the statuses sluice sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// What goes into a response head besides the status.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadFields<'a> {
+    pub content_type: &'a str,
+    pub content_length: usize,
+    pub request_id: &'a [u8],
+    pub keep_alive: bool,
+    pub retry_after: bool,
+    /// `Allow` header value for 405.
+    pub allow: Option<&'a str>,
+}
+
+/// Appends a status line and headers to `out`.
+pub fn write_head(out: &mut Vec<u8>, status: u16, fields: &HeadFields<'_>) {
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(digits.format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(fields.content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    out.extend_from_slice(digits.format(fields.content_length).as_bytes());
+    out.extend_from_slice(b"\r\nX-Request-Id: ");
+    out.extend_from_slice(fields.request_id);
+    if fields.retry_after {
+        out.extend_from_slice(b"\r\nRetry-After: ");
+        out.extend_from_slice(digits.format(RETRY_AFTER_SECONDS).as_bytes());
+    }
+    if let Some(allow) = fields.allow {
+        out.extend_from_slice(b"\r\nAllow: ");
+        out.extend_from_slice(allow.as_bytes());
+    }
+    out.extend_from_slice(if fields.keep_alive {
+        b"\r\nConnection: keep-alive\r\n\r\n"
+    } else {
+        b"\r\nConnection: close\r\n\r\n"
+    });
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Appends `bytes` as a JSON string literal. Invalid UTF-8 becomes U+FFFD,
+/// so the output is always valid JSON whatever the input.
+pub fn write_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'"');
+    for chunk in bytes.utf8_chunks() {
+        escape_str(out, chunk.valid());
+        if !chunk.invalid().is_empty() {
+            out.extend_from_slice("\u{fffd}".as_bytes());
+        }
+    }
+    out.push(b'"');
+}
+
+fn escape_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    let mut clean_from = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[clean_from..index]);
+        if escaped.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(escaped);
+        }
+        clean_from = index + 1;
+    }
+    out.extend_from_slice(&bytes[clean_from..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_always_valid() {
+        let mut out = Vec::new();
+        write_json_string(&mut out, b"a\"b\\c\n\x01\xff\xfez");
+        let text = String::from_utf8(out).unwrap();
+        let parsed: String = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, "a\"b\\c\n\u{1}\u{fffd}\u{fffd}z");
+    }
+
+    #[test]
+    fn head_has_length_request_id_and_connection() {
+        let mut out = Vec::new();
+        let fields = HeadFields {
+            content_type: "application/json",
+            content_length: 14,
+            request_id: b"rid",
+            keep_alive: false,
+            retry_after: true,
+            allow: None,
+        };
+        write_head(&mut out, 503, &fields);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(text.contains("Content-Length: 14\r\n"));
+        assert!(text.contains("X-Request-Id: rid\r\n"));
+        assert!(text.contains("Retry-After: 1\r\n"));
+        assert!(text.ends_with("Connection: close\r\n\r\n"));
+    }
+}

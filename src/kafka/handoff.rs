@@ -1,0 +1,195 @@
+//! The hand-off between a core and the producer threads: request batches
+//! one way, delivery completions and emptied batches the other way.
+//!
+//! Everything here is pooled: a core takes a [`Batch`] from its mailbox's
+//! recycle queue, fills it, sends it, and the producer thread returns it
+//! once librdkafka has copied the records. In steady state no batch is
+//! allocated.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use atomic_waker::AtomicWaker;
+use crossbeam_queue::ArrayQueue;
+
+/// Cores addressable by a delivery ticket.
+pub const CORES_MAX: usize = 256;
+/// In-flight request slots addressable per core.
+pub const SLOTS_PER_CORE_MAX: usize = 1 << 23;
+/// Batches kept for reuse per core; more are freed.
+pub const RECYCLED_BATCHES_MAX: usize = 1024;
+
+/// Which request a record belongs to: a core, one of its in-flight slots,
+/// and the slot's generation (so a late report for a reused slot is ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub core: usize,
+    pub slot: usize,
+    pub generation: u32,
+}
+
+/// A ticket and the record kind packed into librdkafka's delivery opaque
+/// (a pointer-sized integer, so nothing is boxed per message).
+/// Layout: generation (32 bits) | dead-letter flag (1) | slot (23) | core (8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opaque(pub usize);
+
+const _: () = assert!(usize::BITS == 64, "the delivery opaque packs 64 bits");
+const _: () = assert!(CORES_MAX == 1 << 8 && SLOTS_PER_CORE_MAX == 1 << 23);
+
+impl Opaque {
+    pub fn new(ticket: Ticket, dead_letter: bool) -> Self {
+        debug_assert!(ticket.core < CORES_MAX && ticket.slot < SLOTS_PER_CORE_MAX);
+        Opaque(
+            (ticket.generation as usize) << 32
+                | usize::from(dead_letter) << 31
+                | ticket.slot << 8
+                | ticket.core,
+        )
+    }
+
+    pub fn ticket(self) -> Ticket {
+        Ticket {
+            core: self.0 & 0xff,
+            slot: (self.0 >> 8) & (SLOTS_PER_CORE_MAX - 1),
+            generation: (self.0 >> 32) as u32,
+        }
+    }
+
+    pub fn is_dead_letter(self) -> bool {
+        self.0 >> 31 & 1 == 1
+    }
+}
+
+/// One Kafka record inside a batch's data buffer.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub dead_letter: bool,
+    pub key: Range<usize>,
+    pub value: Range<usize>,
+    /// Empty for dead-letter records.
+    pub event_type: Range<usize>,
+}
+
+/// The records of one request, handed to a producer thread.
+#[derive(Debug)]
+pub struct Batch {
+    pub ticket: Ticket,
+    /// Past it, records still waiting for queue space are failed.
+    pub deadline: Instant,
+    pub topic: Arc<str>,
+    pub dead_letter_topic: Arc<str>,
+    pub tenant_id: Arc<str>,
+    pub data: Vec<u8>,
+    pub records: Vec<Record>,
+}
+
+impl Batch {
+    /// An empty batch; only allocated while a core's pool warms up.
+    pub fn new(empty: &Arc<str>) -> Self {
+        Batch {
+            ticket: Ticket {
+                core: 0,
+                slot: 0,
+                generation: 0,
+            },
+            deadline: Instant::now(),
+            topic: empty.clone(),
+            dead_letter_topic: empty.clone(),
+            tenant_id: empty.clone(),
+            data: Vec::with_capacity(4096),
+            records: Vec::with_capacity(16),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.records.clear();
+    }
+}
+
+/// A delivery outcome for one record.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    pub opaque: Opaque,
+    pub delivered: bool,
+}
+
+/// What producer threads send back to one core.
+pub struct Mailbox {
+    completions: ArrayQueue<Completion>,
+    waker: AtomicWaker,
+    recycled: ArrayQueue<Batch>,
+}
+
+impl Mailbox {
+    /// `completions_max` must be at least the number of records the core can
+    /// have in flight, so that a completion always finds room.
+    pub fn new(completions_max: usize) -> Self {
+        Mailbox {
+            completions: ArrayQueue::new(completions_max.max(1)),
+            waker: AtomicWaker::new(),
+            recycled: ArrayQueue::new(RECYCLED_BATCHES_MAX),
+        }
+    }
+
+    /// Called by producer threads: queue a completion and wake the core.
+    pub fn complete(&self, completion: Completion) {
+        if self.completions.push(completion).is_err() {
+            // The core bounds its in-flight records by the queue's capacity,
+            // so this is a broken invariant, not back-pressure.
+            tracing::error!("completion queue overflow: in-flight accounting is broken");
+        }
+        self.waker.wake();
+    }
+
+    /// Called by producer threads: give an emptied batch back for reuse.
+    pub fn recycle(&self, mut batch: Batch) {
+        batch.clear();
+        let _ = self.recycled.push(batch);
+    }
+
+    /// Called by the core: take a pooled batch, if any.
+    pub fn take_batch(&self) -> Option<Batch> {
+        self.recycled.pop()
+    }
+
+    /// Called by the core: the next completion, if any.
+    pub fn next_completion(&self) -> Option<Completion> {
+        self.completions.pop()
+    }
+
+    /// Called by the core's completion task before it sleeps.
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Wakes the core's completion task (for shutdown).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opaque_round_trips_every_field() {
+        for (core, slot, generation, dead_letter) in [
+            (0, 0, 0, false),
+            (255, SLOTS_PER_CORE_MAX - 1, u32::MAX, true),
+            (3, 12345, 77, false),
+        ] {
+            let ticket = Ticket {
+                core,
+                slot,
+                generation,
+            };
+            let opaque = Opaque::new(ticket, dead_letter);
+            assert_eq!(opaque.ticket(), ticket);
+            assert_eq!(opaque.is_dead_letter(), dead_letter);
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! sluice: a thread-per-core HTTP/1.1-to-Kafka event ingestion server.
+//!
+//! Map of the crate (ARCHITECTURE.md has the data path and invariants):
+//! - [`config`]: TOML, environment and flags into one [`config::Config`].
+//! - [`http`]: HTTP/1.1 framing; knows nothing of events.
+//! - [`auth`]: API-key snapshots, swapped atomically on reload.
+//! - [`split`] and [`event`]: request bodies into validated, enriched records.
+//! - [`kafka`]: the only module that knows rdkafka; producer threads and the
+//!   hand-off to and from the cores.
+//! - [`server`]: core threads, connections, in-flight tracking, control plane.
+//! - [`metrics`], [`health`], [`shutdown`], [`error`]: cross-cutting state.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod health;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+pub mod split;

@@ -1,0 +1,295 @@
+//! Prometheus metrics. Each core writes only its own cache-line-aligned
+//! counters (relaxed atomics, no contention); a scrape reads them all.
+//!
+//! The delivery-latency histogram uses fixed Prometheus buckets, which is
+//! what the exposition format wants; hdrhistogram is the load generator's.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Routes counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Events,
+    EventsBatch,
+    Healthz,
+    Readyz,
+    Metrics,
+    Other,
+}
+
+const ROUTES: [(Route, &str); 6] = [
+    (Route::Events, "/v1/events"),
+    (Route::EventsBatch, "/v1/events/batch"),
+    (Route::Healthz, "/healthz"),
+    (Route::Readyz, "/readyz"),
+    (Route::Metrics, "/metrics"),
+    (Route::Other, "other"),
+];
+
+const STATUSES: [u16; 16] = [
+    200, 202, 400, 401, 404, 405, 408, 411, 413, 415, 429, 431, 500, 503, 100, 0,
+];
+
+/// Upper bounds of the delivery-latency buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+fn status_index(status: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|&s| s == status)
+        .unwrap_or(STATUSES.len() - 1)
+}
+
+/// One core's counters.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct CoreMetrics {
+    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    events_accepted: AtomicU64,
+    events_rejected: AtomicU64,
+    body_bytes: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    latency_sum_us: AtomicU64,
+    shed: AtomicU64,
+    delivery_timeouts: AtomicU64,
+    logs_suppressed: AtomicU64,
+    pub inflight_requests: AtomicU64,
+    pub inflight_bytes: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+impl CoreMetrics {
+    pub fn request(&self, route: Route, status: u16) {
+        let route = ROUTES
+            .iter()
+            .position(|(r, _)| *r == route)
+            .unwrap_or(ROUTES.len() - 1);
+        self.requests[route][status_index(status)].fetch_add(1, Relaxed);
+    }
+
+    pub fn events(&self, accepted: usize, rejected: usize) {
+        self.events_accepted.fetch_add(accepted as u64, Relaxed);
+        self.events_rejected.fetch_add(rejected as u64, Relaxed);
+    }
+
+    pub fn body_bytes(&self, bytes: usize) {
+        self.body_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn delivery_latency(&self, latency: Duration) {
+        let micros = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = LATENCY_BOUNDS_US
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
+        self.latency_buckets[bucket].fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(micros, Relaxed);
+    }
+
+    pub fn shed(&self) {
+        self.shed.fetch_add(1, Relaxed);
+    }
+
+    pub fn delivery_timeout(&self) {
+        self.delivery_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub fn log_suppressed(&self) {
+        self.logs_suppressed.fetch_add(1, Relaxed);
+    }
+}
+
+/// All metrics of the process.
+pub struct Metrics {
+    pub cores: Vec<CoreMetrics>,
+    delivery_failures: AtomicU64,
+    dead_letter_failures: AtomicU64,
+    key_reloads: AtomicU64,
+    key_reload_failures: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(cores: usize) -> Self {
+        Metrics {
+            cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            delivery_failures: AtomicU64::new(0),
+            dead_letter_failures: AtomicU64::new(0),
+            key_reloads: AtomicU64::new(0),
+            key_reload_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Called from librdkafka's delivery callback.
+    pub fn delivery_failed(&self, dead_letter: bool) {
+        let counter = if dead_letter {
+            &self.dead_letter_failures
+        } else {
+            &self.delivery_failures
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn key_reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.key_reloads
+        } else {
+            &self.key_reload_failures
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    fn sum(&self, field: impl Fn(&CoreMetrics) -> &AtomicU64) -> u64 {
+        self.cores
+            .iter()
+            .map(|core| field(core).load(Relaxed))
+            .sum()
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self, ready: bool) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        out.push_str("# HELP sluice_http_requests_total HTTP requests by route and status.\n# TYPE sluice_http_requests_total counter\n");
+        for (route_index, (_, route)) in ROUTES.iter().enumerate() {
+            for (status_index, status) in STATUSES.iter().enumerate() {
+                let count = self.sum(|core| &core.requests[route_index][status_index]);
+                if count > 0 {
+                    let _ = writeln!(out, "sluice_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}");
+                }
+            }
+        }
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "sluice_events_accepted_total",
+                "Events accepted for Kafka.",
+                self.sum(|c| &c.events_accepted),
+            ),
+            (
+                "sluice_events_rejected_total",
+                "Events rejected by validation.",
+                self.sum(|c| &c.events_rejected),
+            ),
+            (
+                "sluice_http_request_body_bytes_total",
+                "Request body bytes received.",
+                self.sum(|c| &c.body_bytes),
+            ),
+            (
+                "sluice_load_shed_total",
+                "Requests refused with 503 because a queue was full.",
+                self.sum(|c| &c.shed),
+            ),
+            (
+                "sluice_delivery_timeouts_total",
+                "Requests answered 503 at the delivery deadline.",
+                self.sum(|c| &c.delivery_timeouts),
+            ),
+            (
+                "sluice_kafka_delivery_failures_total",
+                "Event records Kafka did not store.",
+                self.delivery_failures.load(Relaxed),
+            ),
+            (
+                "sluice_kafka_dead_letter_failures_total",
+                "Dead-letter records Kafka did not store.",
+                self.dead_letter_failures.load(Relaxed),
+            ),
+            (
+                "sluice_log_lines_suppressed_total",
+                "Failed-request log lines dropped by the rate limit.",
+                self.sum(|c| &c.logs_suppressed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_key_reloads_total Keys file reloads by result.\n# TYPE sluice_key_reloads_total counter\nsluice_key_reloads_total{{result=\"ok\"}} {}\nsluice_key_reloads_total{{result=\"error\"}} {}",
+            self.key_reloads.load(Relaxed),
+            self.key_reload_failures.load(Relaxed)
+        );
+        self.render_latency(&mut out);
+        let gauges: [(&str, &str, fn(&CoreMetrics) -> &AtomicU64); 3] = [
+            (
+                "sluice_inflight_requests",
+                "Requests awaiting Kafka, per core.",
+                |c| &c.inflight_requests,
+            ),
+            (
+                "sluice_inflight_bytes",
+                "Event bytes awaiting Kafka, per core.",
+                |c| &c.inflight_bytes,
+            ),
+            ("sluice_connections", "Open connections, per core.", |c| {
+                &c.connections
+            }),
+        ];
+        for (name, help, field) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (index, core) in self.cores.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{core=\"{index}\"}} {}",
+                    field(core).load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP sluice_ready Whether /readyz answers 200.\n# TYPE sluice_ready gauge\nsluice_ready {}", u8::from(ready));
+        out
+    }
+
+    fn render_latency(&self, out: &mut String) {
+        let name = "sluice_kafka_delivery_seconds";
+        let _ = writeln!(out, "# HELP {name} Time from hand-off to the last delivery report of a request.\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (index, bound) in LATENCY_BOUNDS_US.iter().enumerate() {
+            cumulative += self.sum(|core| &core.latency_buckets[index]);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        cumulative += self.sum(|core| &core.latency_buckets[LATENCY_BOUNDS_US.len()]);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum(|core| &core.latency_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_sums_cores_and_accumulates_buckets() {
+        let metrics = Metrics::new(2);
+        metrics.cores[0].request(Route::Events, 202);
+        metrics.cores[1].request(Route::Events, 202);
+        metrics.cores[1].request(Route::EventsBatch, 413);
+        metrics.cores[0].delivery_latency(Duration::from_micros(700));
+        metrics.cores[1].delivery_latency(Duration::from_secs(60));
+        let text = metrics.render(true);
+        assert!(
+            text.contains("sluice_http_requests_total{route=\"/v1/events\",status=\"202\"} 2\n")
+        );
+        assert!(text
+            .contains("sluice_http_requests_total{route=\"/v1/events/batch\",status=\"413\"} 1\n"));
+        assert!(text.contains("sluice_kafka_delivery_seconds_bucket{le=\"0.0005\"} 0\n"));
+        assert!(text.contains("sluice_kafka_delivery_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(text.contains("sluice_kafka_delivery_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("sluice_ready 1\n"));
+    }
+}

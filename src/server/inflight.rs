@@ -1,0 +1,303 @@
+//! Requests awaiting Kafka on one core: a fixed table of slots, each
+//! counting the delivery reports still due for one request.
+//!
+//! Slots are preallocated and reused, with a generation so a ticket names
+//! one use of a slot. A slot is freed only when every record of its request
+//! has reported, even if the client was already answered (deadline passed,
+//! or `ack_mode = "enqueued"`), so the in-flight bounds hold whatever the
+//! broker does.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use crate::kafka::handoff::{Completion, Ticket};
+use crate::metrics::CoreMetrics;
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    in_use: bool,
+    /// Records whose delivery report has not arrived.
+    pending: u32,
+    /// Whether any event record (not dead letter) failed.
+    failed: bool,
+    /// Nobody waits any more; free the slot when `pending` reaches 0.
+    detached: bool,
+    waiting: Option<Waker>,
+    bytes: usize,
+    started: Instant,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
+
+/// The in-flight table of one core.
+pub struct Inflight {
+    core: usize,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    records: usize,
+    records_max: usize,
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl Inflight {
+    pub fn new(core: usize, requests_max: usize, records_max: usize, bytes_max: usize) -> Self {
+        let now = Instant::now();
+        let slots = (0..requests_max)
+            .map(|_| Slot {
+                generation: 0,
+                in_use: false,
+                pending: 0,
+                failed: false,
+                detached: false,
+                waiting: None,
+                bytes: 0,
+                started: now,
+            })
+            .collect();
+        Inflight {
+            core,
+            slots,
+            free: (0..requests_max).rev().collect(),
+            records: 0,
+            records_max,
+            bytes: 0,
+            bytes_max,
+        }
+    }
+
+    /// Reserves a slot for a request of `records` records and `bytes` bytes.
+    pub fn reserve(
+        &mut self,
+        records: usize,
+        bytes: usize,
+        metrics: &CoreMetrics,
+    ) -> Result<Ticket, Full> {
+        if self.records + records > self.records_max || self.bytes + bytes > self.bytes_max {
+            return Err(Full);
+        }
+        let index = self.free.pop().ok_or(Full)?;
+        let slot = &mut self.slots[index];
+        debug_assert!(!slot.in_use);
+        slot.in_use = true;
+        slot.pending = records as u32;
+        slot.failed = false;
+        slot.detached = false;
+        slot.waiting = None;
+        slot.bytes = bytes;
+        slot.started = Instant::now();
+        let ticket = Ticket {
+            core: self.core,
+            slot: index,
+            generation: slot.generation,
+        };
+        self.records += records;
+        self.bytes += bytes;
+        self.publish(metrics);
+        Ok(ticket)
+    }
+
+    /// Frees a reservation whose batch never reached a producer.
+    pub fn cancel(&mut self, ticket: Ticket, metrics: &CoreMetrics) {
+        let pending = self.slots[ticket.slot].pending as usize;
+        self.records -= pending;
+        self.release(ticket.slot, metrics);
+    }
+
+    /// Stops waiting on a ticket (client answered); the slot is freed once
+    /// its last report arrives.
+    pub fn detach(&mut self, ticket: Ticket, metrics: &CoreMetrics) {
+        let slot = &mut self.slots[ticket.slot];
+        if !slot.in_use || slot.generation != ticket.generation {
+            return;
+        }
+        slot.waiting = None;
+        if slot.pending == 0 {
+            self.release(ticket.slot, metrics);
+        } else {
+            slot.detached = true;
+        }
+    }
+
+    /// Applies one delivery report.
+    pub fn complete(&mut self, completion: Completion, metrics: &CoreMetrics) {
+        let ticket = completion.opaque.ticket();
+        let Some(slot) = self.slots.get_mut(ticket.slot) else {
+            return;
+        };
+        if !slot.in_use || slot.generation != ticket.generation || slot.pending == 0 {
+            tracing::error!(?ticket, "delivery report for no in-flight request");
+            return;
+        }
+        slot.pending -= 1;
+        self.records -= 1;
+        if !completion.delivered && !completion.opaque.is_dead_letter() {
+            slot.failed = true;
+        }
+        if slot.pending > 0 {
+            return;
+        }
+        metrics.delivery_latency(slot.started.elapsed());
+        if slot.detached {
+            self.release(ticket.slot, metrics);
+        } else if let Some(waker) = slot.waiting.take() {
+            waker.wake();
+        }
+    }
+
+    /// `Some(delivered)` once every report of `ticket` arrived; the slot is
+    /// then freed. Otherwise registers `waker`.
+    fn poll_ticket(
+        &mut self,
+        ticket: Ticket,
+        waker: &Waker,
+        metrics: &CoreMetrics,
+    ) -> Option<bool> {
+        let slot = &mut self.slots[ticket.slot];
+        debug_assert!(slot.in_use && slot.generation == ticket.generation);
+        if slot.pending == 0 {
+            let delivered = !slot.failed;
+            self.release(ticket.slot, metrics);
+            return Some(delivered);
+        }
+        match &slot.waiting {
+            Some(current) if current.will_wake(waker) => {}
+            _ => slot.waiting = Some(waker.clone()),
+        }
+        None
+    }
+
+    fn release(&mut self, index: usize, metrics: &CoreMetrics) {
+        let slot = &mut self.slots[index];
+        slot.in_use = false;
+        slot.waiting = None;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.bytes -= slot.bytes;
+        self.free.push(index);
+        self.publish(metrics);
+    }
+
+    fn publish(&self, metrics: &CoreMetrics) {
+        use std::sync::atomic::Ordering::Relaxed;
+        metrics
+            .inflight_requests
+            .store((self.slots.len() - self.free.len()) as u64, Relaxed);
+        metrics.inflight_bytes.store(self.bytes as u64, Relaxed);
+    }
+
+    /// Requests in flight, answered or not.
+    pub fn requests(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
+/// Resolves to whether every event record of a request was stored. Dropping
+/// it early (deadline) detaches the ticket instead of leaking the slot.
+pub struct Delivery<'a> {
+    pub inflight: &'a RefCell<Inflight>,
+    pub metrics: &'a CoreMetrics,
+    pub ticket: Ticket,
+    pub finished: bool,
+}
+
+impl Future for Delivery<'_> {
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<bool> {
+        let result =
+            self.inflight
+                .borrow_mut()
+                .poll_ticket(self.ticket, context.waker(), self.metrics);
+        match result {
+            Some(delivered) => {
+                self.finished = true;
+                Poll::Ready(delivered)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Delivery<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.inflight.borrow_mut().detach(self.ticket, self.metrics);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::handoff::Opaque;
+
+    fn completion(ticket: Ticket, delivered: bool, dead_letter: bool) -> Completion {
+        Completion {
+            opaque: Opaque::new(ticket, dead_letter),
+            delivered,
+        }
+    }
+
+    #[test]
+    fn bounds_are_enforced_and_released() {
+        let metrics = CoreMetrics::default();
+        let mut inflight = Inflight::new(0, 2, 10, 100);
+        let first = inflight.reserve(5, 60, &metrics).unwrap();
+        assert_eq!(inflight.reserve(1, 50, &metrics), Err(Full), "bytes bound");
+        assert_eq!(inflight.reserve(6, 1, &metrics), Err(Full), "records bound");
+        let second = inflight.reserve(1, 1, &metrics).unwrap();
+        assert_eq!(inflight.reserve(1, 1, &metrics), Err(Full), "slot bound");
+        inflight.cancel(second, &metrics);
+        inflight.detach(first, &metrics);
+        for _ in 0..5 {
+            inflight.complete(completion(first, true, false), &metrics);
+        }
+        assert_eq!(inflight.requests(), 0);
+        inflight.reserve(10, 100, &metrics).unwrap();
+    }
+
+    #[test]
+    fn dead_letter_failures_do_not_fail_the_request() {
+        let metrics = CoreMetrics::default();
+        let inflight = RefCell::new(Inflight::new(0, 4, 10, 100));
+        let ticket = inflight.borrow_mut().reserve(2, 10, &metrics).unwrap();
+        inflight
+            .borrow_mut()
+            .complete(completion(ticket, true, false), &metrics);
+        inflight
+            .borrow_mut()
+            .complete(completion(ticket, false, true), &metrics);
+        let waker = Waker::noop();
+        assert_eq!(
+            inflight.borrow_mut().poll_ticket(ticket, waker, &metrics),
+            Some(true)
+        );
+
+        let ticket = inflight.borrow_mut().reserve(1, 10, &metrics).unwrap();
+        inflight
+            .borrow_mut()
+            .complete(completion(ticket, false, false), &metrics);
+        assert_eq!(
+            inflight.borrow_mut().poll_ticket(ticket, waker, &metrics),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn stale_reports_are_ignored() {
+        let metrics = CoreMetrics::default();
+        let mut inflight = Inflight::new(0, 1, 10, 100);
+        let old = inflight.reserve(1, 1, &metrics).unwrap();
+        inflight.cancel(old, &metrics);
+        let new = inflight.reserve(1, 1, &metrics).unwrap();
+        assert_eq!(old.slot, new.slot);
+        inflight.complete(completion(old, false, false), &metrics);
+        assert_eq!(inflight.requests(), 1);
+    }
+}

@@ -1,0 +1,136 @@
+//! From a request body to records handed to Kafka: split, validate,
+//! enrich, reserve in-flight capacity, send. Synchronous: it runs between
+//! two awaits of the connection task and keeps no borrow across them.
+
+use std::sync::Arc;
+
+use crossbeam_channel::TrySendError;
+
+use super::core::Core;
+use crate::auth::Grant;
+use crate::error::ApiError;
+use crate::event::{write_dead_letter, write_error_fields, Enrichment};
+use crate::kafka::handoff::{Record, Ticket};
+use crate::split::{event_spans, BodyKind};
+
+/// Events handed to a producer.
+#[derive(Debug)]
+pub struct Handed {
+    pub ticket: Ticket,
+    pub accepted: usize,
+    pub rejected: usize,
+}
+
+/// Validates `body` and hands its records over. Rejected events of a batch
+/// are described in `rejected_json` (comma-separated objects) and become
+/// dead-letter records. A single invalid event is an error.
+pub fn ingest(
+    core: &Core,
+    grant: &Grant,
+    kind: BodyKind,
+    body: &[u8],
+    rejected_json: &mut Vec<u8>,
+) -> Result<Handed, ApiError> {
+    let limits = &core.shared.config.limits;
+    let mut scratch = core.scratch.borrow_mut();
+    event_spans(kind, body, &mut scratch.spans, limits.batch_events_max)?;
+    let received_at_ms = crate::health::now_ms();
+    let enrichment = Enrichment {
+        tenant_id: &grant.tenant_id,
+        project_id: grant.project_id.as_deref(),
+        received_at_ms,
+    };
+    let mut batch = core.take_batch();
+    batch.topic = grant
+        .topic
+        .clone()
+        .unwrap_or_else(|| core.shared.topic.clone());
+    batch.dead_letter_topic = core.shared.dead_letter_topic.clone();
+    batch.tenant_id = Arc::clone(&grant.tenant_id);
+    let mut validator = core.validator.borrow_mut();
+    let mut rejected = 0;
+    for (index, span) in scratch.spans.iter().enumerate() {
+        let raw = &body[span.clone()];
+        match validator.validate_into(raw, &enrichment, &mut batch.data) {
+            Ok(spans) => batch.records.push(Record {
+                dead_letter: false,
+                key: spans.key,
+                value: spans.value,
+                event_type: spans.event_type,
+            }),
+            Err(error) if kind == BodyKind::Single => {
+                core.mailbox.recycle(batch);
+                return Err(error);
+            }
+            Err(error) => {
+                rejected += 1;
+                describe_rejection(rejected_json, index, &error);
+                let (key, value) = write_dead_letter(
+                    raw,
+                    &error,
+                    &enrichment,
+                    limits.dlq_raw_bytes_max,
+                    &mut batch.data,
+                );
+                batch.records.push(Record {
+                    dead_letter: true,
+                    key,
+                    value,
+                    event_type: 0..0,
+                });
+            }
+        }
+    }
+    drop(validator);
+    drop(scratch);
+    let accepted = batch.records.len() - rejected;
+    let metrics = core.metrics();
+    let reserved =
+        core.inflight
+            .borrow_mut()
+            .reserve(batch.records.len(), batch.data.len(), metrics);
+    let Ok(ticket) = reserved else {
+        core.mailbox.recycle(batch);
+        return Err(shed(core));
+    };
+    batch.ticket = ticket;
+    batch.deadline = std::time::Instant::now()
+        + std::time::Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
+    match core.batches.try_send(batch) {
+        Ok(()) => {
+            metrics.events(accepted, rejected);
+            Ok(Handed {
+                ticket,
+                accepted,
+                rejected,
+            })
+        }
+        Err(TrySendError::Full(batch)) => {
+            core.inflight.borrow_mut().cancel(ticket, metrics);
+            core.mailbox.recycle(batch);
+            Err(shed(core))
+        }
+        Err(TrySendError::Disconnected(batch)) => {
+            core.inflight.borrow_mut().cancel(ticket, metrics);
+            core.mailbox.recycle(batch);
+            Err(ApiError::unavailable("server is shutting down"))
+        }
+    }
+}
+
+fn shed(core: &Core) -> ApiError {
+    core.metrics().shed();
+    core.shared.readiness.note_shed(crate::health::now_ms());
+    ApiError::overloaded()
+}
+
+fn describe_rejection(out: &mut Vec<u8>, index: usize, error: &ApiError) {
+    if !out.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"{\"index\":");
+    out.extend_from_slice(itoa::Buffer::new().format(index).as_bytes());
+    out.push(b',');
+    write_error_fields(out, error);
+    out.push(b'}');
+}

@@ -1,0 +1,286 @@
+//! The server: start-up, the core threads, the control plane (signals, key
+//! reloads, readiness probe) and the shutdown sequence.
+
+pub mod connection;
+pub mod core;
+pub mod inflight;
+pub mod ingest;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::auth::KeyStore;
+use crate::config::Config;
+use crate::health::Readiness;
+use crate::kafka::dev::DevCluster;
+use crate::kafka::handoff::Mailbox;
+use crate::kafka::producer::ProducerPool;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+/// State shared by all cores and the control plane; read-mostly.
+pub struct Shared {
+    pub config: Config,
+    pub keys: KeyStore,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub mailboxes: Arc<[Arc<Mailbox>]>,
+    pub topic: Arc<str>,
+    pub dead_letter_topic: Arc<str>,
+    pub shutdown: Shutdown,
+}
+
+/// Runs the server until SIGTERM or SIGINT has drained it.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let topics = [config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
+    let dev = if config.dev {
+        Some(DevCluster::start(&topics)?)
+    } else {
+        None
+    };
+    let brokers = dev.as_ref().map_or_else(
+        || config.kafka.brokers.clone(),
+        DevCluster::bootstrap_servers,
+    );
+    let dev_key = dev
+        .as_ref()
+        .map(|_| format!("sluice_dev_{:016x}", rand_u64()));
+    let keys = open_keys(&config, dev_key.as_deref())?;
+    if config.server.ack_mode == crate::config::AckMode::Durable {
+        crate::kafka::check_durable_properties(&config.kafka.properties)?;
+    }
+
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let cores = match config.server.cores {
+        0 => cpus.len().max(1),
+        cores => cores,
+    };
+    let listeners = bind_listeners(config.listen_address()?, cores)?;
+    let address = listeners[0].local_addr()?;
+
+    let metrics = Arc::new(Metrics::new(cores));
+    let readiness = Arc::new(Readiness::default());
+    let events_max = config.limits.inflight_events_per_core_max;
+    let mailboxes: Arc<[Arc<Mailbox>]> = (0..cores)
+        .map(|_| Arc::new(Mailbox::new(events_max)))
+        .collect();
+    let (batches, batch_receiver) = crossbeam_channel::bounded(config.kafka.queue_batches_max);
+    let producers = ProducerPool::start(
+        &config,
+        &brokers,
+        batch_receiver,
+        mailboxes.clone(),
+        metrics.clone(),
+    )?;
+
+    let shared = Arc::new(Shared {
+        topic: config.kafka.topic.as_str().into(),
+        dead_letter_topic: config.kafka.dlq_topic.as_str().into(),
+        config,
+        keys,
+        metrics,
+        readiness,
+        mailboxes,
+        shutdown: Shutdown::new(cores),
+    });
+    tracing::info!(config = %shared.config.masked_summary(), "effective configuration");
+
+    let control_stop = Arc::new(AtomicBool::new(false));
+    let control = start_control_plane(&shared, &producers, &control_stop)?;
+
+    let mut core_threads = Vec::with_capacity(cores);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let setup = core::CoreSetup {
+            index,
+            cpu: shared
+                .config
+                .server
+                .pin_cores
+                .then(|| cpus.get(index % cpus.len().max(1)).copied())
+                .flatten(),
+            listener,
+            shared: shared.clone(),
+            batches: batches.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("sluice-core-{index}"))
+            .spawn(move || {
+                let index = setup.index;
+                if let Err(error) = core::run(setup) {
+                    tracing::error!(core = index, %error, "core stopped");
+                }
+            })
+            .context("spawning a core thread")?;
+        core_threads.push(thread);
+    }
+    drop(batches);
+    announce(&shared, address, cores, dev_key.as_deref());
+
+    for thread in core_threads {
+        let _ = thread.join();
+    }
+    let drain_deadline =
+        Instant::now() + Duration::from_millis(shared.config.server.drain_timeout_ms);
+    let flushed = producers.shutdown(drain_deadline);
+    control_stop.store(true, Ordering::Relaxed);
+    for thread in control {
+        let _ = thread.join();
+    }
+    drop(dev);
+    tracing::info!(flushed, "stopped");
+    if !flushed {
+        anyhow::bail!("some events were not flushed to Kafka before the drain deadline");
+    }
+    Ok(())
+}
+
+fn open_keys(config: &Config, dev_key: Option<&str>) -> anyhow::Result<KeyStore> {
+    let path = config.auth.keys_file.clone();
+    // In --dev a missing keys file is fine: the printed dev key works alone.
+    let path = (!config.dev || path.exists()).then_some(path);
+    KeyStore::open(
+        path,
+        dev_key.map(|key| (key.to_string(), "dev".to_string())),
+    )
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// One SO_REUSEPORT listener per core, all on the same port; port 0 picks
+/// a free port once, for all of them.
+fn bind_listeners(address: SocketAddr, cores: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(cores);
+    let mut address = address;
+    for _ in 0..cores {
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket
+            .bind(&address.into())
+            .with_context(|| format!("binding {address}"))?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        address = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn announce(shared: &Shared, address: SocketAddr, cores: usize, dev_key: Option<&str>) {
+    let config = &shared.config;
+    if let Some(key) = dev_key {
+        tracing::warn!("--dev: in-process mock Kafka cluster; NOTHING IS DURABLE");
+        tracing::warn!(dev_api_key = key, "--dev: use this API key");
+        let host = if address.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            address.ip().to_string()
+        };
+        eprintln!(
+            "\n  try: curl -i -H 'X-CS-API-Key: {key}' -H 'Content-Type: application/json' \\\n         -d '{{\"user_id\":\"user_123\",\"event_type\":\"page_view\",\"event_time\":'$(date +%s%3N)'}}' \\\n         http://{host}:{}/v1/events\n",
+            address.port()
+        );
+    }
+    tracing::info!(
+        address = %address,
+        cores,
+        ack_mode = ?config.server.ack_mode,
+        topic = %config.kafka.topic,
+        "sluice ready"
+    );
+}
+
+fn start_control_plane(
+    shared: &Arc<Shared>,
+    producers: &ProducerPool,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut threads = Vec::new();
+
+    let probe_producer = producers.probe_client();
+    let topics = vec![
+        shared.config.kafka.topic.clone(),
+        shared.config.kafka.dlq_topic.clone(),
+    ];
+    let interval = Duration::from_millis(shared.config.kafka.health_interval_ms.max(50));
+    let readiness = shared.readiness.clone();
+    let probe_stop = stop.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("sluice-probe".into())
+            .spawn(move || {
+                crate::kafka::probe::run(probe_producer, topics, interval, readiness, || {
+                    probe_stop.load(Ordering::Relaxed)
+                })
+            })?,
+    );
+
+    let watcher = shared.clone();
+    let watcher_stop = stop.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("sluice-keys".into())
+            .spawn(move || {
+                let interval =
+                    Duration::from_millis(watcher.config.auth.reload_interval_ms.max(10));
+                while !watcher_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(interval);
+                    if let Some(result) = watcher.keys.reload_if_changed() {
+                        log_reload(&watcher, "file change", result);
+                    }
+                }
+            })?,
+    );
+
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let signalled = shared.clone();
+    // Not joined: it blocks in the signal iterator and ends with the process.
+    std::thread::Builder::new()
+        .name("sluice-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    log_reload(&signalled, "SIGHUP", signalled.keys.reload());
+                    continue;
+                }
+                signalled.readiness.start_draining();
+                if signalled.shutdown.trigger() {
+                    tracing::warn!("second shutdown signal; exiting now");
+                    std::process::exit(1);
+                }
+                tracing::info!(
+                    signal,
+                    "shutting down: no new connections, draining in-flight requests"
+                );
+            }
+        })?;
+    Ok(threads)
+}
+
+fn log_reload(shared: &Shared, trigger: &str, result: anyhow::Result<usize>) {
+    shared.metrics.key_reload(result.is_ok());
+    match result {
+        Ok(keys) => tracing::info!(trigger, keys, "API keys reloaded"),
+        Err(error) => tracing::error!(
+            trigger,
+            error = format!("{error:#}"),
+            "API keys reload failed; keeping the previous keys"
+        ),
+    }
+}
