@@ -196,13 +196,7 @@ impl Sluice {
     pub fn start(options: Options) -> Sluice {
         let dir = TempDir::new("sluice");
         let keys = dir.file("keys.toml", &options.keys);
-        let config = dir.file(
-            "sluice.toml",
-            &format!(
-                "[server]\npin_cores = false\n[auth]\nreload_interval_ms = 100\n[kafka]\nhealth_interval_ms = 200\n{}",
-                options.extra_config
-            ),
-        );
+        let config = dir.file("sluice.toml", &options.extra_config);
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
             .arg("--config")
@@ -212,6 +206,9 @@ impl Sluice {
             .args(["--listen", "127.0.0.1:0", "--cores", "1"])
             .args(&options.args)
             .env("RUST_LOG", "info,librdkafka=off")
+            .env("SLUICE_SERVER_PIN_CORES", "false")
+            .env("SLUICE_AUTH_RELOAD_INTERVAL_MS", "100")
+            .env("SLUICE_KAFKA_HEALTH_INTERVAL_MS", "200")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         match &options.brokers {
