@@ -43,7 +43,9 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        let unique = format!("sluice-test-{name}-{}-{}", std::process::id(), now_ms());
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let unique = format!("sluice-test-{name}-{}-{count}-{}", std::process::id(), now_ms());
         let path = std::env::temp_dir().join(unique);
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
@@ -91,7 +93,10 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
-        let port = free_port();
+        Broker::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_binary())
             .args([
@@ -178,6 +183,8 @@ pub struct Options {
     pub extra_config: String,
     pub args: Vec<String>,
     pub keys: String,
+    /// Environment variables, applied after the harness defaults.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -186,6 +193,7 @@ impl Default for Options {
             brokers: None,
             extra_config: String::new(),
             args: Vec::new(),
+            env: Vec::new(),
             keys: keys_file_text(),
         }
     }
@@ -209,6 +217,7 @@ impl Sluice {
             .env("SLUICE_SERVER_PIN_CORES", "false")
             .env("SLUICE_AUTH_RELOAD_INTERVAL_MS", "100")
             .env("SLUICE_KAFKA_HEALTH_INTERVAL_MS", "200")
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         match &options.brokers {
