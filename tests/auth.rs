@@ -27,7 +27,11 @@ fn status_with_key(sluice: &Sluice, key: &str) -> u16 {
 fn eventually(sluice: &Sluice, key: &str, status: u16) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while status_with_key(sluice, key) != status {
-        assert!(Instant::now() < deadline, "key {key} never got {status}; logs:\n{}", sluice.logs());
+        assert!(
+            Instant::now() < deadline,
+            "key {key} never got {status}; logs:\n{}",
+            sluice.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -37,16 +41,34 @@ fn plain_hashed_bearer_missing_unknown_and_disabled_keys() {
     let sluice = dev();
     assert_eq!(post_with(&sluice, &[("X-CS-API-Key", KEY)]).status, 202);
     // key_sha256 of "password" is in the test keys file.
-    assert_eq!(post_with(&sluice, &[("X-CS-API-Key", "password")]).status, 202);
-    assert_eq!(post_with(&sluice, &[("Authorization", &format!("Bearer {KEY}"))]).status, 202);
+    assert_eq!(
+        post_with(&sluice, &[("X-CS-API-Key", "password")]).status,
+        202
+    );
+    assert_eq!(
+        post_with(&sluice, &[("Authorization", &format!("Bearer {KEY}"))]).status,
+        202
+    );
     let response = post_with(&sluice, &[]);
-    assert_eq!((response.status, response.code().as_str()), (401, "missing_api_key"));
+    assert_eq!(
+        (response.status, response.code().as_str()),
+        (401, "missing_api_key")
+    );
     let response = post_with(&sluice, &[("Authorization", "Basic dXNlcjpwYXNz")]);
-    assert_eq!((response.status, response.code().as_str()), (401, "missing_api_key"));
+    assert_eq!(
+        (response.status, response.code().as_str()),
+        (401, "missing_api_key")
+    );
     let response = post_with(&sluice, &[("X-CS-API-Key", "cs_unknown")]);
-    assert_eq!((response.status, response.code().as_str()), (401, "invalid_api_key"));
+    assert_eq!(
+        (response.status, response.code().as_str()),
+        (401, "invalid_api_key")
+    );
     let response = post_with(&sluice, &[("X-CS-API-Key", "cs_disabled")]);
-    assert_eq!((response.status, response.code().as_str()), (401, "invalid_api_key"));
+    assert_eq!(
+        (response.status, response.code().as_str()),
+        (401, "invalid_api_key")
+    );
     let response = post_with(&sluice, &[("X-CS-API-Key", &KEY[..KEY.len() - 1])]);
     assert_eq!(response.status, 401, "a key prefix was accepted");
 }
@@ -57,17 +79,28 @@ fn file_change_reloads_and_broken_file_keeps_the_old_snapshot() {
     let keys = sluice.dir.0.join("keys.toml");
     assert_eq!(status_with_key(&sluice, "cs_new_key"), 401);
 
-    let with_new = format!("{}\n[[keys]]\nkey = \"cs_new_key\"\ntenant_id = \"tenant_new\"\n", keys_file_text());
+    let with_new = format!(
+        "{}\n[[keys]]\nkey = \"cs_new_key\"\ntenant_id = \"tenant_new\"\n",
+        keys_file_text()
+    );
     std::fs::write(&keys, &with_new).unwrap();
     eventually(&sluice, "cs_new_key", 202);
 
     std::fs::write(&keys, "[[keys]]\nkey = \"half written\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !sluice.logs().contains("API keys reload failed") {
-        assert!(Instant::now() < deadline, "broken file not reported:\n{}", sluice.logs());
+        assert!(
+            Instant::now() < deadline,
+            "broken file not reported:\n{}",
+            sluice.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(status_with_key(&sluice, "cs_new_key"), 202, "a broken file dropped the old keys");
+    assert_eq!(
+        status_with_key(&sluice, "cs_new_key"),
+        202,
+        "a broken file dropped the old keys"
+    );
     assert_eq!(status_with_key(&sluice, KEY), 202);
 
     // Removing a key takes effect too.
@@ -84,10 +117,17 @@ fn sighup_reloads() {
     });
     sluice.wait_ready(200, Duration::from_secs(10));
     let keys = sluice.dir.0.join("keys.toml");
-    let text = format!("{}\n[[keys]]\nkey = \"cs_hup\"\ntenant_id = \"tenant_hup\"\n", keys_file_text());
+    let text = format!(
+        "{}\n[[keys]]\nkey = \"cs_hup\"\ntenant_id = \"tenant_hup\"\n",
+        keys_file_text()
+    );
     std::fs::write(&keys, text).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(status_with_key(&sluice, "cs_hup"), 401, "reloaded without SIGHUP");
+    assert_eq!(
+        status_with_key(&sluice, "cs_hup"),
+        401,
+        "reloaded without SIGHUP"
+    );
     sluice.signal(libc::SIGHUP);
     eventually(&sluice, "cs_hup", 202);
     assert!(sluice.logs().contains("SIGHUP"), "{}", sluice.logs());

@@ -24,7 +24,12 @@ fn until_accepted(sluice: &Sluice, user: &str, timeout: Duration) -> Duration {
         if response.status == 202 {
             return started.elapsed();
         }
-        assert!(started.elapsed() < timeout, "not accepted after {timeout:?}: {} {}", response.status, response.text());
+        assert!(
+            started.elapsed() < timeout,
+            "not accepted after {timeout:?}: {} {}",
+            response.status,
+            response.text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -51,7 +56,13 @@ fn hung_broker_gets_prompt_503_then_recovers() {
     }
     sluice.wait_ready(503, Duration::from_secs(10));
     let readyz = sluice.get("/readyz");
-    assert!(readyz.json()["reason"].as_str().is_some_and(|r| !r.is_empty()), "{}", readyz.text());
+    assert!(
+        readyz.json()["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{}",
+        readyz.text()
+    );
 
     broker.signal(libc::SIGCONT);
     sluice.wait_ready(200, Duration::from_secs(20));
@@ -71,12 +82,21 @@ fn broker_down_at_start_then_up() {
         extra_config: format!("[server]\ndelivery_timeout_ms = {DELIVERY_TIMEOUT_MS}\n"),
         ..Default::default()
     });
-    assert_eq!(sluice.get("/healthz").status, 200, "the server must serve without Kafka");
+    assert_eq!(
+        sluice.get("/healthz").status,
+        200,
+        "the server must serve without Kafka"
+    );
     let readyz = sluice.get("/readyz");
     assert_eq!(readyz.status, 503);
-    assert!(readyz.json()["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(readyz.json()["reason"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty()));
     let (response, elapsed) = post_event(&sluice, "while_down");
-    assert_eq!((response.status, response.code().as_str()), (503, "unavailable"));
+    assert_eq!(
+        (response.status, response.code().as_str()),
+        (503, "unavailable")
+    );
     assert!(response.header("Retry-After").is_some());
     assert!(elapsed < Duration::from_secs(1), "refusal took {elapsed:?}");
 

@@ -45,7 +45,11 @@ impl TempDir {
     pub fn new(name: &str) -> TempDir {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let unique = format!("sluice-test-{name}-{}-{count}-{}", std::process::id(), now_ms());
+        let unique = format!(
+            "sluice-test-{name}-{}-{count}-{}",
+            std::process::id(),
+            now_ms()
+        );
         let path = std::env::temp_dir().join(unique);
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
