@@ -31,7 +31,7 @@ pub enum LogFormat {
 }
 
 /// The whole configuration, as read from TOML.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -128,18 +128,6 @@ pub struct KafkaConfig {
     pub health_interval_ms: u64,
     /// librdkafka properties passed through verbatim; they win over ours.
     pub properties: BTreeMap<String, String>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            auth: AuthConfig::default(),
-            limits: LimitsConfig::default(),
-            kafka: KafkaConfig::default(),
-            dev: false,
-        }
-    }
 }
 
 impl Default for ServerConfig {

@@ -45,6 +45,9 @@ fn status_index(status: u16) -> usize {
         .unwrap_or(STATUSES.len() - 1)
 }
 
+/// A per-core gauge: name, help, and the field it reads.
+type Gauge = (&'static str, &'static str, fn(&CoreMetrics) -> &AtomicU64);
+
 /// One core's counters.
 #[repr(align(128))]
 #[derive(Default)]
@@ -217,7 +220,7 @@ impl Metrics {
             self.key_reload_failures.load(Relaxed)
         );
         self.render_latency(&mut out);
-        let gauges: [(&str, &str, fn(&CoreMetrics) -> &AtomicU64); 3] = [
+        let gauges: [Gauge; 3] = [
             (
                 "sluice_inflight_requests",
                 "Requests awaiting Kafka, per core.",

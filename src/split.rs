@@ -236,9 +236,9 @@ mod tests {
 
     #[test]
     fn batches_are_capped() {
-        let body = format!("{{\"events\":[{}]}}", vec!["{}"; 11].join(","));
+        let body = format!("{{\"events\":[{}]}}", ["{}"; 11].join(","));
         assert_eq!(spans(BodyKind::JsonBatch, &body).unwrap_err().status, 413);
-        let lines = vec!["{}"; 11].join("\n");
+        let lines = ["{}"; 11].join("\n");
         assert_eq!(spans(BodyKind::Ndjson, &lines).unwrap_err().status, 413);
     }
 }

@@ -20,10 +20,7 @@ pub fn check(producer: &Producer, topics: &[&str], timeout: Duration) -> Result<
             return Err(format!("topic {topic} not in metadata"));
         };
         if let Some(error) = found.error() {
-            return Err(format!(
-                "topic {topic}: {:?}",
-                rdkafka::types::RDKafkaRespErr::from(error)
-            ));
+            return Err(format!("topic {topic}: {:?}", error));
         }
         if found.partitions().is_empty() {
             return Err(format!("topic {topic} has no partitions"));
