@@ -473,6 +473,21 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_shows_the_defaults() {
+        let example: Config = toml::from_str(include_str!("../sluice.example.toml")).unwrap();
+        assert_eq!(
+            toml::to_string(&example).unwrap(),
+            toml::to_string(&Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_example_keys_file_parses() {
+        let snapshot = crate::auth::Snapshot::parse(include_str!("../keys.example.toml")).unwrap();
+        assert_eq!(snapshot.len(), 3);
+    }
+
+    #[test]
     fn secrets_are_masked_in_the_summary() {
         let mut config = Config::default();
         config

@@ -62,6 +62,7 @@ pub struct CoreMetrics {
     delivery_timeouts: AtomicU64,
     logs_suppressed: AtomicU64,
     pub inflight_requests: AtomicU64,
+    pub inflight_events: AtomicU64,
     pub inflight_bytes: AtomicU64,
     pub connections: AtomicU64,
 }
@@ -220,11 +221,16 @@ impl Metrics {
             self.key_reload_failures.load(Relaxed)
         );
         self.render_latency(&mut out);
-        let gauges: [Gauge; 3] = [
+        let gauges: [Gauge; 4] = [
             (
                 "sluice_inflight_requests",
                 "Requests awaiting Kafka, per core.",
                 |c| &c.inflight_requests,
+            ),
+            (
+                "sluice_inflight_events",
+                "Kafka records awaiting delivery, per core.",
+                |c| &c.inflight_events,
             ),
             (
                 "sluice_inflight_bytes",

@@ -44,3 +44,28 @@ impl Shutdown {
         })
     }
 }
+
+/// Stops control-plane threads promptly: they sleep on it between rounds
+/// and wake as soon as it is set. Never used on a core thread.
+#[derive(Default)]
+pub struct ControlStop {
+    stopped: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl ControlStop {
+    pub fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// Sleeps up to `duration`; returns `false` once stopped.
+    pub fn sleep(&self, duration: std::time::Duration) -> bool {
+        let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        let (stopped, _) = self
+            .changed
+            .wait_timeout_while(stopped, duration, |stopped| !*stopped)
+            .unwrap_or_else(|p| p.into_inner());
+        !*stopped
+    }
+}

@@ -335,6 +335,7 @@ fn probes_and_metrics() {
     assert!(text.contains("sluice_events_accepted_total 1\n"));
     assert!(text.contains("sluice_kafka_delivery_seconds_count 1\n"));
     assert!(text.contains("sluice_inflight_requests{core=\"0\"} 0\n"));
+    assert!(text.contains("sluice_inflight_events{core=\"0\"} 0\n"));
     assert!(!text.contains(KEY), "a key leaked into metrics");
     let mut stream = sluice.connect();
     stream

@@ -29,19 +29,22 @@ pub fn check(producer: &Producer, topics: &[&str], timeout: Duration) -> Result<
     Ok(())
 }
 
-/// Runs the probe every `interval` until `stop` says so.
+/// Runs the probe every `interval` while `pause(interval)` returns true
+/// (it sleeps, and returns false once the server stops).
 pub fn run(
     producer: Arc<Producer>,
     topics: Vec<String>,
     interval: Duration,
     readiness: Arc<Readiness>,
-    stop: impl Fn() -> bool,
+    pause: impl Fn(Duration) -> bool,
 ) {
     let topic_names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let timeout = interval.max(Duration::from_millis(500));
-    while !stop() {
+    loop {
         let result = check(&producer, &topic_names, timeout);
         readiness.set_kafka(result);
-        std::thread::sleep(interval);
+        if !pause(interval) {
+            return;
+        }
     }
 }

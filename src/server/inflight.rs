@@ -137,6 +137,9 @@ impl Inflight {
         }
         slot.pending -= 1;
         self.records -= 1;
+        metrics
+            .inflight_events
+            .store(self.records as u64, std::sync::atomic::Ordering::Relaxed);
         if !completion.delivered && !completion.opaque.is_dead_letter() {
             slot.failed = true;
         }
@@ -189,6 +192,7 @@ impl Inflight {
             .inflight_requests
             .store((self.slots.len() - self.free.len()) as u64, Relaxed);
         metrics.inflight_bytes.store(self.bytes as u64, Relaxed);
+        metrics.inflight_events.store(self.records as u64, Relaxed);
     }
 
     /// Requests in flight, answered or not.

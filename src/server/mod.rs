@@ -7,7 +7,6 @@ pub mod inflight;
 pub mod ingest;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use crate::kafka::dev::DevCluster;
 use crate::kafka::handoff::Mailbox;
 use crate::kafka::producer::ProducerPool;
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{ControlStop, Shutdown};
 
 /// State shared by all cores and the control plane; read-mostly.
 pub struct Shared {
@@ -90,7 +89,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     });
     tracing::info!(config = %shared.config.masked_summary(), "effective configuration");
 
-    let control_stop = Arc::new(AtomicBool::new(false));
+    let control_stop = Arc::new(ControlStop::default());
     let control = start_control_plane(&shared, &producers, &control_stop)?;
 
     let mut core_threads = Vec::with_capacity(cores);
@@ -127,7 +126,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let drain_deadline =
         Instant::now() + Duration::from_millis(shared.config.server.drain_timeout_ms);
     let flushed = producers.shutdown(drain_deadline);
-    control_stop.store(true, Ordering::Relaxed);
+    control_stop.stop();
     for thread in control {
         let _ = thread.join();
     }
@@ -209,7 +208,7 @@ fn announce(shared: &Shared, address: SocketAddr, cores: usize, dev_key: Option<
 fn start_control_plane(
     shared: &Arc<Shared>,
     producers: &ProducerPool,
-    stop: &Arc<AtomicBool>,
+    stop: &Arc<ControlStop>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut threads = Vec::new();
 
@@ -225,8 +224,8 @@ fn start_control_plane(
         std::thread::Builder::new()
             .name("sluice-probe".into())
             .spawn(move || {
-                crate::kafka::probe::run(probe_producer, topics, interval, readiness, || {
-                    probe_stop.load(Ordering::Relaxed)
+                crate::kafka::probe::run(probe_producer, topics, interval, readiness, |pause| {
+                    probe_stop.sleep(pause)
                 })
             })?,
     );
@@ -239,8 +238,7 @@ fn start_control_plane(
             .spawn(move || {
                 let interval =
                     Duration::from_millis(watcher.config.auth.reload_interval_ms.max(10));
-                while !watcher_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(interval);
+                while watcher_stop.sleep(interval) {
                     if let Some(result) = watcher.keys.reload_if_changed() {
                         log_reload(&watcher, "file change", result);
                     }
