@@ -1,0 +1,356 @@
+//! The connection loops: one monoio runtime per client thread, one task per
+//! keep-alive connection.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write as _;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use monoio::buf::IoBufMut as _;
+use monoio::io::{AsyncReadRent as _, AsyncWriteRentExt as _};
+use monoio::net::TcpStream;
+
+use crate::events::Generator;
+use crate::Args;
+
+/// Longest latency recorded, in microseconds.
+const LATENCY_MAX_US: u64 = 60_000_000;
+/// After the run, responses still due are awaited this long.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before reconnecting after the server closed a connection.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(10);
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// What to run.
+pub struct Plan {
+    pub args: Args,
+    /// Requests intended before this are warm-up and not counted.
+    pub measure_from: Instant,
+    pub stop_at: Instant,
+}
+
+/// Counts and latencies, per connection and merged.
+pub struct Totals {
+    pub histogram: Histogram<u64>,
+    pub statuses: BTreeMap<u16, u64>,
+    /// Measured requests sent.
+    pub sent: u64,
+    /// Measured requests answered 2xx.
+    pub ok: u64,
+    /// Measured requests answered otherwise, or lost with their connection.
+    pub errors: u64,
+    pub connection_errors: u64,
+    /// Events in measured 2xx responses.
+    pub events_ok: u64,
+    /// Every event_id that got a 2xx, warm-up included (only with --verify).
+    pub acknowledged_ids: Vec<u128>,
+}
+
+impl Totals {
+    fn new() -> Totals {
+        Totals {
+            histogram: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid bounds"),
+            statuses: BTreeMap::new(),
+            sent: 0,
+            ok: 0,
+            errors: 0,
+            connection_errors: 0,
+            events_ok: 0,
+            acknowledged_ids: Vec::new(),
+        }
+    }
+
+    fn merge(&mut self, other: Totals) {
+        self.histogram.add(&other.histogram).expect("same bounds");
+        for (status, count) in other.statuses {
+            *self.statuses.entry(status).or_default() += count;
+        }
+        self.sent += other.sent;
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.connection_errors += other.connection_errors;
+        self.events_ok += other.events_ok;
+        self.acknowledged_ids.extend(other.acknowledged_ids);
+    }
+}
+
+/// Runs the plan on `--threads` threads; returns the merged totals.
+pub fn run(plan: &Plan) -> anyhow::Result<Totals> {
+    let args = &plan.args;
+    let per_connection_rate = (args.rate > 0.0).then(|| args.rate / args.connections as f64);
+    let mut threads = Vec::new();
+    for thread in 0..args.threads {
+        let connections: Vec<usize> = (0..args.connections)
+            .filter(|c| c % args.threads == thread)
+            .collect();
+        let cpu = (!args.cpu.is_empty()).then(|| args.cpu[thread % args.cpu.len()]);
+        let plan = Plan {
+            args: args.clone(),
+            measure_from: plan.measure_from,
+            stop_at: plan.stop_at,
+        };
+        threads.push(std::thread::spawn(move || -> anyhow::Result<Totals> {
+            if let Some(cpu) = cpu {
+                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+            }
+            let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .with_entries(1024)
+                .enable_timer()
+                .build()
+                .context("building the client runtime")?;
+            runtime.block_on(async move {
+                let plan = Rc::new(plan);
+                let tasks: Vec<_> = connections
+                    .into_iter()
+                    .map(|index| {
+                        monoio::spawn(connection(plan.clone(), index, per_connection_rate))
+                    })
+                    .collect();
+                let mut totals = Totals::new();
+                for task in tasks {
+                    totals.merge(task.await);
+                }
+                Ok(totals)
+            })
+        }));
+    }
+    let mut totals = Totals::new();
+    for thread in threads {
+        totals.merge(
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??,
+        );
+    }
+    Ok(totals)
+}
+
+struct Pending {
+    intended: Instant,
+    events: usize,
+    ids: Vec<u128>,
+}
+
+/// One connection: send on schedule (or as fast as allowed), read
+/// responses in order, record each against its intended send time.
+async fn connection(plan: Rc<Plan>, index: usize, rate: Option<f64>) -> Totals {
+    let args = &plan.args;
+    let mut totals = Totals::new();
+    let mut generator =
+        Generator::new((index as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ seed());
+    let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    // Stagger open-loop connections across one interval.
+    let mut next_send = Instant::now()
+        + interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64(index as f64 / args.connections as f64)
+        });
+    let mut output = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut input = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut body = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut pending: VecDeque<Pending> = VecDeque::with_capacity(args.pipeline);
+    let mut stream: Option<TcpStream> = None;
+    loop {
+        let now = Instant::now();
+        if now >= plan.stop_at && pending.is_empty() {
+            break;
+        }
+        if now >= plan.stop_at + DRAIN_TIMEOUT {
+            totals.errors += pending.len() as u64;
+            break;
+        }
+        let Some(connected) = stream.as_mut() else {
+            match TcpStream::connect(args.target).await {
+                Ok(connected) => {
+                    let _ = connected.set_nodelay(true);
+                    stream = Some(connected);
+                }
+                Err(_) => {
+                    totals.connection_errors += 1;
+                    monoio::time::sleep(RECONNECT_BACKOFF).await;
+                }
+            }
+            continue;
+        };
+        // Send what the schedule (or the pipeline depth) allows.
+        while pending.len() < args.pipeline && now < plan.stop_at {
+            let intended = match interval {
+                Some(_) if next_send > Instant::now() => break,
+                Some(interval) => {
+                    let intended = next_send;
+                    next_send += interval;
+                    intended
+                }
+                None => Instant::now(),
+            };
+            let mut ids = Vec::new();
+            write_request(args, &mut generator, &mut body, &mut output, &mut ids);
+            if intended >= plan.measure_from {
+                totals.sent += 1;
+            }
+            let events = args.batch.max(1);
+            if args.verify.is_none() {
+                ids.clear();
+            }
+            pending.push_back(Pending {
+                intended,
+                events,
+                ids,
+            });
+        }
+        if !output.is_empty() {
+            let (result, buffer) = connected.write_all(std::mem::take(&mut output)).await;
+            output = buffer;
+            output.clear();
+            if result.is_err() {
+                lose_connection(&mut totals, &mut pending, &mut stream, &mut input, &plan);
+                continue;
+            }
+        }
+        if pending.is_empty() {
+            // Open loop, ahead of schedule: wait for the next send time.
+            let wait = next_send
+                .min(plan.stop_at)
+                .saturating_duration_since(Instant::now());
+            monoio::time::sleep(wait).await;
+            continue;
+        }
+        if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
+            input.reserve(READ_CHUNK_BYTES);
+        }
+        let filled = input.len();
+        let (result, buffer) = connected
+            .read(std::mem::take(&mut input).slice_mut(filled..))
+            .await;
+        input = buffer.into_inner();
+        match result {
+            Ok(0) | Err(_) => {
+                lose_connection(&mut totals, &mut pending, &mut stream, &mut input, &plan);
+                monoio::time::sleep(RECONNECT_BACKOFF).await;
+                continue;
+            }
+            Ok(_) => {}
+        }
+        let consumed = consume_responses(&input, &mut pending, &mut totals, &plan);
+        input.drain(..consumed);
+    }
+    totals
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn write_request(
+    args: &Args,
+    generator: &mut Generator,
+    body: &mut Vec<u8>,
+    output: &mut Vec<u8>,
+    ids: &mut Vec<u128>,
+) {
+    body.clear();
+    generator.body(args.batch, args.ndjson, body, ids, now_ms());
+    if args.gzip {
+        let mut encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 4),
+            flate2::Compression::fast(),
+        );
+        let _ = encoder.write_all(body);
+        *body = encoder.finish().unwrap_or_default();
+    }
+    let content_type = if args.batch > 0 && args.ndjson {
+        "application/x-ndjson"
+    } else {
+        "application/json"
+    };
+    let _ = write!(
+        output,
+        "POST {} HTTP/1.1\r\nHost: {}\r\nX-CS-API-Key: {}\r\nContent-Type: {content_type}\r\n{}Content-Length: {}\r\n\r\n",
+        args.path(),
+        args.target,
+        args.key,
+        if args.gzip { "Content-Encoding: gzip\r\n" } else { "" },
+        body.len()
+    );
+    output.extend_from_slice(body);
+}
+
+fn lose_connection(
+    totals: &mut Totals,
+    pending: &mut VecDeque<Pending>,
+    stream: &mut Option<TcpStream>,
+    input: &mut Vec<u8>,
+    plan: &Plan,
+) {
+    totals.connection_errors += 1;
+    totals.errors += pending
+        .iter()
+        .filter(|p| p.intended >= plan.measure_from)
+        .count() as u64;
+    pending.clear();
+    input.clear();
+    *stream = None;
+}
+
+/// Parses every complete response in `input`; returns the bytes consumed.
+fn consume_responses(
+    input: &[u8],
+    pending: &mut VecDeque<Pending>,
+    totals: &mut Totals,
+    plan: &Plan,
+) -> usize {
+    let mut consumed = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head_bytes)) = response.parse(&input[consumed..]) else {
+            return consumed;
+        };
+        let status = response.code.unwrap_or(0);
+        let length: usize = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+            .unwrap_or(0);
+        if input.len() - consumed < head_bytes + length {
+            return consumed;
+        }
+        consumed += head_bytes + length;
+        if status == 100 {
+            continue;
+        }
+        let Some(request) = pending.pop_front() else {
+            return consumed;
+        };
+        let ok = (200..300).contains(&status);
+        if ok {
+            totals.acknowledged_ids.extend_from_slice(&request.ids);
+        }
+        if request.intended < plan.measure_from {
+            continue;
+        }
+        let latency = request
+            .intended
+            .elapsed()
+            .as_micros()
+            .clamp(1, u128::from(LATENCY_MAX_US)) as u64;
+        let _ = totals.histogram.record(latency);
+        *totals.statuses.entry(status).or_default() += 1;
+        if ok {
+            totals.ok += 1;
+            totals.events_ok += request.events as u64;
+        } else {
+            totals.errors += 1;
+        }
+    }
+}
