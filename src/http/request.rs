@@ -172,9 +172,7 @@ pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, Framin
 /// RFC 9112 allows bare LF, but a proxy in front may read the same bytes
 /// differently: refusing it removes one smuggling vector.
 fn has_bare_line_feed(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(index, &byte)| byte == b'\n' && (index == 0 || head[index - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', head).any(|index| index == 0 || head[index - 1] != b'\r')
 }
 
 fn parse_content_length(value: &[u8]) -> Result<usize, FramingError> {

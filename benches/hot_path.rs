@@ -1,0 +1,178 @@
+//! Criterion benches of the per-request hot path, piece by piece:
+//! HTTP head parsing, chunked decoding, event validation (simd-json, with a
+//! serde_json baseline), key lookup, and batch encoding for the producer.
+//!
+//! `cargo bench --bench hot_path`; numbers and hardware go in BENCHMARKS.md.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use sluice::auth::Snapshot;
+use sluice::event::{Enrichment, EventLimits, Validator};
+use sluice::http::body::{ChunkedDecoder, Progress};
+use sluice::http::request::{parse_head, Parsed};
+use sluice::split::{event_spans, BodyKind};
+
+const NOW_MS: u64 = 1_710_000_000_000;
+
+/// A realistic ~300-byte event, like loadgen's.
+fn event(index: usize) -> String {
+    format!(
+        r#"{{"event_id":"0f8fad5b-d9cb-469f-a165-{index:012x}","user_id":"user_{index}","event_type":"page_view","event_time":{NOW_MS},"experiment_id":"exp_42","variant":"A","properties":{{"page":"/products/{index}","referrer":"https://www.example.com/search?q=running+shoes","session_id":"9f86d081884c7d65","value":19.99,"items":[3,14,15]}}}}"#
+    )
+}
+
+fn limits() -> EventLimits {
+    EventLimits {
+        event_bytes_max: 512 * 1024,
+        properties_depth_max: 16,
+        event_time_past_ms: 7 * 86_400_000,
+        event_time_future_ms: 600_000,
+    }
+}
+
+fn enrichment() -> Enrichment<'static> {
+    Enrichment {
+        tenant_id: "tenant_a",
+        project_id: Some("proj_1"),
+        received_at_ms: NOW_MS,
+    }
+}
+
+fn head_parsing(c: &mut Criterion) {
+    let head = b"POST /v1/events HTTP/1.1\r\nHost: ingest.example.com\r\nUser-Agent: sdk-js/3.2.1\r\nX-CS-API-Key: cs_live_abc123xyz\r\nContent-Type: application/json\r\nAccept: */*\r\nX-Request-Id: 7f9c2ba4e88f827d\r\nContent-Length: 312\r\n\r\n";
+    let mut group = c.benchmark_group("http");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_head", |b| {
+        b.iter(|| match parse_head(black_box(head), 16 * 1024) {
+            Ok(Parsed::Complete(head)) => black_box(head.head_bytes),
+            _ => unreachable!(),
+        })
+    });
+    let body = event(1).repeat(10);
+    let mut chunked = Vec::new();
+    for piece in body.as_bytes().chunks(512) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("chunked_decode_3KiB_in_512B_chunks", |b| {
+        b.iter_batched_ref(
+            || chunked.clone(),
+            |buffer| {
+                let mut decoder = ChunkedDecoder::new(0, 1 << 20, 1024);
+                match decoder.decode(buffer) {
+                    Ok(Progress::Done { end, .. }) => black_box(end),
+                    _ => unreachable!(),
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+fn validation(c: &mut Criterion) {
+    let raw = event(7);
+    let mut group = c.benchmark_group("validate_event");
+    group.throughput(Throughput::Elements(1));
+    let mut validator = Validator::new(limits(), 1);
+    let mut out = Vec::with_capacity(4096);
+    group.bench_function("simd_json_validate_and_enrich", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(
+                validator
+                    .validate_into(black_box(raw.as_bytes()), &enrichment(), &mut out)
+                    .unwrap(),
+            );
+        })
+    });
+    // Baseline: serde_json into a Value, then the same field checks.
+    group.bench_function("serde_json_value_baseline", |b| {
+        b.iter(|| {
+            let value: serde_json::Value =
+                serde_json::from_slice(black_box(raw.as_bytes())).unwrap();
+            let object = value.as_object().unwrap();
+            let user = object.get("user_id").and_then(|v| v.as_str()).unwrap();
+            let kind = object.get("event_type").and_then(|v| v.as_str()).unwrap();
+            let time = object.get("event_time").and_then(|v| v.as_i64()).unwrap();
+            assert!(!object.contains_key("tenant_id"));
+            black_box((user.len(), kind.len(), time))
+        })
+    });
+    group.finish();
+}
+
+fn key_lookup(c: &mut Criterion) {
+    let mut file = String::new();
+    for index in 0..10_000 {
+        file.push_str(&format!(
+            "[[keys]]\nkey = \"cs_live_key_{index:08}\"\ntenant_id = \"tenant_{index}\"\n"
+        ));
+    }
+    let snapshot = Snapshot::parse(&file).unwrap();
+    let mut group = c.benchmark_group("auth");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("authenticate_in_10k_keys", |b| {
+        b.iter(|| {
+            black_box(
+                snapshot
+                    .authenticate(black_box(b"cs_live_key_00004242"))
+                    .is_ok(),
+            )
+        })
+    });
+    group.bench_function("reject_unknown_in_10k_keys", |b| {
+        b.iter(|| {
+            black_box(
+                snapshot
+                    .authenticate(black_box(b"cs_live_key_unknown!"))
+                    .is_err(),
+            )
+        })
+    });
+    group.finish();
+}
+
+fn batch_encoding(c: &mut Criterion) {
+    let events: Vec<String> = (0..100).map(event).collect();
+    let json_batch = format!(r#"{{"events":[{}]}}"#, events.join(","));
+    let ndjson_batch = events.join("\n");
+    let mut group = c.benchmark_group("batch_of_100");
+    group.throughput(Throughput::Elements(100));
+    for (name, kind, body) in [
+        ("json", BodyKind::JsonBatch, &json_batch),
+        ("ndjson", BodyKind::Ndjson, &ndjson_batch),
+    ] {
+        let mut validator = Validator::new(limits(), 1);
+        let mut spans = Vec::with_capacity(128);
+        let mut data = Vec::with_capacity(64 * 1024);
+        group.bench_function(format!("split_validate_encode_{name}"), |b| {
+            b.iter(|| {
+                data.clear();
+                event_spans(kind, black_box(body.as_bytes()), &mut spans, 1000).unwrap();
+                for span in &spans {
+                    black_box(
+                        validator
+                            .validate_into(&body.as_bytes()[span.clone()], &enrichment(), &mut data)
+                            .unwrap(),
+                    );
+                }
+                black_box(data.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    head_parsing,
+    validation,
+    key_lookup,
+    batch_encoding
+);
+criterion_main!(benches);
