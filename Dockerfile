@@ -1,0 +1,11 @@
+# sluice, built from source. io_uring is often blocked by container seccomp
+# profiles; sluice then falls back to epoll by itself.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release -p sluice
+
+FROM debian:bookworm-slim
+COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/sluice"]
