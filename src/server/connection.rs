@@ -28,6 +28,8 @@ use crate::http::{gzip, FramingError};
 use crate::metrics::Route;
 use crate::split::BodyKind;
 
+/// The idle read buffer: large enough for a typical single-event request.
+const IDLE_READ_BYTES: usize = 1024;
 /// Smallest free space offered to a read.
 const READ_CHUNK_BYTES: usize = 4 * 1024;
 /// Pipelined responses are flushed once this many bytes are waiting.
@@ -39,8 +41,9 @@ pub async fn serve(core: &Core, stream: TcpStream, entry: usize) {
     let mut connection = Connection {
         core,
         stream,
-        input: core.take_buffer(),
-        output: core.take_buffer(),
+        input: Vec::new(),
+        output: Vec::new(),
+        idle: Vec::with_capacity(IDLE_READ_BYTES),
         entry,
         request_id: [0; crate::http::request::REQUEST_ID_BYTES_MAX],
         request_id_bytes: 0,
@@ -104,6 +107,8 @@ struct Connection<'a> {
     stream: TcpStream,
     input: Vec<u8>,
     output: Vec<u8>,
+    /// Holds the first bytes of a request while the connection is idle.
+    idle: Vec<u8>,
     entry: usize,
     request_id: [u8; crate::http::request::REQUEST_ID_BYTES_MAX],
     request_id_bytes: usize,
@@ -122,7 +127,7 @@ impl Connection<'_> {
                     break;
                 }
                 self.core.set_idle(self.entry, true);
-                let read = self.read_more(Instant::now() + idle_timeout).await;
+                let read = self.read_idle(Instant::now() + idle_timeout).await;
                 self.core.set_idle(self.entry, false);
                 if !matches!(read, Read::Data) {
                     break;
@@ -166,6 +171,49 @@ impl Connection<'_> {
             }
         }
         self.flush().await;
+    }
+
+    /// Waits for the next request's first bytes with only the small idle
+    /// buffer held: the full buffers go back to the core's pool meanwhile,
+    /// so an idle keep-alive connection costs little memory.
+    async fn read_idle(&mut self, deadline: Instant) -> Read {
+        if !self.output.is_empty() && !self.flush().await {
+            return Read::Closed;
+        }
+        self.release_buffers();
+        let idle = std::mem::take(&mut self.idle);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(remaining, self.stream.read(idle)).await {
+            Ok((result, mut idle)) => {
+                let read = match result {
+                    Ok(0) | Err(_) => Read::Closed,
+                    Ok(_) => {
+                        self.acquire_buffers();
+                        self.input.extend_from_slice(&idle);
+                        Read::Data
+                    }
+                };
+                idle.clear();
+                self.idle = idle;
+                read
+            }
+            Err(_) => Read::TimedOut,
+        }
+    }
+
+    fn release_buffers(&mut self) {
+        debug_assert!(self.input.is_empty() && self.output.is_empty());
+        self.core.give_buffer(std::mem::take(&mut self.input));
+        self.core.give_buffer(std::mem::take(&mut self.output));
+    }
+
+    fn acquire_buffers(&mut self) {
+        if self.input.capacity() == 0 {
+            self.input = self.core.take_buffer();
+        }
+        if self.output.capacity() == 0 {
+            self.output = self.core.take_buffer();
+        }
     }
 
     /// Reads more bytes into `input`, first flushing pending responses.

@@ -107,7 +107,9 @@ impl Core {
 
     pub fn give_buffer(&self, mut buffer: Vec<u8>) {
         let mut buffers = self.buffers.borrow_mut();
-        if buffer.capacity() <= POOLED_BUFFER_BYTES_MAX && buffers.len() < POOLED_BUFFERS_MAX {
+        let capacity = buffer.capacity();
+        let poolable = (CONNECTION_BUFFER_BYTES..=POOLED_BUFFER_BYTES_MAX).contains(&capacity);
+        if poolable && buffers.len() < POOLED_BUFFERS_MAX {
             buffer.clear();
             buffers.push(buffer);
         }
