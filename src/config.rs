@@ -184,7 +184,7 @@ impl Default for KafkaConfig {
             topic: "events_raw".into(),
             dlq_topic: "events_dlq".into(),
             producer_threads: 1,
-            linger_ms: 5,
+            linger_ms: 1,
             batch_bytes: 1_000_000,
             compression: "lz4".into(),
             queue_batches_max: 8_192,
@@ -479,6 +479,18 @@ mod tests {
             toml::to_string(&example).unwrap(),
             toml::to_string(&Config::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn the_tuning_profiles_load() {
+        for profile in ["tuning/low-latency.toml", "tuning/throughput.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(profile);
+            let overrides = Overrides {
+                config: Some(path),
+                ..Default::default()
+            };
+            Config::load(&overrides, |_| None).unwrap_or_else(|e| panic!("{profile}: {e:#}"));
+        }
     }
 
     #[test]
