@@ -18,7 +18,11 @@ pub const CORES_MAX: usize = 256;
 /// In-flight request slots addressable per core.
 pub const SLOTS_PER_CORE_MAX: usize = 1 << 23;
 /// Batches kept for reuse per core; more are freed.
-pub const RECYCLED_BATCHES_MAX: usize = 1024;
+pub const RECYCLED_BATCHES_MAX: usize = 256;
+/// A batch whose buffer grew beyond this (a large request) is freed rather
+/// than pooled, so pooled batches hold at most
+/// `RECYCLED_BATCHES_MAX * RECYCLED_BATCH_BYTES_MAX` (64 MiB) per core.
+pub const RECYCLED_BATCH_BYTES_MAX: usize = 256 * 1024;
 
 /// Which request a record belongs to: a core, one of its in-flight slots,
 /// and the slot's generation (so a late report for a reused slot is ignored).
@@ -146,6 +150,9 @@ impl Mailbox {
 
     /// Called by producer threads: give an emptied batch back for reuse.
     pub fn recycle(&self, mut batch: Batch) {
+        if batch.data.capacity() > RECYCLED_BATCH_BYTES_MAX {
+            return;
+        }
         batch.clear();
         let _ = self.recycled.push(batch);
     }
@@ -174,6 +181,18 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_batches_are_freed_not_pooled() {
+        let mailbox = Mailbox::new(4);
+        let empty: Arc<str> = "".into();
+        let mut large = Batch::new(&empty);
+        large.data.reserve(RECYCLED_BATCH_BYTES_MAX + 1);
+        mailbox.recycle(large);
+        assert!(mailbox.take_batch().is_none());
+        mailbox.recycle(Batch::new(&empty));
+        assert!(mailbox.take_batch().is_some());
+    }
 
     #[test]
     fn opaque_round_trips_every_field() {
