@@ -465,11 +465,15 @@ impl Connection<'_> {
             AckMode::Durable => match self.await_delivery(&handed).await {
                 Ok(delivered) => delivered,
                 Err(error) => {
+                    let keep_alive = keep_alive && !self.core.shared.shutdown.is_triggered();
                     self.answer_error(route, &error, Some(&grant.tenant_id), keep_alive);
-                    return next;
+                    return if keep_alive { next } else { Next::Close };
                 }
             },
         };
+        // Shutdown may have started while this request waited for Kafka.
+        let keep_alive = keep_alive && !self.core.shared.shutdown.is_triggered();
+        let next = if keep_alive { next } else { Next::Close };
         if !delivered {
             let error = ApiError::unavailable("kafka did not store the events");
             self.answer_error(route, &error, Some(&grant.tenant_id), keep_alive);
