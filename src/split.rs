@@ -148,10 +148,16 @@ impl Scanner<'_> {
         let mut in_string = false;
         while let Some(byte) = self.peek() {
             if in_string {
-                match byte {
-                    b'\\' => self.position += 1,
-                    b'"' => in_string = false,
-                    _ => {}
+                // Most of an event's bytes are inside strings: jump to the
+                // next quote or backslash instead of looking at each byte.
+                let Some(offset) = memchr::memchr2(b'"', b'\\', &self.body[self.position..]) else {
+                    return Err(batch_shape_error());
+                };
+                self.position += offset;
+                if self.body[self.position] == b'\\' {
+                    self.position += 1;
+                } else {
+                    in_string = false;
                 }
             } else {
                 match byte {
