@@ -171,11 +171,6 @@ impl Mailbox {
     pub fn register(&self, waker: &std::task::Waker) {
         self.waker.register(waker);
     }
-
-    /// Wakes the core's completion task (for shutdown).
-    pub fn wake(&self) {
-        self.waker.wake();
-    }
 }
 
 #[cfg(test)]
