@@ -1,0 +1,93 @@
+//! The load generator against a real sluice and broker: its JSON summary
+//! carries the promised fields, and `--verify` finds every acknowledged event.
+
+mod common;
+
+use std::time::Duration;
+
+use clap::Parser as _;
+use common::*;
+
+fn loadgen(sluice: &Sluice, extra: &[&str]) -> loadgen::Summary {
+    let target = sluice.address.to_string();
+    let mut argv = vec![
+        "loadgen",
+        "--target",
+        &target,
+        "--connections",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+    ];
+    if !extra.contains(&"--key") {
+        argv.extend_from_slice(&["--key", KEY]);
+    }
+    argv.extend_from_slice(extra);
+    loadgen::run(&loadgen::Args::parse_from(argv)).unwrap()
+}
+
+#[test]
+fn json_summary_and_verify_against_a_real_broker() {
+    let broker = Broker::start();
+    let sluice = Sluice::start(Options {
+        brokers: Some(broker.address.clone()),
+        ..Default::default()
+    });
+    sluice.wait_ready(200, Duration::from_secs(15));
+
+    let summary = loadgen(
+        &sluice,
+        &[
+            "--batch",
+            "5",
+            "--verify",
+            &broker.address,
+            "--verify-idle-timeout",
+            "10",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+    for field in [
+        "sent",
+        "ok",
+        "errors",
+        "rps",
+        "events_per_s",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+    ] {
+        assert!(json[field].is_number(), "{field} missing from {json}");
+    }
+    assert!(json["ok"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    assert_eq!(json["statuses"]["202"], json["ok"]);
+    let verification = summary.verification.unwrap();
+    assert!(verification.acknowledged >= 5 * json["ok"].as_u64().unwrap() as usize);
+    assert_eq!(verification.found, verification.acknowledged);
+    assert_eq!(verification.missing, 0);
+}
+
+#[test]
+fn open_loop_offers_the_requested_rate_and_counts_refusals() {
+    let sluice = Sluice::start(Options::default());
+    sluice.wait_ready(200, Duration::from_secs(10));
+    let summary = loadgen(
+        &sluice,
+        &["--rate", "400", "--ndjson", "--batch", "2", "--gzip"],
+    );
+    assert_eq!(summary.offered_rps, Some(400.0));
+    assert!(
+        summary.rps > 200.0 && summary.rps < 600.0,
+        "achieved {}",
+        summary.rps
+    );
+    assert_eq!(summary.errors, 0);
+
+    let summary = loadgen(&sluice, &["--key", "wrong"]);
+    assert!(summary.errors > 0 && summary.ok == 0);
+    assert!(summary.statuses.iter().any(|(status, _)| *status == 401));
+}
