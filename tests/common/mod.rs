@@ -127,21 +127,33 @@ impl Broker {
         broker
     }
 
+    /// Creates `topic`, retrying while the broker finishes starting (its
+    /// port opens before it accepts admin requests).
     pub fn create_topic(&self, topic: &str) {
-        let status = Command::new(tansu_binary())
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--partitions",
-                &PARTITIONS.to_string(),
-            ])
-            .args(["--broker", &format!("tcp://{}", self.address)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("running tansu topic create");
-        assert!(status.success(), "creating topic {topic}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let output = Command::new(tansu_binary())
+                .args([
+                    "topic",
+                    "create",
+                    topic,
+                    "--partitions",
+                    &PARTITIONS.to_string(),
+                ])
+                .args(["--broker", &format!("tcp://{}", self.address)])
+                .output()
+                .expect("running tansu topic create");
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if output.status.success() || said.to_ascii_lowercase().contains("already exists") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "creating topic {topic}: {said}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn pid(&self) -> i32 {
