@@ -68,7 +68,9 @@ fn hung_broker_gets_prompt_503_then_recovers() {
     sluice.wait_ready(200, Duration::from_secs(20));
     until_accepted(&sluice, "after_hang", Duration::from_secs(20));
     let records = consume_until(&broker.address, TOPIC, Duration::from_secs(20), |records| {
-        records.iter().any(|r| r.key.ends_with(":after_hang"))
+        ["before_hang", "after_hang"]
+            .iter()
+            .all(|user| records.iter().any(|r| r.key.ends_with(&format!(":{user}"))))
     });
     assert!(records.iter().any(|r| r.key.ends_with(":before_hang")));
     assert!(records.iter().any(|r| r.key.ends_with(":after_hang")));

@@ -83,15 +83,23 @@ fn start_core() -> std::net::SocketAddr {
     let (batches, receiver) = crossbeam_channel::bounded::<Batch>(64);
     std::thread::spawn(move || {
         while let Ok(batch) = receiver.recv() {
+            // Like the real producer thread: the batch goes back to the pool
+            // once its records are handed over, before any delivery report.
             let mailbox = &mailboxes[batch.ticket.core];
-            for record in &batch.records {
-                let opaque = Opaque::new(batch.ticket, record.dead_letter);
+            let ticket = batch.ticket;
+            let dead_letters: Vec<bool> = batch
+                .records
+                .iter()
+                .map(|record| record.dead_letter)
+                .collect();
+            mailbox.recycle(batch);
+            for dead_letter in dead_letters {
+                let opaque = Opaque::new(ticket, dead_letter);
                 mailbox.complete(Completion {
                     opaque,
                     delivered: true,
                 });
             }
-            mailbox.recycle(batch);
         }
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
