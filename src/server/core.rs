@@ -222,7 +222,8 @@ impl ConnectionTable {
     }
 }
 
-fn random_seed() -> u64 {
+/// A per-process random value (std's hash seed mixed with the time and pid).
+pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));

@@ -48,7 +48,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     let dev_key = dev
         .as_ref()
-        .map(|_| format!("sluice_dev_{:016x}", rand_u64()));
+        .map(|_| format!("sluice_dev_{:016x}", core::random_seed()));
     let keys = open_keys(&config, dev_key.as_deref())?;
     if config.server.ack_mode == crate::config::AckMode::Durable {
         crate::kafka::check_durable_properties(&config.kafka.properties)?;
@@ -146,13 +146,6 @@ fn open_keys(config: &Config, dev_key: Option<&str>) -> anyhow::Result<KeyStore>
         path,
         dev_key.map(|key| (key.to_string(), "dev".to_string())),
     )
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
 
 /// One SO_REUSEPORT listener per core, all on the same port; port 0 picks
