@@ -115,6 +115,7 @@ pub struct Metrics {
     dead_letter_failures: AtomicU64,
     key_reloads: AtomicU64,
     key_reload_failures: AtomicU64,
+    producers_replaced: AtomicU64,
 }
 
 impl Metrics {
@@ -125,6 +126,7 @@ impl Metrics {
             dead_letter_failures: AtomicU64::new(0),
             key_reloads: AtomicU64::new(0),
             key_reload_failures: AtomicU64::new(0),
+            producers_replaced: AtomicU64::new(0),
         }
     }
 
@@ -136,6 +138,11 @@ impl Metrics {
             &self.delivery_failures
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// A producer in librdkafka's fatal state was replaced by a new one.
+    pub fn producer_replaced(&self) {
+        self.producers_replaced.fetch_add(1, Relaxed);
     }
 
     pub fn key_reload(&self, ok: bool) {
@@ -166,7 +173,7 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "sluice_events_accepted_total",
                 "Events accepted for Kafka.",
@@ -201,6 +208,11 @@ impl Metrics {
                 "sluice_kafka_dead_letter_failures_total",
                 "Dead-letter records Kafka did not store.",
                 self.dead_letter_failures.load(Relaxed),
+            ),
+            (
+                "sluice_kafka_producers_replaced_total",
+                "Producers replaced after a fatal librdkafka error.",
+                self.producers_replaced.load(Relaxed),
             ),
             (
                 "sluice_log_lines_suppressed_total",

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use rdkafka::producer::Producer as _;
 
 use super::producer::Producer;
@@ -32,7 +34,7 @@ pub fn check(producer: &Producer, topics: &[&str], timeout: Duration) -> Result<
 /// Runs the probe every `interval` while `pause(interval)` returns true
 /// (it sleeps, and returns false once the server stops).
 pub fn run(
-    producer: Arc<Producer>,
+    producer: Arc<ArcSwap<Producer>>,
     topics: Vec<String>,
     interval: Duration,
     readiness: Arc<Readiness>,
@@ -41,7 +43,7 @@ pub fn run(
     let topic_names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let timeout = interval.max(Duration::from_millis(500));
     loop {
-        let result = check(&producer, &topic_names, timeout);
+        let result = check(&producer.load(), &topic_names, timeout);
         readiness.set_kafka(result);
         if !pause(interval) {
             return;

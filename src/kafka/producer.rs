@@ -2,12 +2,18 @@
 //! request batches from the shared bounded channel, and produces their
 //! records; librdkafka's poll thread reports every delivery to the owning
 //! core's mailbox.
+//!
+//! A producer that hits a fatal error, or whose idempotent-producer id the
+//! broker stopped accepting (fenced after a hang, say), can never send
+//! again, so its thread replaces it with a new one: the old one's outstanding records are
+//! purged and reported as failed (503), and the next batch goes to the new.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -30,6 +36,25 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
 pub struct DeliveryRouter {
     mailboxes: Arc<[Arc<Mailbox>]>,
     metrics: Arc<Metrics>,
+    /// Set when the broker stopped accepting this producer's id (fenced,
+    /// unknown id, bad epoch or sequence): librdkafka keeps the id and every
+    /// later record fails the same way, so the producer must be replaced.
+    identity_lost: AtomicBool,
+}
+
+/// Delivery errors after which this producer's id is useless.
+fn loses_identity(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::Fatal
+        )
+    )
 }
 
 impl ClientContext for DeliveryRouter {
@@ -60,6 +85,9 @@ impl ProducerContext for DeliveryRouter {
         if let Err((error, _)) = result {
             self.metrics.delivery_failed(opaque.is_dead_letter());
             tracing::debug!(%error, "delivery failed");
+            if loses_identity(error) {
+                self.identity_lost.store(true, Ordering::Relaxed);
+            }
         }
         self.mailboxes[opaque.ticket().core].complete(Completion { opaque, delivered });
     }
@@ -95,7 +123,8 @@ pub fn client_config(config: &Config, brokers: &str) -> ClientConfig {
 
 /// The running producer threads.
 pub struct ProducerPool {
-    producers: Vec<Arc<Producer>>,
+    /// Each thread's current producer; swapped when one is replaced.
+    producers: Vec<Arc<ArcSwap<Producer>>>,
     threads: Vec<JoinHandle<()>>,
     closing: Arc<AtomicBool>,
 }
@@ -116,32 +145,33 @@ impl ProducerPool {
         let mut threads = Vec::new();
         let closing = Arc::new(AtomicBool::new(false));
         for index in 0..config.kafka.producer_threads {
-            let router = DeliveryRouter {
+            let factory = Factory {
+                client: client_config(config, brokers),
                 mailboxes: mailboxes.clone(),
                 metrics: metrics.clone(),
             };
-            let producer: Producer = client_config(config, brokers)
-                .create_with_context(router)
-                .context("creating the Kafka producer")?;
-            let producer = Arc::new(producer);
-            let (thread_producer, thread_batches, thread_mailboxes, thread_closing) = (
-                producer.clone(),
-                batches.clone(),
-                mailboxes.clone(),
-                closing.clone(),
-            );
+            let slot = Arc::new(ArcSwap::new(factory.create()?));
+            let (thread_slot, thread_batches, thread_closing) =
+                (slot.clone(), batches.clone(), closing.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-producer-{index}"))
-                .spawn(move || loop {
-                    match thread_batches.recv_timeout(CLOSING_POLL_INTERVAL) {
-                        Ok(batch) => produce(&thread_producer, batch, &thread_mailboxes),
-                        Err(RecvTimeoutError::Timeout)
-                            if !thread_closing.load(Ordering::Relaxed) => {}
-                        Err(_) => break,
+                .spawn(move || {
+                    let mut producer = thread_slot.load_full();
+                    loop {
+                        match thread_batches.recv_timeout(CLOSING_POLL_INTERVAL) {
+                            Ok(batch) => produce(&producer, batch, &factory.mailboxes),
+                            Err(RecvTimeoutError::Timeout)
+                                if !thread_closing.load(Ordering::Relaxed) => {}
+                            Err(_) => break,
+                        }
+                        if let Some(replacement) = factory.replace_if_broken(&producer) {
+                            thread_slot.store(replacement.clone());
+                            producer = replacement;
+                        }
                     }
                 })
                 .context("spawning a producer thread")?;
-            producers.push(producer);
+            producers.push(slot);
             threads.push(thread);
         }
         Ok(ProducerPool {
@@ -151,8 +181,8 @@ impl ProducerPool {
         })
     }
 
-    /// A producer whose client the readiness probe can use.
-    pub fn probe_client(&self) -> Arc<Producer> {
+    /// The first thread's producer, current at each load, for the readiness probe.
+    pub fn probe_client(&self) -> Arc<ArcSwap<Producer>> {
         self.producers[0].clone()
     }
 
@@ -164,7 +194,8 @@ impl ProducerPool {
             let _ = thread.join();
         }
         let mut flushed = true;
-        for producer in &self.producers {
+        for slot in &self.producers {
+            let producer = slot.load();
             let remaining = deadline.saturating_duration_since(Instant::now());
             if let Err(error) = producer.flush(remaining) {
                 tracing::error!(%error, "producer did not flush before the drain deadline");
@@ -172,6 +203,54 @@ impl ProducerPool {
             }
         }
         flushed
+    }
+}
+
+/// Everything a producer thread needs to make a producer, again if need be.
+struct Factory {
+    client: ClientConfig,
+    mailboxes: Arc<[Arc<Mailbox>]>,
+    metrics: Arc<Metrics>,
+}
+
+impl Factory {
+    fn create(&self) -> anyhow::Result<Arc<Producer>> {
+        let router = DeliveryRouter {
+            mailboxes: self.mailboxes.clone(),
+            metrics: self.metrics.clone(),
+            identity_lost: AtomicBool::new(false),
+        };
+        let producer: Producer = self
+            .client
+            .create_with_context(router)
+            .context("creating the Kafka producer")?;
+        Ok(Arc::new(producer))
+    }
+
+    /// A new producer if `current` is in librdkafka's fatal state or the
+    /// broker no longer accepts its id. Dropping the last handle to the old
+    /// one purges its queues, which reports every record it still held as
+    /// failed, so no in-flight slot waits forever.
+    fn replace_if_broken(&self, current: &Producer) -> Option<Arc<Producer>> {
+        let (code, reason) = match current.client().fatal_error() {
+            Some(fatal) => fatal,
+            None if current.context().identity_lost.load(Ordering::Relaxed) => (
+                RDKafkaErrorCode::ProducerFenced,
+                "the broker no longer accepts this producer's id".to_string(),
+            ),
+            None => return None,
+        };
+        match self.create() {
+            Ok(replacement) => {
+                self.metrics.producer_replaced();
+                tracing::error!(?code, %reason, "kafka producer broken; replaced it with a new one");
+                Some(replacement)
+            }
+            Err(error) => {
+                tracing::error!(?code, %reason, %error, "kafka producer broken and could not be replaced");
+                None
+            }
+        }
     }
 }
 
@@ -224,4 +303,19 @@ fn produce(producer: &Producer, batch: Batch, mailboxes: &[Arc<Mailbox>]) {
         }
     }
     mailbox.recycle(batch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_producer_id_errors_replace_the_producer() {
+        let fenced = KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced);
+        let sequence = KafkaError::MessageProduction(RDKafkaErrorCode::OutOfOrderSequenceNumber);
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(loses_identity(&fenced) && loses_identity(&sequence));
+        assert!(!loses_identity(&timed_out) && !loses_identity(&too_large));
+    }
 }

@@ -59,6 +59,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         0 => cpus.len().max(1),
         cores => cores,
     };
+    raise_open_files_limit(cores * config.server.connections_per_core_max);
     let listeners = bind_listeners(config.listen_address()?, cores)?;
     let address = listeners[0].local_addr()?;
 
@@ -146,6 +147,41 @@ fn open_keys(config: &Config, dev_key: Option<&str>) -> anyhow::Result<KeyStore>
         path,
         dev_key.map(|key| (key.to_string(), "dev".to_string())),
     )
+}
+
+/// Raises the soft open-files limit to the hard one, as servers with many
+/// connections must (the default soft limit is often 1024), and warns when
+/// even the hard limit is below the configured connection caps: past it,
+/// accepts fail with EMFILE and new clients wait in the backlog.
+fn raise_open_files_limit(connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    // Room for listeners, Kafka sockets, io_uring and log files.
+    let wanted = connections.saturating_add(256) as u64;
+    if limit.rlim_cur < wanted {
+        tracing::warn!(
+            open_files_max = limit.rlim_cur,
+            connections_max = connections,
+            "the open-files limit is below the connection caps; raise `ulimit -n` or lower server.connections_per_core_max"
+        );
+    }
 }
 
 /// One SO_REUSEPORT listener per core, all on the same port; port 0 picks

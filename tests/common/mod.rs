@@ -6,6 +6,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -534,4 +535,164 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(data).unwrap();
     encoder.finish().unwrap()
+}
+
+/// Resident memory of process `pid` in bytes (VmRSS from /proc).
+pub fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Raises this process's soft open-files limit to the hard limit and
+/// returns it, for tests that hold thousands of sockets.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
+}
+
+/// What became of one request sent by [`Load`].
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub sent_at: Instant,
+    pub latency: Duration,
+    /// The response status; 0 when the connection was lost without one.
+    pub status: u16,
+    pub retry_after: bool,
+    pub user: String,
+}
+
+/// Steady load: each thread posts single events with unique user ids over
+/// one keep-alive connection, back to back, and reconnects when the server
+/// closes it (or, while connections are refused, every 10 ms).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<Outcome>>>,
+}
+
+impl Load {
+    pub fn start(address: SocketAddr, connections: usize, tag: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..connections)
+            .map(|thread| {
+                let stop = stop.clone();
+                let tag = format!("{tag}_{}_{thread}", now_ms());
+                std::thread::spawn(move || load_thread(address, &tag, &stop))
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the threads and returns every outcome, in no particular order.
+    pub fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .flat_map(|thread| thread.join().unwrap())
+            .collect()
+    }
+}
+
+fn load_thread(address: SocketAddr, tag: &str, stop: &AtomicBool) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    let mut stream: Option<TcpStream> = None;
+    let mut sequence = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(connected) = stream.as_mut() else {
+            match TcpStream::connect(address) {
+                Ok(connected) => {
+                    connected
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                        .unwrap();
+                    let _ = connected.set_nodelay(true);
+                    stream = Some(connected);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+            continue;
+        };
+        let user = format!("{tag}_{sequence}");
+        sequence += 1;
+        let body = event(&user, "");
+        let request = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: t\r\nX-CS-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let sent_at = Instant::now();
+        let response = match connected.write_all(request.as_bytes()) {
+            Ok(()) => read_response(connected),
+            Err(_) => None,
+        };
+        let closing = response
+            .as_ref()
+            .is_none_or(|r| r.header("Connection") == Some("close"));
+        outcomes.push(Outcome {
+            sent_at,
+            latency: sent_at.elapsed(),
+            status: response.as_ref().map_or(0, |r| r.status),
+            retry_after: response
+                .as_ref()
+                .is_some_and(|r| r.header("Retry-After").is_some()),
+            user,
+        });
+        if closing {
+            stream = None;
+        }
+    }
+    outcomes
+}
+
+/// Consumes `topic` until every user in `users` has a record (keyed
+/// `<tenant>:<user>`) or `timeout` passes; returns the users not found.
+pub fn missing_users(
+    brokers: &str,
+    topic: &str,
+    users: &[String],
+    timeout: Duration,
+) -> Vec<String> {
+    let mut wanted: std::collections::HashSet<&str> = users.iter().map(String::as_str).collect();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("sluice-test-{}", now_ms()))
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()
+        .expect("consumer");
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        partitions
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&partitions).unwrap();
+    let deadline = Instant::now() + timeout;
+    while !wanted.is_empty() && Instant::now() < deadline {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        if let Some((_, user)) = key.split_once(':') {
+            wanted.remove(user);
+        }
+    }
+    wanted.into_iter().map(str::to_string).collect()
 }
