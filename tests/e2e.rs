@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::time::Duration;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -256,61 +257,99 @@ fn per_key_topic_override_and_enqueued_mode() {
     assert!(records.iter().any(|r| r.key == format!("tenant_t:{user}")));
 }
 
+/// SIGTERM while loadgen runs: the listener closes at once (new connections
+/// are refused while a request in hand is still being drained), that request
+/// is answered, the process exits 0 within the drain deadline, and every
+/// event that got a 202 is in Kafka (loadgen --verify: missing = 0).
 #[test]
-fn sigterm_drains_and_every_acknowledged_event_lands() {
-    let (broker, mut sluice) = setup("");
-    let stamp = now_ms();
-    let users: Vec<String> = (0..20).map(|i| format!("drain_{i}_{stamp}")).collect();
-    let mut threads = Vec::new();
-    for chunk in users.chunks(5) {
-        let chunk = chunk.to_vec();
-        let address = sluice.address;
-        threads.push(std::thread::spawn(move || {
-            let mut acknowledged = Vec::new();
-            let mut stream = std::net::TcpStream::connect(address).unwrap();
-            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            for user in chunk {
-                let body = event(&user, "");
-                let request = format!(
-                    "POST /v1/events HTTP/1.1\r\nHost: t\r\nX-CS-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                use std::io::Write as _;
-                if stream.write_all(request.as_bytes()).is_err() {
-                    break;
-                }
-                match read_response(&mut stream) {
-                    Some(response) if response.status == 202 => acknowledged.push(user),
-                    Some(response) if response.header("Connection") == Some("close") => break,
-                    Some(_) => {}
-                    None => break,
-                }
-            }
-            acknowledged
-        }));
-    }
-    std::thread::sleep(Duration::from_millis(20));
+fn sigterm_under_load_drains_and_every_acknowledged_event_lands() {
+    const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
+    let (broker, mut sluice) = setup(&format!(
+        "[server]\ndrain_timeout_ms = {}\n",
+        DRAIN_TIMEOUT.as_millis()
+    ));
+    // A request in hand when the signal comes: its head and half its body.
+    let held_user = format!("held_{}", now_ms());
+    let body = event(&held_user, "");
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut held = sluice.connect();
+    held.write_all(
+        format!(
+            "POST /v1/events HTTP/1.1\r\nHost: t\r\nX-CS-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+
+    let target = sluice.address.to_string();
+    let argv = [
+        "loadgen",
+        "--target",
+        &target,
+        "--key",
+        KEY,
+        "--connections",
+        "8",
+        "--duration",
+        "4",
+        "--warmup",
+        "0",
+        "--verify",
+        &broker.address,
+        "--verify-idle-timeout",
+        "10",
+    ];
+    let args = <loadgen::Args as clap::Parser>::parse_from(argv);
+    let load = std::thread::spawn(move || loadgen::run(&args));
+    std::thread::sleep(Duration::from_millis(1_500));
+
     sluice.signal(libc::SIGTERM);
-    let acknowledged: Vec<String> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let signalled = Instant::now();
+    while std::net::TcpStream::connect(sluice.address).is_ok() {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(1),
+            "still accepting 1 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(
-        sluice.wait_exit(Duration::from_secs(15)),
+        sluice.wait_exit(Duration::ZERO),
+        None,
+        "exited with a request in hand"
+    );
+    held.write_all(rest.as_bytes()).unwrap();
+    let response = read_response(&mut held).expect("the request in hand is answered");
+    assert_eq!(response.status, 202, "{}", response.text());
+    assert_eq!(response.header("Connection"), Some("close"));
+
+    assert_eq!(
+        sluice.wait_exit(DRAIN_TIMEOUT),
         Some(0),
         "logs:\n{}",
         sluice.logs()
     );
     assert!(
-        std::net::TcpStream::connect(sluice.address).is_err(),
-        "still accepting after shutdown"
+        signalled.elapsed() < DRAIN_TIMEOUT,
+        "exit took {:?}",
+        signalled.elapsed()
     );
-    let names: Vec<&str> = acknowledged.iter().map(String::as_str).collect();
-    let records = consume_users(&broker, TOPIC, &names);
-    for user in &acknowledged {
-        assert!(
-            records.iter().any(|r| r.key.ends_with(user.as_str())),
-            "acknowledged {user} was lost"
-        );
-    }
+    let summary = load.join().unwrap().unwrap();
+    let verification = summary.verification.expect("verified");
+    eprintln!(
+        "loadgen: sent {}, ok {}, connection errors {}; acknowledged {}, found {}, missing {}",
+        summary.sent,
+        summary.ok,
+        summary.connection_errors,
+        verification.acknowledged,
+        verification.found,
+        verification.missing
+    );
+    assert!(
+        verification.acknowledged > 100,
+        "too little load: {verification:?}"
+    );
+    assert_eq!(verification.missing, 0, "{verification:?}");
+    let records = consume_users(&broker, TOPIC, &[&held_user]);
+    assert!(records.iter().any(|r| r.key.ends_with(&held_user)));
 }

@@ -217,6 +217,17 @@ impl Default for Options {
 }
 
 impl Sluice {
+    /// Starts sluice with `--dev` (librdkafka's mock cluster) and waits
+    /// until it is ready: for tests of HTTP behaviour, not of Kafka.
+    pub fn dev(extra_config: &str) -> Sluice {
+        let sluice = Sluice::start(Options {
+            extra_config: extra_config.to_string(),
+            ..Default::default()
+        });
+        sluice.wait_ready(200, Duration::from_secs(10));
+        sluice
+    }
+
     /// Starts sluice against `brokers`, or with `--dev` when `None`.
     pub fn start(options: Options) -> Sluice {
         let dir = TempDir::new("sluice");

@@ -1,0 +1,241 @@
+//! Slow and idle clients cannot take the server from the others: slowloris
+//! heads and slow bodies are cut at their deadlines, idle keep-alive
+//! connections are closed at theirs, 10,000 idle connections do not starve
+//! active ones, and connections beyond the per-core cap get 503 and close.
+//! Runs with `--dev`: these are HTTP tests.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const HEADER_TIMEOUT: Duration = Duration::from_millis(1_500);
+const BODY_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+/// Sends `bytes` one byte per second, as a slowloris client does, until the
+/// server answers or closes. Returns the answer (if any) and the time from
+/// the first byte to it.
+fn trickle(address: SocketAddr, preamble: &[u8], bytes: &[u8]) -> (Option<Response>, Duration) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.write_all(preamble).unwrap();
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    for byte in bytes {
+        if stream.write_all(std::slice::from_ref(byte)).is_err() {
+            break;
+        }
+        let mut probe = [0u8; 1];
+        match stream.peek(&mut probe) {
+            Ok(_) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let response = read_response(&mut stream);
+    if response.is_some() {
+        assert!(
+            is_closed(&mut stream, Duration::from_secs(2)),
+            "left open after {response:?}"
+        );
+    }
+    (response, elapsed)
+}
+
+#[test]
+fn slowloris_and_slow_bodies_are_cut_while_others_are_served() {
+    let sluice = Sluice::dev(&format!(
+        "[server]\nheader_read_timeout_ms = {}\nbody_read_timeout_ms = {}\n",
+        HEADER_TIMEOUT.as_millis(),
+        BODY_TIMEOUT.as_millis()
+    ));
+    let load = Load::start(sluice.address, 4, "busy");
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: t\r\nX-CS-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    );
+    let mut slow = Vec::new();
+    for index in 0..20 {
+        let address = sluice.address;
+        let head = head.clone();
+        slow.push(std::thread::spawn(move || {
+            let (deadline, outcome) = if index % 2 == 0 {
+                (HEADER_TIMEOUT, trickle(address, b"", head.as_bytes()))
+            } else {
+                (
+                    BODY_TIMEOUT,
+                    trickle(address, head.as_bytes(), &[b' '; 200]),
+                )
+            };
+            (deadline, outcome)
+        }));
+    }
+    for thread in slow {
+        let (deadline, (response, elapsed)) = thread.join().unwrap();
+        let response = response.expect("a slow client gets an answer before the close");
+        assert_eq!(response.status, 408, "{}", response.text());
+        assert!(
+            elapsed + Duration::from_millis(100) >= deadline
+                && elapsed < deadline + Duration::from_secs(2),
+            "cut after {elapsed:?}, deadline {deadline:?}"
+        );
+    }
+    let outcomes = load.finish();
+    let slowest = outcomes.iter().map(|o| o.latency).max().unwrap();
+    eprintln!(
+        "active requests meanwhile: {}, slowest {slowest:?}",
+        outcomes.len()
+    );
+    assert!(
+        outcomes.iter().all(|o| o.status == 202),
+        "an active request failed"
+    );
+    assert!(
+        outcomes.len() > 100,
+        "only {} active requests",
+        outcomes.len()
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an active request took {slowest:?}"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_at_their_deadline() {
+    let sluice = Sluice::dev("[server]\nidle_timeout_ms = 400\n");
+    let mut idle = sluice.connect();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut idle).unwrap().status, 200);
+    let started = Instant::now();
+    assert!(
+        is_closed(&mut idle, Duration::from_secs(3)),
+        "idle connection not closed"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "closed early"
+    );
+    assert_eq!(sluice.get("/healthz").status, 200);
+}
+
+fn open_connections(sluice: &Sluice) -> u64 {
+    sluice
+        .get("/metrics")
+        .text()
+        .lines()
+        .filter(|line| line.starts_with("sluice_connections{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn ten_thousand_idle_connections_do_not_starve_active_ones() {
+    const IDLE: usize = 10_000;
+    let limit = raise_open_files_limit();
+    assert!(
+        limit > IDLE as u64 + 1_000,
+        "open-files hard limit {limit} is too low for this test"
+    );
+    let sluice = Sluice::dev("");
+    let rss_before = rss_bytes(sluice.pid());
+    let mut idle: Vec<TcpStream> = (0..IDLE)
+        .map(|_| TcpStream::connect(sluice.address).expect("connect"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open_connections(&sluice) < IDLE as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} accepted",
+            open_connections(&sluice)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rss_idle = rss_bytes(sluice.pid());
+    eprintln!(
+        "{IDLE} idle connections: rss {} -> {} KiB, {} bytes each",
+        rss_before / 1024,
+        rss_idle / 1024,
+        rss_idle.saturating_sub(rss_before) / IDLE as u64
+    );
+
+    let load = Load::start(sluice.address, 4, "active");
+    std::thread::sleep(Duration::from_secs(2));
+    let outcomes = load.finish();
+    let slowest = outcomes.iter().map(|o| o.latency).max().unwrap();
+    eprintln!("active requests: {}, slowest {slowest:?}", outcomes.len());
+    assert!(
+        outcomes.iter().all(|o| o.status == 202),
+        "an active request failed"
+    );
+    assert!(
+        outcomes.len() > 100,
+        "only {} active requests",
+        outcomes.len()
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an active request took {slowest:?}"
+    );
+
+    // The idle ones were kept, not dropped: a sample of them is still served.
+    for stream in idle.iter_mut().step_by(IDLE / 20) {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(stream).map(|r| r.status), Some(200));
+    }
+    // Bounded: well under 16 KiB per idle connection (a read buffer each).
+    assert!(
+        rss_idle < rss_before + (IDLE as u64) * 16 * 1024,
+        "rss {rss_before} -> {rss_idle}"
+    );
+}
+
+#[test]
+fn connections_beyond_the_cap_get_503_and_close() {
+    let sluice = Sluice::dev("[server]\nconnections_per_core_max = 2\n");
+    let mut first = sluice.connect();
+    let _second = sluice.connect();
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..3 {
+        let mut beyond = sluice.connect();
+        let response = read_response(&mut beyond).expect("a 503 before close");
+        assert_eq!(response.status, 503);
+        assert_eq!(response.code(), "unavailable");
+        assert!(response.header("Retry-After").is_some());
+        assert!(is_closed(&mut beyond, Duration::from_secs(2)));
+    }
+    // The connections within the cap are served all along.
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut first).unwrap().status, 200);
+    // A freed place is taken by the next client.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = sluice.connect();
+        next.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut status = [0u8; 12];
+        next.read_exact(&mut status).unwrap();
+        if &status[9..12] == b"200" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was never reused"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
