@@ -171,6 +171,13 @@ fn parse_chunk_size(line: &[u8]) -> Result<usize, FramingError> {
         .iter()
         .position(|&byte| byte == b';')
         .unwrap_or(line.len());
+    // Whitespace may come before `;` (BWS) but never before the size.
+    if line
+        .first()
+        .is_some_and(|&byte| byte == b' ' || byte == b'\t')
+    {
+        return Err(FramingError::BadChunk("whitespace before the chunk size"));
+    }
     let digits = super::request::trim(&line[..digits_end]);
     if digits.is_empty() || digits.len() > CHUNK_SIZE_DIGITS_MAX {
         return Err(FramingError::BadChunk("invalid chunk size"));

@@ -14,15 +14,35 @@ pub enum GzipError {
 
 /// Inflates `compressed` into `output` (cleared first), reading at most
 /// `limit_bytes + 1` bytes so the cap is detected without inflating further.
+/// `output` grows by doubling but never past `limit_bytes + 1`, so a bomb
+/// costs at most the cap (and a growth step) in memory, not twice the cap.
 pub fn inflate(
     compressed: &[u8],
     output: &mut Vec<u8>,
     limit_bytes: usize,
 ) -> Result<(), GzipError> {
+    const CHUNK_BYTES: usize = 16 * 1024;
     output.clear();
-    let decoder = flate2::read::MultiGzDecoder::new(compressed);
-    let mut capped = decoder.take(limit_bytes as u64 + 1);
-    capped.read_to_end(output).map_err(|_| GzipError::Corrupt)?;
+    let cap = limit_bytes.saturating_add(1);
+    let mut decoder = flate2::read::MultiGzDecoder::new(compressed);
+    let mut chunk = [0u8; CHUNK_BYTES];
+    loop {
+        let wanted = CHUNK_BYTES.min(cap - output.len());
+        if wanted == 0 {
+            break;
+        }
+        let read = match decoder.read(&mut chunk[..wanted]) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(GzipError::Corrupt),
+        };
+        if output.capacity() - output.len() < read {
+            let grow = output.capacity().max(CHUNK_BYTES).min(cap - output.len());
+            output.reserve_exact(grow.max(read));
+        }
+        output.extend_from_slice(&chunk[..read]);
+    }
     if output.len() > limit_bytes {
         return Err(GzipError::TooLarge { limit_bytes });
     }
@@ -63,6 +83,16 @@ mod tests {
             })
         );
         assert!(output.len() <= 1024 * 1024 + 1);
+        assert!(output.capacity() <= 1024 * 1024 + 1, "grew past the cap");
+    }
+
+    #[test]
+    fn multi_member_bodies_inflate_whole() {
+        let mut body = gzip(b"{\"a\":1}");
+        body.extend_from_slice(&gzip(b"\n{\"b\":2}"));
+        let mut output = Vec::new();
+        inflate(&body, &mut output, 100).unwrap();
+        assert_eq!(output, b"{\"a\":1}\n{\"b\":2}");
     }
 
     #[test]
