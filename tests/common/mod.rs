@@ -488,14 +488,8 @@ impl Consumed {
     }
 }
 
-/// Consumes `topic` from the beginning until `predicate` holds over what was
-/// read, or `timeout` passes; returns everything read.
-pub fn consume_until(
-    brokers: &str,
-    topic: &str,
-    timeout: Duration,
-    predicate: impl Fn(&[Consumed]) -> bool,
-) -> Vec<Consumed> {
+/// A consumer assigned every partition of `topic` from the first offset.
+fn consumer_from_beginning(brokers: &str, topic: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("sluice-test-{}", now_ms()))
@@ -510,6 +504,18 @@ pub fn consume_until(
             .unwrap();
     }
     consumer.assign(&partitions).unwrap();
+    consumer
+}
+
+/// Consumes `topic` from the beginning until `predicate` holds over what was
+/// read, or `timeout` passes; returns everything read.
+pub fn consume_until(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    predicate: impl Fn(&[Consumed]) -> bool,
+) -> Vec<Consumed> {
+    let consumer = consumer_from_beginning(brokers, topic);
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
     while Instant::now() < deadline && !predicate(&records) {
@@ -681,20 +687,7 @@ pub fn missing_users(
     timeout: Duration,
 ) -> Vec<String> {
     let mut wanted: std::collections::HashSet<&str> = users.iter().map(String::as_str).collect();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("sluice-test-{}", now_ms()))
-        .set("enable.auto.commit", "false")
-        .set("log_level", "3")
-        .create()
-        .expect("consumer");
-    let mut partitions = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        partitions
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&partitions).unwrap();
+    let consumer = consumer_from_beginning(brokers, topic);
     let deadline = Instant::now() + timeout;
     while !wanted.is_empty() && Instant::now() < deadline {
         let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
