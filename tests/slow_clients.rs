@@ -239,3 +239,58 @@ fn connections_beyond_the_cap_get_503_and_close() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Past the process's open-files limit the kernel still completes TCP
+/// handshakes, but accept fails. Every client must still get an answer:
+/// 200 while descriptors last, then 503 + close (from the descriptor the
+/// server keeps in reserve), never silence in the backlog.
+#[test]
+fn clients_past_the_open_files_limit_get_503_not_silence() {
+    let sluice = Sluice::start(Options {
+        open_files_max: Some(96),
+        ..Default::default()
+    });
+    sluice.wait_ready(200, Duration::from_secs(10));
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for index in 0..150 {
+        let mut stream = sluice.connect();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let response =
+            read_response(&mut stream).unwrap_or_else(|| panic!("client {index} got no answer"));
+        match response.status {
+            200 => served.push(stream),
+            503 => {
+                assert!(response.header("Retry-After").is_some());
+                // A clean close (FIN), not a reset that could have
+                // destroyed the 503 before it was read.
+                let mut probe = [0u8; 64];
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                let read = stream.read(&mut probe);
+                assert!(matches!(read, Ok(0)), "client {index}: {read:?}");
+                refused += 1;
+            }
+            other => panic!("client {index}: {other}"),
+        }
+    }
+    eprintln!("served {}, refused {refused}", served.len());
+    assert!(refused > 0, "the limit was never reached");
+    assert!(served.len() > 20, "only {} served", served.len());
+    // Descriptors freed are descriptors reused.
+    drop(served);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sluice.get("/healthz").status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not served after the others left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut as _;
-use monoio::io::{AsyncReadRent as _, AsyncWriteRentExt as _};
+use monoio::io::{AsyncReadRent as _, AsyncWriteRent as _, AsyncWriteRentExt as _};
 use monoio::net::TcpStream;
 
 use super::core::Core;
@@ -55,7 +55,17 @@ pub async fn serve(core: &Core, stream: TcpStream, entry: usize) {
     core.give_buffer(output);
 }
 
+/// How long a refused connection is drained before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+/// Bytes read from a refused connection at most.
+const REFUSAL_DRAIN_BYTES_MAX: usize = 64 * 1024;
+
 /// Answers a connection beyond the per-core cap with 503 and closes it.
+///
+/// The close lingers: the write side is shut, then whatever the client had
+/// already sent is read and dropped until it closes (within a short bound).
+/// Closing a socket with unread input makes the kernel send a reset, and a
+/// reset can destroy the 503 before the client reads it.
 pub async fn refuse(core: &Core, mut stream: TcpStream) {
     let mut output = Vec::with_capacity(256);
     let mut request_id = [0u8; 16];
@@ -74,7 +84,23 @@ pub async fn refuse(core: &Core, mut stream: TcpStream) {
     write_head(&mut output, error.status, &fields);
     output.extend_from_slice(&body);
     core.metrics().request(Route::Other, error.status);
-    let _ = stream.write_all(output).await;
+    let (written, mut buffer) = stream.write_all(output).await;
+    if written.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN_BYTES_MAX {
+            buffer.clear();
+            let (read, returned) = stream.read(buffer).await;
+            buffer = returned;
+            match read {
+                Ok(0) | Err(_) => break,
+                Ok(bytes) => drained += bytes,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(REFUSAL_LINGER, drain).await;
 }
 
 enum Read {

@@ -257,13 +257,29 @@ pub fn run(setup: CoreSetup) -> anyhow::Result<()> {
 }
 
 async fn accept_until_shutdown(core: &Rc<Core>, listener: &TcpListener) {
+    // One descriptor held in reserve. When accept fails for lack of
+    // descriptors, the reserve is given up for a moment so that the waiting
+    // client can be accepted, answered 503 and closed, instead of waiting
+    // in the backlog for a descriptor that may never come.
+    let mut reserve = open_reserve();
+    let mut refuse_next = false;
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
             _ = core.shared.shutdown.wait(core.index) => return,
         };
         match accepted {
+            Ok((stream, _peer)) if refuse_next => {
+                // The reserve is opened again at a later accept, once
+                // the refusal has closed and given its descriptor back.
+                refuse_next = false;
+                let core = core.clone();
+                monoio::spawn(async move { connection::refuse(&core, stream).await });
+            }
             Ok((stream, _peer)) => {
+                if reserve.is_none() {
+                    reserve = open_reserve();
+                }
                 let _ = stream.set_nodelay(true);
                 let fd = stream.as_raw_fd();
                 let core = core.clone();
@@ -278,11 +294,29 @@ async fn accept_until_shutdown(core: &Rc<Core>, listener: &TcpListener) {
                 });
             }
             Err(error) => {
-                tracing::warn!(core = core.index, %error, "accept failed");
-                monoio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                if core.may_log() {
+                    tracing::warn!(core = core.index, %error, "accept failed");
+                }
+                let out_of_descriptors =
+                    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_descriptors && reserve.is_some() {
+                    reserve = None;
+                    refuse_next = true;
+                } else {
+                    monoio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    if reserve.is_none() && !refuse_next {
+                        reserve = open_reserve();
+                    }
+                }
             }
         }
     }
+}
+
+/// The spare descriptor [`accept_until_shutdown`] keeps for refusing
+/// clients when the process runs out of descriptors.
+fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 /// After the listener closed: close idle connections, let busy ones finish

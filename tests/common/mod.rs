@@ -202,6 +202,8 @@ pub struct Options {
     pub keys: String,
     /// Environment variables, applied after the harness defaults.
     pub env: Vec<(String, String)>,
+    /// Open-files limit (soft and hard) for the server process.
+    pub open_files_max: Option<u64>,
 }
 
 impl Default for Options {
@@ -211,6 +213,7 @@ impl Default for Options {
             extra_config: String::new(),
             args: Vec::new(),
             env: Vec::new(),
+            open_files_max: None,
             keys: keys_file_text(),
         }
     }
@@ -252,6 +255,23 @@ impl Sluice {
             Some(brokers) => command.args(["--brokers", brokers]),
             None => command.arg("--dev"),
         };
+        if let Some(open_files_max) = options.open_files_max {
+            use std::os::unix::process::CommandExt as _;
+            let limit = libc::rlimit {
+                rlim_cur: open_files_max,
+                rlim_max: open_files_max,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads `limit`.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = command.spawn().expect("starting sluice");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
@@ -458,8 +478,11 @@ pub fn read_response(stream: &mut TcpStream) -> Option<Response> {
 pub fn is_closed(stream: &mut TcpStream, timeout: Duration) -> bool {
     stream.set_read_timeout(Some(timeout)).unwrap();
     let mut buffer = [0u8; 1];
-    matches!(stream.read(&mut buffer), Ok(0))
-        || matches!(stream.read(&mut buffer), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    match stream.read(&mut buffer) {
+        Ok(0) => true,
+        Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
 }
 
 /// A valid event for `user_id`, as a JSON string.
