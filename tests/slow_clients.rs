@@ -51,6 +51,26 @@ fn trickle(address: SocketAddr, preamble: &[u8], bytes: &[u8]) -> (Option<Respon
     (response, elapsed)
 }
 
+/// The active clients beside the slow or idle ones: every request
+/// accepted, enough of them, none slow.
+fn assert_served_well(outcomes: Vec<Outcome>) {
+    let slowest = outcomes.iter().map(|o| o.latency).max().unwrap();
+    eprintln!("active requests: {}, slowest {slowest:?}", outcomes.len());
+    assert!(
+        outcomes.iter().all(|o| o.status == 202),
+        "an active request failed"
+    );
+    assert!(
+        outcomes.len() > 100,
+        "only {} active requests",
+        outcomes.len()
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an active request took {slowest:?}"
+    );
+}
+
 #[test]
 fn slowloris_and_slow_bodies_are_cut_while_others_are_served() {
     let sluice = Sluice::dev(&format!(
@@ -88,25 +108,7 @@ fn slowloris_and_slow_bodies_are_cut_while_others_are_served() {
             "cut after {elapsed:?}, deadline {deadline:?}"
         );
     }
-    let outcomes = load.finish();
-    let slowest = outcomes.iter().map(|o| o.latency).max().unwrap();
-    eprintln!(
-        "active requests meanwhile: {}, slowest {slowest:?}",
-        outcomes.len()
-    );
-    assert!(
-        outcomes.iter().all(|o| o.status == 202),
-        "an active request failed"
-    );
-    assert!(
-        outcomes.len() > 100,
-        "only {} active requests",
-        outcomes.len()
-    );
-    assert!(
-        slowest < Duration::from_secs(1),
-        "an active request took {slowest:?}"
-    );
+    assert_served_well(load.finish());
 }
 
 #[test]
@@ -170,22 +172,7 @@ fn ten_thousand_idle_connections_do_not_starve_active_ones() {
 
     let load = Load::start(sluice.address, 4, "active");
     std::thread::sleep(Duration::from_secs(2));
-    let outcomes = load.finish();
-    let slowest = outcomes.iter().map(|o| o.latency).max().unwrap();
-    eprintln!("active requests: {}, slowest {slowest:?}", outcomes.len());
-    assert!(
-        outcomes.iter().all(|o| o.status == 202),
-        "an active request failed"
-    );
-    assert!(
-        outcomes.len() > 100,
-        "only {} active requests",
-        outcomes.len()
-    );
-    assert!(
-        slowest < Duration::from_secs(1),
-        "an active request took {slowest:?}"
-    );
+    assert_served_well(load.finish());
 
     // The idle ones were kept, not dropped: a sample of them is still served.
     for stream in idle.iter_mut().step_by(IDLE / 20) {
