@@ -5,8 +5,9 @@
 //!
 //! A producer that hits a fatal error, or whose idempotent-producer id the
 //! broker stopped accepting (fenced after a hang, say), can never send
-//! again, so its thread replaces it with a new one: the old one's outstanding records are
-//! purged and reported as failed (503), and the next batch goes to the new.
+//! again, so its thread replaces it with a new one: the old one's
+//! outstanding records are purged and reported as failed (503), and the
+//! next batch goes to the new one.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
