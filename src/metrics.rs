@@ -140,7 +140,8 @@ impl Metrics {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// A producer in librdkafka's fatal state was replaced by a new one.
+    /// A producer that could no longer send (librdkafka's fatal state, or an
+    /// id the broker stopped accepting) was replaced by a new one.
     pub fn producer_replaced(&self) {
         self.producers_replaced.fetch_add(1, Relaxed);
     }
@@ -211,7 +212,7 @@ impl Metrics {
             ),
             (
                 "sluice_kafka_producers_replaced_total",
-                "Producers replaced after a fatal librdkafka error.",
+                "Producers replaced because they could no longer send (fatal error or rejected producer id).",
                 self.producers_replaced.load(Relaxed),
             ),
             (

@@ -60,7 +60,9 @@ const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 /// Bytes read from a refused connection at most.
 const REFUSAL_DRAIN_BYTES_MAX: usize = 64 * 1024;
 
-/// Answers a connection beyond the per-core cap with 503 and closes it.
+/// Answers a connection with 503 and closes it: one beyond the per-core
+/// cap, or one accepted with the reserve descriptor when the process ran
+/// out of descriptors.
 ///
 /// The close lingers: the write side is shut, then whatever the client had
 /// already sent is read and dropped until it closes (within a short bound).
