@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     /// Idle keep-alive connection lifetime between requests.
     pub idle_timeout_ms: u64,
+    /// A connection whose socket takes no response bytes for this long is
+    /// closed (a client that sends and never reads).
+    pub write_timeout_ms: u64,
     pub log_format: LogFormat,
     /// Failed-request log lines per second per core; the rest are counted, not logged.
     pub error_logs_per_second_max: u32,
@@ -143,6 +146,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
+            write_timeout_ms: 10_000,
             log_format: LogFormat::Text,
             error_logs_per_second_max: 20,
         }
@@ -307,6 +311,9 @@ impl Config {
         }
         if self.kafka.producer_threads == 0 {
             bail!("kafka.producer_threads must be at least 1");
+        }
+        if self.server.write_timeout_ms == 0 {
+            bail!("server.write_timeout_ms must be positive");
         }
         if self.server.delivery_timeout_ms < 100 {
             bail!("server.delivery_timeout_ms must be at least 100");

@@ -123,6 +123,16 @@ impl From<FramingError> for ApiError {
                 "payload_too_large",
                 format!("request body exceeds {limit_bytes} bytes"),
             ),
+            FramingError::WireTooLarge { limit_bytes } => ApiError::new(
+                413,
+                "payload_too_large",
+                format!("chunked request body exceeds {limit_bytes} bytes on the wire, chunk framing included"),
+            ),
+            FramingError::ExpectationFailed => ApiError::new(
+                417,
+                "expectation_failed",
+                "only Expect: 100-continue is supported",
+            ),
             FramingError::LengthRequired => ApiError::new(
                 411,
                 "length_required",

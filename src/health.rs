@@ -6,13 +6,18 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-/// After a request was shed, `/readyz` stays 503 for this long.
-pub const SHED_READY_HOLD_MS: u64 = 1_000;
+/// Sheds less than this far apart belong to one episode of overload.
+pub const SHED_EPISODE_GAP_MS: u64 = 1_000;
+/// An overload episode makes `/readyz` 503 once it has lasted this long:
+/// a lone shed request (a burst) leaves the instance in the load balancer.
+pub const SHED_SUSTAINED_MS: u64 = 3_000;
 
 pub struct Readiness {
     kafka_ok: AtomicBool,
     kafka_reason: ArcSwap<String>,
+    /// The latest shed request, and the first of its episode (epoch ms; 0: none).
     last_shed_ms: AtomicU64,
+    episode_start_ms: AtomicU64,
     draining: AtomicBool,
 }
 
@@ -22,6 +27,7 @@ impl Default for Readiness {
             kafka_ok: AtomicBool::new(false),
             kafka_reason: ArcSwap::from_pointee("kafka not checked yet".to_string()),
             last_shed_ms: AtomicU64::new(0),
+            episode_start_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         }
     }
@@ -52,8 +58,23 @@ impl Readiness {
         }
     }
 
+    /// Records a shed request. Cores race here only at episode starts, and
+    /// a lost race moves the start by less than the gap: no lock needed.
     pub fn note_shed(&self, now_ms: u64) {
-        self.last_shed_ms.store(now_ms, Ordering::Relaxed);
+        let last = self.last_shed_ms.swap(now_ms, Ordering::Relaxed);
+        if last == 0 || now_ms.saturating_sub(last) >= SHED_EPISODE_GAP_MS {
+            self.episode_start_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether requests have been shed for [`SHED_SUSTAINED_MS`] without a
+    /// pause of [`SHED_EPISODE_GAP_MS`].
+    fn overloaded(&self, now_ms: u64) -> bool {
+        let last = self.last_shed_ms.load(Ordering::Relaxed);
+        let start = self.episode_start_ms.load(Ordering::Relaxed);
+        last != 0
+            && now_ms.saturating_sub(last) < SHED_EPISODE_GAP_MS
+            && last.saturating_sub(start) >= SHED_SUSTAINED_MS
     }
 
     pub fn start_draining(&self) {
@@ -72,17 +93,47 @@ impl Readiness {
         if !self.kafka_ready() {
             return Err((**self.kafka_reason.load()).clone());
         }
-        let shed = self.last_shed_ms.load(Ordering::Relaxed);
-        if shed != 0 && now_ms.saturating_sub(shed) < SHED_READY_HOLD_MS {
-            return Err("shedding load".into());
+        if self.overloaded(now_ms) {
+            return Err(
+                "shedding load: requests refused for lack of capacity for 3 s or more".into(),
+            );
         }
         Ok(())
     }
 }
 
-/// Milliseconds since the Unix epoch by the server clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready() -> Readiness {
+        let readiness = Readiness::default();
+        readiness.set_kafka(Ok(()));
+        readiness
+    }
+
+    #[test]
+    fn a_lone_shed_keeps_the_instance_ready() {
+        let readiness = ready();
+        readiness.note_shed(10_000);
+        assert!(readiness.status(10_001).is_ok());
+    }
+
+    #[test]
+    fn sustained_shedding_is_not_ready_until_it_stops() {
+        let readiness = ready();
+        for now in (10_000..=13_000).step_by(500) {
+            readiness.note_shed(now);
+        }
+        assert!(readiness.status(13_001).is_err());
+        assert!(
+            readiness.status(14_001).is_ok(),
+            "a second without a shed ends it"
+        );
+        readiness.note_shed(20_000);
+        assert!(
+            readiness.status(20_001).is_ok(),
+            "a new episode starts afresh"
+        );
+    }
 }

@@ -8,9 +8,12 @@
 //! - [`kafka`]: the only module that knows rdkafka; producer threads and the
 //!   hand-off to and from the cores.
 //! - [`server`]: core threads, connections, in-flight tracking, control plane.
-//! - [`metrics`], [`health`], [`shutdown`], [`error`]: cross-cutting state.
+//! - [`route`]: which target goes where; shared by the server and metrics.
+//! - [`metrics`], [`health`], [`shutdown`], [`error`], [`clock`]:
+//!   cross-cutting state.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -18,6 +21,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod route;
 pub mod server;
 pub mod shutdown;
 pub mod split;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use sluice::config::{Config, LogFormat, Overrides};
+use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -74,8 +75,10 @@ fn main() -> ExitCode {
         // A dev server is for this machine only unless asked otherwise.
         config.server.listen = "127.0.0.1:8080".into();
     }
-    init_logging(config.server.log_format);
-    match sluice::server::run(config) {
+    abort_on_panic();
+    // Flushes the log lines still queued when main returns.
+    let (_log_guard, log_lines_dropped) = init_logging(config.server.log_format);
+    match sluice::server::run(config, move || log_lines_dropped.dropped_lines() as u64) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "sluice failed");
@@ -84,15 +87,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines queued for the log writer thread; past it lines are dropped
+/// (and counted) rather than making an event loop wait on a slow pipe.
+const LOG_LINES_QUEUED_MAX: usize = 16 * 1024;
+
+/// Logs go through a bounded queue to a writer thread: an event loop never
+/// blocks on stderr. Returns the guard that flushes the queue at exit and
+/// the counter of dropped lines.
+fn init_logging(format: LogFormat) -> (WorkerGuard, ErrorCounter) {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_QUEUED_MAX)
+        .thread_name("sluice-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    (guard, dropped)
+}
+
+/// A panic on any thread aborts the process. A core thread that died would
+/// leave its listener bound, taking connections nobody serves; a process
+/// that exits is restarted by its supervisor and leaves the load balancer.
+/// (Release builds also set `panic = "abort"`; this covers every build.)
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
 }

@@ -8,28 +8,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Routes counted separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Events,
-    EventsBatch,
-    Healthz,
-    Readyz,
-    Metrics,
-    Other,
-}
+use crate::route::Route;
 
-const ROUTES: [(Route, &str); 6] = [
-    (Route::Events, "/v1/events"),
-    (Route::EventsBatch, "/v1/events/batch"),
-    (Route::Healthz, "/healthz"),
-    (Route::Readyz, "/readyz"),
-    (Route::Metrics, "/metrics"),
-    (Route::Other, "other"),
-];
-
-const STATUSES: [u16; 16] = [
-    200, 202, 400, 401, 404, 405, 408, 411, 413, 415, 429, 431, 500, 503, 100, 0,
+const STATUSES: [u16; 17] = [
+    200, 202, 400, 401, 404, 405, 408, 411, 413, 415, 417, 429, 431, 500, 503, 100, 0,
 ];
 
 /// Upper bounds of the delivery-latency buckets, in microseconds.
@@ -52,7 +34,7 @@ type Gauge = (&'static str, &'static str, fn(&CoreMetrics) -> &AtomicU64);
 #[repr(align(128))]
 #[derive(Default)]
 pub struct CoreMetrics {
-    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    requests: [[AtomicU64; STATUSES.len()]; Route::ALL.len()],
     events_accepted: AtomicU64,
     events_rejected: AtomicU64,
     body_bytes: AtomicU64,
@@ -61,6 +43,7 @@ pub struct CoreMetrics {
     shed: AtomicU64,
     delivery_timeouts: AtomicU64,
     logs_suppressed: AtomicU64,
+    write_timeouts: AtomicU64,
     pub inflight_requests: AtomicU64,
     pub inflight_events: AtomicU64,
     pub inflight_bytes: AtomicU64,
@@ -69,11 +52,7 @@ pub struct CoreMetrics {
 
 impl CoreMetrics {
     pub fn request(&self, route: Route, status: u16) {
-        let route = ROUTES
-            .iter()
-            .position(|(r, _)| *r == route)
-            .unwrap_or(ROUTES.len() - 1);
-        self.requests[route][status_index(status)].fetch_add(1, Relaxed);
+        self.requests[route as usize][status_index(status)].fetch_add(1, Relaxed);
     }
 
     pub fn events(&self, accepted: usize, rejected: usize) {
@@ -106,6 +85,11 @@ impl CoreMetrics {
     pub fn log_suppressed(&self) {
         self.logs_suppressed.fetch_add(1, Relaxed);
     }
+
+    /// A connection closed because its socket took no bytes for the write timeout.
+    pub fn write_timeout(&self) {
+        self.write_timeouts.fetch_add(1, Relaxed);
+    }
 }
 
 /// All metrics of the process.
@@ -116,6 +100,9 @@ pub struct Metrics {
     key_reloads: AtomicU64,
     key_reload_failures: AtomicU64,
     producers_replaced: AtomicU64,
+    /// Log lines the non-blocking log writer dropped because its queue was
+    /// full (a slow log pipe); read at scrape time.
+    log_lines_dropped: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 impl Metrics {
@@ -127,7 +114,13 @@ impl Metrics {
             key_reloads: AtomicU64::new(0),
             key_reload_failures: AtomicU64::new(0),
             producers_replaced: AtomicU64::new(0),
+            log_lines_dropped: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where the count of dropped log lines comes from (the log writer).
+    pub fn count_dropped_log_lines(&self, source: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.log_lines_dropped.set(Box::new(source));
     }
 
     /// Called from librdkafka's delivery callback.
@@ -166,7 +159,7 @@ impl Metrics {
     pub fn render(&self, ready: bool) -> String {
         let mut out = String::with_capacity(8 * 1024);
         out.push_str("# HELP sluice_http_requests_total HTTP requests by route and status.\n# TYPE sluice_http_requests_total counter\n");
-        for (route_index, (_, route)) in ROUTES.iter().enumerate() {
+        for (route_index, route) in Route::ALL.iter().map(|r| r.label()).enumerate() {
             for (status_index, status) in STATUSES.iter().enumerate() {
                 let count = self.sum(|core| &core.requests[route_index][status_index]);
                 if count > 0 {
@@ -174,7 +167,8 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 9] = [
+        let log_lines_dropped = self.log_lines_dropped.get().map_or(0, |source| source());
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "sluice_events_accepted_total",
                 "Events accepted for Kafka.",
@@ -219,6 +213,16 @@ impl Metrics {
                 "sluice_log_lines_suppressed_total",
                 "Failed-request log lines dropped by the rate limit.",
                 self.sum(|c| &c.logs_suppressed),
+            ),
+            (
+                "sluice_log_lines_dropped_total",
+                "Log lines dropped because the log output was too slow to take them.",
+                log_lines_dropped,
+            ),
+            (
+                "sluice_write_timeouts_total",
+                "Connections closed because the client took no response bytes for server.write_timeout_ms.",
+                self.sum(|c| &c.write_timeouts),
             ),
         ];
         for (name, help, value) in counters {

@@ -2,25 +2,42 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 
 pub struct Shutdown {
     triggered: AtomicBool,
+    /// When the first signal came plus the drain timeout: the one deadline
+    /// for the cores' drain and the producers' flush together.
+    deadline: OnceLock<Instant>,
+    drain_timeout: Duration,
     wakers: Vec<AtomicWaker>,
 }
 
 impl Shutdown {
-    pub fn new(cores: usize) -> Self {
+    pub fn new(cores: usize, drain_timeout: Duration) -> Self {
         Shutdown {
             triggered: AtomicBool::new(false),
+            deadline: OnceLock::new(),
+            drain_timeout,
             wakers: (0..cores).map(|_| AtomicWaker::new()).collect(),
         }
     }
 
+    /// When draining must be over: the first trigger plus the drain timeout
+    /// (or now plus the timeout, if shutdown was never triggered).
+    pub fn drain_deadline(&self) -> Instant {
+        *self
+            .deadline
+            .get_or_init(|| Instant::now() + self.drain_timeout)
+    }
+
     /// Starts shutdown; returns whether it had already started.
     pub fn trigger(&self) -> bool {
+        self.drain_deadline();
         let already = self.triggered.swap(true, Ordering::SeqCst);
         for waker in &self.wakers {
             waker.wake();

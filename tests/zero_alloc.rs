@@ -21,6 +21,7 @@ use sluice::health::Readiness;
 use sluice::kafka::handoff::{Batch, Completion, Mailbox, Opaque};
 use sluice::metrics::Metrics;
 use sluice::server::core::{self, CoreSetup};
+use sluice::server::inflight::Inflight;
 use sluice::server::Shared;
 use sluice::shutdown::Shutdown;
 
@@ -68,6 +69,7 @@ fn start_core() -> std::net::SocketAddr {
     config.limits.inflight_events_per_core_max = 4096;
     config.limits.inflight_requests_per_core_max = 1024;
     let mailboxes: Arc<[Arc<Mailbox>]> = vec![Arc::new(Mailbox::new(4096))].into();
+    let inflight = Inflight::new(0, 1024, 4096, 64 << 20, &mailboxes[0]).unwrap();
     let readiness = Arc::new(Readiness::default());
     readiness.set_kafka(Ok(()));
     let shared = Arc::new(Shared {
@@ -77,7 +79,7 @@ fn start_core() -> std::net::SocketAddr {
         metrics: Arc::new(Metrics::new(1)),
         readiness,
         mailboxes: mailboxes.clone(),
-        shutdown: Shutdown::new(1),
+        shutdown: Shutdown::new(1, Duration::from_secs(1)),
         config,
     });
     let (batches, receiver) = crossbeam_channel::bounded::<Batch>(64);
@@ -113,6 +115,7 @@ fn start_core() -> std::net::SocketAddr {
             listener,
             shared,
             batches,
+            inflight,
         })
         .unwrap();
     });

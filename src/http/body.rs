@@ -3,6 +3,10 @@
 //! The decoder compacts chunk data toward the start of the body region of
 //! the connection's read buffer, so a chunked body needs no second buffer:
 //! decoded bytes are always written at or before the bytes being read.
+//! [`ChunkedDecoder::compact`] drops the framing already read, so the buffer
+//! holds the decoded body plus one read's worth, never the raw stream; and
+//! the raw bytes of one body are bounded (framing included), so a stream of
+//! tiny chunks with long extensions cannot keep the server reading.
 
 use super::FramingError;
 
@@ -10,6 +14,11 @@ use super::FramingError;
 const CHUNK_SIZE_DIGITS_MAX: usize = 15;
 /// Bytes accepted in one chunk-size line including extensions.
 const CHUNK_LINE_BYTES_MAX: usize = 1024;
+/// Chunk framing (size lines, extensions, CRLFs) accepted per body on top of
+/// its decoded bytes and trailers. A client sending 8 KiB chunks uses about
+/// 1 KiB of framing per MiB; 64 KiB leaves room for small chunks, not for
+/// a stream of extensions.
+pub const CHUNK_FRAMING_BYTES_MAX: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -36,6 +45,10 @@ pub struct ChunkedDecoder {
     body_bytes_max: usize,
     trailer_bytes: usize,
     trailer_bytes_max: usize,
+    /// Framing bytes removed from the buffer by [`Self::compact`].
+    compacted: usize,
+    /// Raw bytes (data, framing, trailers) one body may occupy on the wire.
+    wire_bytes_max: usize,
 }
 
 /// Progress after feeding the bytes received so far.
@@ -59,7 +72,39 @@ impl ChunkedDecoder {
             body_bytes_max,
             trailer_bytes: 0,
             trailer_bytes_max,
+            compacted: 0,
+            wire_bytes_max: body_bytes_max
+                .saturating_add(CHUNK_FRAMING_BYTES_MAX)
+                .saturating_add(trailer_bytes_max),
         }
+    }
+
+    /// The most raw bytes one chunked body may take on the wire.
+    pub fn wire_bytes_max(&self) -> usize {
+        self.wire_bytes_max
+    }
+
+    /// Drops the framing bytes already decoded, moving the undecoded rest
+    /// down to the end of the decoded body. Call between [`Self::decode`]
+    /// calls that returned `NeedMore`, before reading more.
+    pub fn compact(&mut self, buffer: &mut Vec<u8>) {
+        if self.read > self.write {
+            buffer.drain(self.write..self.read);
+            self.compacted += self.read - self.write;
+            self.read = self.write;
+        }
+    }
+
+    /// `NeedMore`, unless the raw bytes received for this body already
+    /// exceed [`Self::wire_bytes_max`].
+    fn need_more(&self, buffer: &[u8]) -> Result<Progress, FramingError> {
+        let wire_bytes = self.compacted + (buffer.len() - self.start);
+        if wire_bytes > self.wire_bytes_max {
+            return Err(FramingError::WireTooLarge {
+                limit_bytes: self.wire_bytes_max,
+            });
+        }
+        Ok(Progress::NeedMore)
     }
 
     /// Decodes as far as `buffer` allows. `buffer` grows between calls; the
@@ -69,7 +114,7 @@ impl ChunkedDecoder {
             match self.state {
                 State::Size => {
                     let Some(line_end) = find_crlf(buffer, self.read, CHUNK_LINE_BYTES_MAX)? else {
-                        return Ok(Progress::NeedMore);
+                        return self.need_more(buffer);
                     };
                     let size = parse_chunk_size(&buffer[self.read..line_end])?;
                     self.read = line_end + 2;
@@ -88,7 +133,7 @@ impl ChunkedDecoder {
                 State::Data(remaining) => {
                     let available = buffer.len() - self.read;
                     if available == 0 {
-                        return Ok(Progress::NeedMore);
+                        return self.need_more(buffer);
                     }
                     let take = available.min(remaining);
                     buffer.copy_within(self.read..self.read + take, self.write);
@@ -102,7 +147,7 @@ impl ChunkedDecoder {
                 }
                 State::DataEnd => {
                     if buffer.len() - self.read < 2 {
-                        return Ok(Progress::NeedMore);
+                        return self.need_more(buffer);
                     }
                     if &buffer[self.read..self.read + 2] != b"\r\n" {
                         return Err(FramingError::BadChunk("chunk data not followed by CRLF"));
@@ -112,7 +157,7 @@ impl ChunkedDecoder {
                 }
                 State::Trailer => {
                     let Some(line_end) = find_crlf(buffer, self.read, CHUNK_LINE_BYTES_MAX)? else {
-                        return Ok(Progress::NeedMore);
+                        return self.need_more(buffer);
                     };
                     let line_bytes = line_end - self.read;
                     self.trailer_bytes += line_bytes + 2;
@@ -247,6 +292,52 @@ mod tests {
                 "{encoded:?} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn compaction_keeps_only_the_decoded_body_and_the_rest() {
+        let encoded = b"3;a=bbbbbbbbbbbbbbbbbbbb\r\nabc\r\n2\r\nde\r\n";
+        let mut buffer = b"HEAD".to_vec();
+        buffer.extend_from_slice(encoded);
+        let mut decoder = ChunkedDecoder::new(4, 100, 1024);
+        assert_eq!(decoder.decode(&mut buffer), Ok(Progress::NeedMore));
+        decoder.compact(&mut buffer);
+        assert_eq!(buffer, b"HEADabcde");
+        buffer.extend_from_slice(b"0\r\n\r\nNEXT");
+        let Ok(Progress::Done { end, consumed }) = decoder.decode(&mut buffer) else {
+            panic!("not done");
+        };
+        assert_eq!(&buffer[4..end], b"abcde");
+        assert_eq!(&buffer[consumed..], b"NEXT");
+    }
+
+    #[test]
+    fn bounds_the_raw_bytes_of_tiny_chunks_with_long_extensions() {
+        // 1-byte chunks, each with a ~1000-byte extension: 5 decoded bytes
+        // would be fine, their framing is not.
+        let mut decoder = ChunkedDecoder::new(0, 5, 64);
+        let limit = decoder.wire_bytes_max();
+        let chunk = format!("1;x={}\r\na\r\n", "e".repeat(1000));
+        let mut buffer = Vec::new();
+        let mut sent = 0;
+        let error = loop {
+            buffer.extend_from_slice(chunk.as_bytes());
+            sent += chunk.len();
+            match decoder.decode(&mut buffer) {
+                Ok(Progress::NeedMore) => decoder.compact(&mut buffer),
+                Ok(done) => panic!("{done:?}"),
+                Err(error) => break error,
+            }
+            assert!(
+                buffer.len() <= chunk.len(),
+                "compaction keeps the buffer small"
+            );
+        };
+        assert!(matches!(
+            error,
+            FramingError::WireTooLarge { .. } | FramingError::BodyTooLarge { .. }
+        ));
+        assert!(sent <= limit + chunk.len());
     }
 
     #[test]

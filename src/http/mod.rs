@@ -28,6 +28,11 @@ pub enum FramingError {
     Smuggling(&'static str),
     /// The body exceeds the configured byte limit (413).
     BodyTooLarge { limit_bytes: usize },
+    /// A chunked body's raw bytes (framing included) exceed the body limit
+    /// plus the framing allowance (413).
+    WireTooLarge { limit_bytes: usize },
+    /// An `Expect` other than `100-continue` (417).
+    ExpectationFailed,
     /// A POST without Content-Length or Transfer-Encoding (411).
     LengthRequired,
     /// An invalid chunk in a chunked body (400).

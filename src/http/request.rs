@@ -116,6 +116,7 @@ pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, Framin
     };
     let mut content_length: Option<usize> = None;
     let mut transfer_encoding_seen = false;
+    let mut hosts = 0;
     for header in request.headers.iter() {
         let name = header.name.as_bytes();
         let value = trim(header.value);
@@ -132,11 +133,13 @@ pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, Framin
             if !value.eq_ignore_ascii_case(b"chunked") {
                 return Err(FramingError::Smuggling("unsupported Transfer-Encoding"));
             }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
         } else if name.eq_ignore_ascii_case(b"connection") {
             apply_connection(&mut head, value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             if !value.eq_ignore_ascii_case(b"100-continue") {
-                return Err(FramingError::Malformed("unsupported Expect"));
+                return Err(FramingError::ExpectationFailed);
             }
             head.expect_continue = http11;
         } else if name.eq_ignore_ascii_case(b"content-type") {
@@ -166,7 +169,64 @@ pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, Framin
         (Some(length), false) => Framing::Length(length),
         (None, false) => Framing::None,
     };
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1; at most one in HTTP/1.0.
+    if hosts > 1 || (hosts == 0 && http11) {
+        return Err(FramingError::Malformed(
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
     Ok(Parsed::Complete(head))
+}
+
+/// Finds where a request head ends as bytes arrive, looking at each byte
+/// once: the full parse runs when the blank line is there (or on the first
+/// bytes, so that garbage is refused at once), not again on every read.
+/// Without it a head arriving in small pieces would be parsed from byte 0
+/// on every read: quadratic time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HeadScanner {
+    /// Bytes already known not to end the head.
+    scanned: usize,
+}
+
+impl HeadScanner {
+    /// Parses `buffer` once its head may be complete; `Partial` until then.
+    pub fn parse(&mut self, buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, FramingError> {
+        let first_look = self.scanned == 0;
+        let ended = self.find_end(buffer);
+        if !ended && !first_look {
+            if buffer.len() > head_bytes_max {
+                return Err(FramingError::HeadTooLarge {
+                    limit_bytes: head_bytes_max,
+                });
+            }
+            return Ok(Parsed::Partial);
+        }
+        let parsed = parse_head(buffer, head_bytes_max)?;
+        if matches!(parsed, Parsed::Complete(_)) {
+            *self = HeadScanner::default();
+        }
+        Ok(parsed)
+    }
+
+    /// Whether `buffer` holds a line feed followed by an empty line (CRLF or
+    /// bare LF: the parser decides which are allowed). Moves `scanned` to
+    /// the first line feed that cannot be decided yet.
+    fn find_end(&mut self, buffer: &[u8]) -> bool {
+        let from = self.scanned.min(buffer.len());
+        for index in memchr::memchr_iter(b'\n', &buffer[from..]).map(|i| from + i) {
+            match (buffer.get(index + 1), buffer.get(index + 2)) {
+                (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n')) => return true,
+                (None, _) | (Some(b'\r'), None) => {
+                    self.scanned = index.max(1);
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        self.scanned = buffer.len().max(1);
+        false
+    }
 }
 
 /// RFC 9112 allows bare LF, but a proxy in front may read the same bytes
@@ -228,6 +288,63 @@ pub fn trim(mut value: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
+    #[test]
+    fn host_is_required_once_in_http11() {
+        assert!(matches!(
+            head("GET / HTTP/1.1\r\n\r\n"),
+            Err(FramingError::Malformed(_))
+        ));
+        assert!(matches!(
+            head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(FramingError::Malformed(_))
+        ));
+        assert!(matches!(
+            head("GET / HTTP/1.0\r\n\r\n"),
+            Ok(Parsed::Complete(_))
+        ));
+        assert!(matches!(
+            head("GET / HTTP/1.1\r\nExpect: 200-ok\r\nHost: a\r\n\r\n"),
+            Err(FramingError::ExpectationFailed)
+        ));
+    }
+
+    #[test]
+    fn scanner_parses_a_head_fed_in_pieces_once() {
+        let raw = b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+        let mut scanner = HeadScanner::default();
+        let mut buffer = Vec::new();
+        for (index, &byte) in raw.iter().enumerate() {
+            buffer.push(byte);
+            match scanner.parse(&buffer, 1024).unwrap() {
+                Parsed::Complete(head) => {
+                    assert_eq!(
+                        index + 1,
+                        raw.len() - 2,
+                        "complete exactly at the blank line"
+                    );
+                    assert_eq!(head.framing, Framing::Length(2));
+                    return;
+                }
+                Parsed::Partial => {}
+            }
+        }
+        panic!("never complete");
+    }
+
+    #[test]
+    fn scanner_refuses_bare_lf_heads_and_garbage() {
+        let mut scanner = HeadScanner::default();
+        let mut buffer = b"POST / HTTP/1.1".to_vec();
+        assert!(matches!(scanner.parse(&buffer, 1024), Ok(Parsed::Partial)));
+        buffer.extend_from_slice(b"\nHost: x\n\n");
+        assert!(matches!(
+            scanner.parse(&buffer, 1024),
+            Err(FramingError::Malformed(_))
+        ));
+        let mut scanner = HeadScanner::default();
+        assert!(scanner.parse(b"\x16\x03\x01\x02\x00", 1024).is_err());
+    }
+
     fn head(raw: &str) -> Result<Parsed, FramingError> {
         parse_head(raw.as_bytes(), 16 * 1024)
     }
@@ -251,7 +368,7 @@ mod tests {
     fn http10_closes_unless_asked_to_keep_alive() {
         assert!(!complete("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(complete("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
-        assert!(!complete("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!complete("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive);
     }
 
     #[test]
@@ -305,11 +422,13 @@ mod tests {
 
     #[test]
     fn request_ids_are_echoed_only_when_printable() {
-        let raw = "GET / HTTP/1.1\r\nX-Request-Id: abc-123\r\n\r\n";
+        let raw = "GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: abc-123\r\n\r\n";
         let parsed = complete(raw);
         assert_eq!(&raw.as_bytes()[parsed.request_id.unwrap()], b"abc-123");
-        assert!(complete("GET / HTTP/1.1\r\nX-Request-Id: a\"b\r\n\r\n")
-            .request_id
-            .is_none());
+        assert!(
+            complete("GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: a\"b\r\n\r\n")
+                .request_id
+                .is_none()
+        );
     }
 }

@@ -17,6 +17,7 @@ pub fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -31,6 +32,8 @@ pub struct HeadFields<'a> {
     pub content_type: &'a str,
     pub content_length: usize,
     pub request_id: &'a [u8],
+    /// The `Date` header value (an IMF-fixdate).
+    pub date: &'a [u8],
     pub keep_alive: bool,
     pub retry_after: bool,
     /// `Allow` header value for 405.
@@ -50,6 +53,8 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, fields: &HeadFields<'_>) {
     out.extend_from_slice(digits.format(fields.content_length).as_bytes());
     out.extend_from_slice(b"\r\nX-Request-Id: ");
     out.extend_from_slice(fields.request_id);
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(fields.date);
     if fields.retry_after {
         out.extend_from_slice(b"\r\nRetry-After: ");
         out.extend_from_slice(digits.format(RETRY_AFTER_SECONDS).as_bytes());
@@ -128,6 +133,7 @@ mod tests {
             content_type: "application/json",
             content_length: 14,
             request_id: b"rid",
+            date: b"Sun, 06 Nov 1994 08:49:37 GMT",
             keep_alive: false,
             retry_after: true,
             allow: None,
@@ -138,6 +144,7 @@ mod tests {
         assert!(text.contains("Content-Length: 14\r\n"));
         assert!(text.contains("X-Request-Id: rid\r\n"));
         assert!(text.contains("Retry-After: 1\r\n"));
+        assert!(text.contains("Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"));
         assert!(text.ends_with("Connection: close\r\n\r\n"));
     }
 }

@@ -44,7 +44,10 @@ const _: () = assert!(CORES_MAX == 1 << 8 && SLOTS_PER_CORE_MAX == 1 << 23);
 
 impl Opaque {
     pub fn new(ticket: Ticket, dead_letter: bool) -> Self {
-        debug_assert!(ticket.core < CORES_MAX && ticket.slot < SLOTS_PER_CORE_MAX);
+        // Start-up refuses more cores or slots than fit (config and
+        // `server::core_count`), so this never fires; if it did, a report
+        // would reach the wrong request.
+        assert!(ticket.core < CORES_MAX && ticket.slot < SLOTS_PER_CORE_MAX);
         Opaque(
             (ticket.generation as usize) << 32
                 | usize::from(dead_letter) << 31
@@ -138,14 +141,23 @@ impl Mailbox {
         }
     }
 
+    /// Completions the queue holds at most.
+    pub fn completions_capacity(&self) -> usize {
+        self.completions.capacity()
+    }
+
     /// Called by producer threads: queue a completion and wake the core.
-    pub fn complete(&self, completion: Completion) {
-        if self.completions.push(completion).is_err() {
-            // The core bounds its in-flight records by the queue's capacity,
-            // so this is a broken invariant, not back-pressure.
+    /// Returns `false` only if the queue was full, which the in-flight
+    /// table makes impossible: it is built against this queue's capacity
+    /// ([`crate::server::inflight::Inflight::new`]) and never has more
+    /// records outstanding than that.
+    pub fn complete(&self, completion: Completion) -> bool {
+        let queued = self.completions.push(completion).is_ok();
+        if !queued {
             tracing::error!("completion queue overflow: in-flight accounting is broken");
         }
         self.waker.wake();
+        queued
     }
 
     /// Called by producer threads: give an emptied batch back for reuse.

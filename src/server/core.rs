@@ -1,29 +1,21 @@
 //! One event-loop core: a monoio runtime pinned to a CPU, its own
-//! SO_REUSEPORT listener, and everything its connections share. Nothing
-//! here is shared with other cores except through atomics and queues.
+//! SO_REUSEPORT listener, the accept loop, the task that applies delivery
+//! reports, and the drain at shutdown. Nothing here is shared with other
+//! cores except through atomics and queues.
 
-use std::cell::{Cell, RefCell};
-use std::os::fd::{AsRawFd as _, RawFd};
+use std::os::fd::AsRawFd as _;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use monoio::net::TcpListener;
 
+use super::connection;
+use super::context::{Core, Shared};
 use super::inflight::Inflight;
-use super::{connection, Shared};
-use crate::event::{EventLimits, Validator};
-use crate::kafka::handoff::{Batch, Mailbox};
-use crate::metrics::CoreMetrics;
+use crate::kafka::handoff::Batch;
 
-/// Bytes a connection buffer starts with.
-pub const CONNECTION_BUFFER_BYTES: usize = 8 * 1024;
-/// Buffers above this are freed rather than pooled, so one large request
-/// does not pin its memory for the life of the process.
-pub const POOLED_BUFFER_BYTES_MAX: usize = 64 * 1024;
-/// Connection buffers kept for reuse per core.
-const POOLED_BUFFERS_MAX: usize = 1024;
 /// Pause after a failed accept (for example EMFILE) before the next.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// How often a draining core checks whether its connections are done.
@@ -36,198 +28,8 @@ pub struct CoreSetup {
     pub listener: std::net::TcpListener,
     pub shared: Arc<Shared>,
     pub batches: Sender<Batch>,
-}
-
-/// Per-core state shared by the core's tasks (single-threaded).
-pub struct Core {
-    pub index: usize,
-    pub shared: Arc<Shared>,
-    pub batches: Sender<Batch>,
-    pub mailbox: Arc<Mailbox>,
-    pub inflight: RefCell<Inflight>,
-    pub validator: RefCell<Validator>,
-    pub scratch: RefCell<Scratch>,
-    buffers: RefCell<Vec<Vec<u8>>>,
-    connections: RefCell<ConnectionTable>,
-    request_counter: Cell<u64>,
-    log_budget: Cell<(u64, u32)>,
-}
-
-/// Per-core buffers used synchronously between two awaits.
-#[derive(Default)]
-pub struct Scratch {
-    pub spans: Vec<std::ops::Range<usize>>,
-    pub inflated: Vec<u8>,
-    pub body: Vec<u8>,
-}
-
-impl Core {
-    pub fn new(index: usize, shared: Arc<Shared>, batches: Sender<Batch>) -> Core {
-        let limits = &shared.config.limits;
-        let mailbox = shared.mailboxes[index].clone();
-        let inflight = Inflight::new(
-            index,
-            limits.inflight_requests_per_core_max,
-            limits.inflight_events_per_core_max,
-            limits.inflight_bytes_per_core_max,
-        );
-        let event_limits = EventLimits {
-            event_bytes_max: limits.event_bytes_max,
-            properties_depth_max: limits.properties_depth_max,
-            event_time_past_ms: limits.event_time_past_ms,
-            event_time_future_ms: limits.event_time_future_ms,
-        };
-        let seed = random_seed() ^ index as u64;
-        Core {
-            index,
-            batches,
-            mailbox,
-            inflight: RefCell::new(inflight),
-            validator: RefCell::new(Validator::new(event_limits, seed)),
-            scratch: RefCell::new(Scratch::default()),
-            buffers: RefCell::new(Vec::new()),
-            connections: RefCell::new(ConnectionTable::default()),
-            request_counter: Cell::new(seed),
-            log_budget: Cell::new((0, 0)),
-            shared,
-        }
-    }
-
-    pub fn metrics(&self) -> &CoreMetrics {
-        &self.shared.metrics.cores[self.index]
-    }
-
-    /// A pooled, empty buffer.
-    pub fn take_buffer(&self) -> Vec<u8> {
-        self.buffers
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(CONNECTION_BUFFER_BYTES))
-    }
-
-    pub fn give_buffer(&self, mut buffer: Vec<u8>) {
-        let mut buffers = self.buffers.borrow_mut();
-        let capacity = buffer.capacity();
-        let poolable = (CONNECTION_BUFFER_BYTES..=POOLED_BUFFER_BYTES_MAX).contains(&capacity);
-        if poolable && buffers.len() < POOLED_BUFFERS_MAX {
-            buffer.clear();
-            buffers.push(buffer);
-        }
-    }
-
-    /// A pooled batch, recycled by the producer threads.
-    pub fn take_batch(&self) -> Batch {
-        self.mailbox
-            .take_batch()
-            .unwrap_or_else(|| Batch::new(&self.shared.topic))
-    }
-
-    /// A new request id: 16 hex digits, unique per process run.
-    pub fn next_request_id(&self, out: &mut [u8; 16]) {
-        let value = self.request_counter.get().wrapping_add(1);
-        self.request_counter.set(value);
-        // Spread consecutive counters so ids do not look sequential.
-        let mixed = value.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        for (index, byte) in out.iter_mut().enumerate() {
-            *byte = b"0123456789abcdef"[((mixed >> (60 - 4 * index)) & 0xf) as usize];
-        }
-    }
-
-    /// Whether a failed-request log line may be written now (per-second budget).
-    pub fn may_log(&self) -> bool {
-        let second = crate::health::now_ms() / 1000;
-        let (current, used) = self.log_budget.get();
-        let used = if current == second { used } else { 0 };
-        if used >= self.shared.config.server.error_logs_per_second_max {
-            self.metrics().log_suppressed();
-            return false;
-        }
-        self.log_budget.set((second, used + 1));
-        true
-    }
-
-    pub fn register_connection(&self, fd: RawFd) -> Option<usize> {
-        let max = self.shared.config.server.connections_per_core_max;
-        let entry = self.connections.borrow_mut().insert(fd, max);
-        self.publish_connections();
-        entry
-    }
-
-    pub fn unregister_connection(&self, entry: usize) {
-        self.connections.borrow_mut().remove(entry);
-        self.publish_connections();
-    }
-
-    pub fn set_idle(&self, entry: usize, idle: bool) {
-        self.connections.borrow_mut().set_idle(entry, idle);
-    }
-
-    fn publish_connections(&self) {
-        let count = self.connections.borrow().count as u64;
-        self.metrics()
-            .connections
-            .store(count, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Open connections, so a draining core can close the idle ones.
-#[derive(Default)]
-struct ConnectionTable {
-    entries: Vec<Option<(RawFd, bool)>>,
-    free: Vec<usize>,
-    count: usize,
-}
-
-impl ConnectionTable {
-    fn insert(&mut self, fd: RawFd, max: usize) -> Option<usize> {
-        if self.count >= max {
-            return None;
-        }
-        self.count += 1;
-        match self.free.pop() {
-            Some(index) => {
-                self.entries[index] = Some((fd, false));
-                Some(index)
-            }
-            None => {
-                self.entries.push(Some((fd, false)));
-                Some(self.entries.len() - 1)
-            }
-        }
-    }
-
-    fn remove(&mut self, index: usize) {
-        if self.entries[index].take().is_some() {
-            self.count -= 1;
-            self.free.push(index);
-        }
-    }
-
-    fn set_idle(&mut self, index: usize, idle: bool) {
-        if let Some(entry) = self.entries[index].as_mut() {
-            entry.1 = idle;
-        }
-    }
-
-    /// Shuts the read side of idle connections: their pending read returns
-    /// end-of-file and their task ends on its own.
-    fn close_idle(&self) {
-        for (fd, idle) in self.entries.iter().flatten() {
-            if *idle {
-                // SAFETY: the fd belongs to a live connection of this core;
-                // shutdown(2) does not close or invalidate it.
-                unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
-            }
-        }
-    }
-}
-
-/// A per-process random value (std's hash seed mixed with the time and pid).
-pub fn random_seed() -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
-    hasher.finish()
+    /// Built at start-up, where its fit to the completion queue is checked.
+    pub inflight: Inflight,
 }
 
 /// Runs one core until shutdown has drained it.
@@ -247,7 +49,12 @@ pub fn run(setup: CoreSetup) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(setup.listener)?;
-        let core = Rc::new(Core::new(setup.index, setup.shared, setup.batches));
+        let core = Rc::new(Core::new(
+            setup.index,
+            setup.shared,
+            setup.batches,
+            setup.inflight,
+        ));
         monoio::spawn(deliver_completions(core.clone()));
         accept_until_shutdown(&core, &listener).await;
         drop(listener);
@@ -319,14 +126,14 @@ fn open_reserve() -> Option<std::fs::File> {
     std::fs::File::open("/dev/null").ok()
 }
 
-/// After the listener closed: close idle connections, let busy ones finish
-/// their request, and give up at the drain deadline.
+/// After the listener closed: close connections that hold no request
+/// (idle, or half-way through a head), let busy ones finish their request,
+/// and give up at the drain deadline, which counts from the signal.
 async fn drain(core: &Rc<Core>) {
-    let deadline =
-        Instant::now() + Duration::from_millis(core.shared.config.server.drain_timeout_ms);
-    while Instant::now() < deadline {
-        core.connections.borrow().close_idle();
-        let busy = core.connections.borrow().count > 0 || core.inflight.borrow().requests() > 0;
+    let deadline = core.shared.shutdown.drain_deadline();
+    while std::time::Instant::now() < deadline {
+        core.close_connections_without_request();
+        let busy = core.connection_count() > 0 || core.inflight.borrow().requests() > 0;
         if !busy {
             return;
         }

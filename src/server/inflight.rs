@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::kafka::handoff::{Completion, Ticket};
+use crate::kafka::handoff::{Completion, Mailbox, Ticket};
 use crate::metrics::CoreMetrics;
 
 #[derive(Debug)]
@@ -46,8 +46,53 @@ pub struct Inflight {
     bytes_max: usize,
 }
 
+/// An in-flight table whose record bound exceeds its core's completion
+/// queue: a delivery report could find the queue full.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CompletionQueueTooSmall {
+    pub records_max: usize,
+    pub completions_capacity: usize,
+}
+
+impl std::fmt::Display for CompletionQueueTooSmall {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "the completion queue holds {} reports but {} records may be in flight",
+            self.completions_capacity, self.records_max
+        )
+    }
+}
+
+impl std::error::Error for CompletionQueueTooSmall {}
+
 impl Inflight {
-    pub fn new(core: usize, requests_max: usize, records_max: usize, bytes_max: usize) -> Self {
+    /// The table of core `core`, whose reports arrive through `mailbox`.
+    /// Refused unless the mailbox can hold a report for every record the
+    /// table lets into flight: a report is removed from the queue before
+    /// its record leaves the table, so the queue can never overflow.
+    pub fn new(
+        core: usize,
+        requests_max: usize,
+        records_max: usize,
+        bytes_max: usize,
+        mailbox: &Mailbox,
+    ) -> Result<Self, CompletionQueueTooSmall> {
+        if mailbox.completions_capacity() < records_max {
+            return Err(CompletionQueueTooSmall {
+                records_max,
+                completions_capacity: mailbox.completions_capacity(),
+            });
+        }
+        Ok(Self::with_bounds(
+            core,
+            requests_max,
+            records_max,
+            bytes_max,
+        ))
+    }
+
+    fn with_bounds(core: usize, requests_max: usize, records_max: usize, bytes_max: usize) -> Self {
         let now = Instant::now();
         let slots = (0..requests_max)
             .map(|_| Slot {
@@ -251,7 +296,7 @@ mod tests {
     #[test]
     fn bounds_are_enforced_and_released() {
         let metrics = CoreMetrics::default();
-        let mut inflight = Inflight::new(0, 2, 10, 100);
+        let mut inflight = Inflight::with_bounds(0, 2, 10, 100);
         let first = inflight.reserve(5, 60, &metrics).unwrap();
         assert_eq!(inflight.reserve(1, 50, &metrics), Err(Full), "bytes bound");
         assert_eq!(inflight.reserve(6, 1, &metrics), Err(Full), "records bound");
@@ -269,7 +314,7 @@ mod tests {
     #[test]
     fn dead_letter_failures_do_not_fail_the_request() {
         let metrics = CoreMetrics::default();
-        let inflight = RefCell::new(Inflight::new(0, 4, 10, 100));
+        let inflight = RefCell::new(Inflight::with_bounds(0, 4, 10, 100));
         let ticket = inflight.borrow_mut().reserve(2, 10, &metrics).unwrap();
         inflight
             .borrow_mut()
@@ -293,15 +338,26 @@ mod tests {
         );
     }
 
+    /// A late report for an earlier use of a slot must not count towards
+    /// the request now in it: without the generation check it would finish
+    /// that request early, and as failed.
     #[test]
     fn stale_reports_are_ignored() {
         let metrics = CoreMetrics::default();
-        let mut inflight = Inflight::new(0, 1, 10, 100);
+        let mut inflight = Inflight::with_bounds(0, 1, 10, 100);
         let old = inflight.reserve(1, 1, &metrics).unwrap();
         inflight.cancel(old, &metrics);
         let new = inflight.reserve(1, 1, &metrics).unwrap();
         assert_eq!(old.slot, new.slot);
         inflight.complete(completion(old, false, false), &metrics);
-        assert_eq!(inflight.requests(), 1);
+        let waker = Waker::noop();
+        assert_eq!(
+            inflight.poll_ticket(new, waker, &metrics),
+            None,
+            "the stale report completed the new request"
+        );
+        inflight.complete(completion(new, true, false), &metrics);
+        assert_eq!(inflight.poll_ticket(new, waker, &metrics), Some(true));
+        assert_eq!(inflight.requests(), 0);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::TrySendError;
 
-use super::core::Core;
+use super::context::Core;
 use crate::auth::Grant;
 use crate::error::ApiError;
 use crate::event::{write_dead_letter, write_error_fields, Enrichment};
@@ -34,7 +34,7 @@ pub fn ingest(
     let limits = &core.shared.config.limits;
     let mut scratch = core.scratch.borrow_mut();
     event_spans(kind, body, &mut scratch.spans, limits.batch_events_max)?;
-    let received_at_ms = crate::health::now_ms();
+    let received_at_ms = crate::clock::now_ms();
     let enrichment = Enrichment {
         tenant_id: &grant.tenant_id,
         project_id: grant.project_id.as_deref(),
@@ -120,7 +120,7 @@ pub fn ingest(
 
 fn shed(core: &Core) -> ApiError {
     core.metrics().shed();
-    core.shared.readiness.note_shed(crate::health::now_ms());
+    core.shared.readiness.note_shed(crate::clock::now_ms());
     ApiError::overloaded()
 }
 

@@ -1,41 +1,62 @@
 //! The server: start-up, the core threads, the control plane (signals, key
 //! reloads, readiness probe) and the shutdown sequence.
+//!
+//! Modules, lowest first (each imports only those before it):
+//! `inflight`, `context`, `wire`, `framing`, `answer`, `ingest`,
+//! `dispatch`, `connection`, `core`, and this one.
 
+pub mod answer;
 pub mod connection;
+pub mod context;
 pub mod core;
+pub mod dispatch;
+pub mod framing;
 pub mod inflight;
 pub mod ingest;
+pub mod wire;
+
+pub use context::Shared;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+use self::inflight::Inflight;
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::health::Readiness;
 use crate::kafka::dev::DevCluster;
-use crate::kafka::handoff::Mailbox;
+use crate::kafka::handoff::{Mailbox, CORES_MAX};
 use crate::kafka::producer::ProducerPool;
 use crate::metrics::Metrics;
 use crate::shutdown::{ControlStop, Shutdown};
 
-/// State shared by all cores and the control plane; read-mostly.
-pub struct Shared {
-    pub config: Config,
-    pub keys: KeyStore,
-    pub metrics: Arc<Metrics>,
-    pub readiness: Arc<Readiness>,
-    pub mailboxes: Arc<[Arc<Mailbox>]>,
-    pub topic: Arc<str>,
-    pub dead_letter_topic: Arc<str>,
-    pub shutdown: Shutdown,
+/// The number of event-loop cores: as configured, or one per CPU. More
+/// than a delivery report can address ([`CORES_MAX`]) is refused, whether
+/// configured or found on the machine.
+pub fn core_count(configured: usize, cpus: usize) -> anyhow::Result<usize> {
+    let cores = match configured {
+        0 => cpus.max(1),
+        cores => cores,
+    };
+    if cores > CORES_MAX {
+        anyhow::bail!(
+            "{cores} event-loop cores{}: at most {CORES_MAX} are supported; set server.cores (--cores) to {CORES_MAX} or fewer",
+            if configured == 0 { " (one per CPU)" } else { "" }
+        );
+    }
+    Ok(cores)
 }
 
-/// Runs the server until SIGTERM or SIGINT has drained it.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the server until SIGTERM or SIGINT has drained it. `log_lines_dropped`
+/// counts what the log writer had to drop, for `/metrics`.
+pub fn run(
+    config: Config,
+    log_lines_dropped: impl Fn() -> u64 + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     let topics = [config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
     let dev = if config.dev {
         Some(DevCluster::start(&topics)?)
@@ -48,27 +69,36 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     let dev_key = dev
         .as_ref()
-        .map(|_| format!("sluice_dev_{:016x}", core::random_seed()));
+        .map(|_| format!("sluice_dev_{:016x}", context::random_seed()));
     let keys = open_keys(&config, dev_key.as_deref())?;
     if config.server.ack_mode == crate::config::AckMode::Durable {
         crate::kafka::check_durable_properties(&config.kafka.properties)?;
     }
 
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
-    let cores = match config.server.cores {
-        0 => cpus.len().max(1),
-        cores => cores,
-    };
+    let cores = core_count(config.server.cores, cpus.len())?;
     raise_open_files_limit(cores * config.server.connections_per_core_max);
     let listeners = bind_listeners(config.listen_address()?, cores)?;
     let address = listeners[0].local_addr()?;
 
     let metrics = Arc::new(Metrics::new(cores));
+    metrics.count_dropped_log_lines(log_lines_dropped);
     let readiness = Arc::new(Readiness::default());
-    let events_max = config.limits.inflight_events_per_core_max;
+    let limits = &config.limits;
     let mailboxes: Arc<[Arc<Mailbox>]> = (0..cores)
-        .map(|_| Arc::new(Mailbox::new(events_max)))
+        .map(|_| Arc::new(Mailbox::new(limits.inflight_events_per_core_max)))
         .collect();
+    let mut inflight_tables = Vec::with_capacity(cores);
+    for (index, mailbox) in mailboxes.iter().enumerate() {
+        let table = Inflight::new(
+            index,
+            limits.inflight_requests_per_core_max,
+            limits.inflight_events_per_core_max,
+            limits.inflight_bytes_per_core_max,
+            mailbox,
+        )?;
+        inflight_tables.push(table);
+    }
     let (batches, batch_receiver) = crossbeam_channel::bounded(config.kafka.queue_batches_max);
     let producers = ProducerPool::start(
         &config,
@@ -78,6 +108,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
 
+    let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
     let shared = Arc::new(Shared {
         topic: config.kafka.topic.as_str().into(),
         dead_letter_topic: config.kafka.dlq_topic.as_str().into(),
@@ -86,7 +117,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         readiness,
         mailboxes,
-        shutdown: Shutdown::new(cores),
+        shutdown: Shutdown::new(cores, drain_timeout),
     });
     tracing::info!(config = %shared.config.masked_summary(), "effective configuration");
 
@@ -94,7 +125,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let control = start_control_plane(&shared, &producers, &control_stop)?;
 
     let mut core_threads = Vec::with_capacity(cores);
-    for (index, listener) in listeners.into_iter().enumerate() {
+    for ((index, listener), inflight) in listeners.into_iter().enumerate().zip(inflight_tables) {
         let setup = core::CoreSetup {
             index,
             cpu: shared
@@ -106,6 +137,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             listener,
             shared: shared.clone(),
             batches: batches.clone(),
+            inflight,
         };
         let thread = std::thread::Builder::new()
             .name(format!("sluice-core-{index}"))
@@ -124,9 +156,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for thread in core_threads {
         let _ = thread.join();
     }
-    let drain_deadline =
-        Instant::now() + Duration::from_millis(shared.config.server.drain_timeout_ms);
-    let flushed = producers.shutdown(drain_deadline);
+    // The same deadline as the cores' drain: the whole shutdown takes the
+    // drain timeout, plus at most the control threads' last round.
+    let flushed = producers.shutdown(shared.shutdown.drain_deadline());
     control_stop.stop();
     for thread in control {
         let _ = thread.join();

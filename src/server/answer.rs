@@ -1,0 +1,198 @@
+//! Writing responses into a connection's output buffer: one function
+//! writes every response head, so each carries `Date`, `X-Request-Id` and
+//! the right `Connection`, and no response to `HEAD` carries a body.
+
+use super::context::Core;
+use crate::error::ApiError;
+use crate::event::write_error_object;
+use crate::http::request::{Head, REQUEST_ID_BYTES_MAX};
+use crate::http::response::{write_head, write_json_string, HeadFields};
+use crate::route::Route;
+
+const JSON: &str = "application/json";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
+
+/// What every response to the request in hand shares.
+pub struct Reply {
+    pub route: Route,
+    /// A `HEAD` request: the head is sent, the body is not (RFC 9110 §9.3.2).
+    pub head_only: bool,
+    pub keep_alive: bool,
+    request_id: [u8; REQUEST_ID_BYTES_MAX],
+    request_id_bytes: usize,
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Reply {
+            route: Route::Other,
+            head_only: false,
+            keep_alive: false,
+            request_id: [0; REQUEST_ID_BYTES_MAX],
+            request_id_bytes: 0,
+        }
+    }
+}
+
+impl Reply {
+    /// A reply to a request that could not be parsed: no route, close.
+    pub fn unparsed(&mut self, core: &Core) {
+        self.route = Route::Other;
+        self.head_only = false;
+        self.keep_alive = false;
+        self.new_request_id(core);
+    }
+
+    /// A reply to `head`, whose spans index `input`.
+    pub fn parsed(&mut self, core: &Core, input: &[u8], head: &Head) {
+        self.route = Route::of(&input[head.path.clone()]);
+        self.head_only = head.method == crate::http::request::Method::Head;
+        self.keep_alive = head.keep_alive && !core.shared.shutdown.is_triggered();
+        match &head.request_id {
+            Some(span) => {
+                let id = &input[span.clone()];
+                self.request_id[..id.len()].copy_from_slice(id);
+                self.request_id_bytes = id.len();
+            }
+            None => self.new_request_id(core),
+        }
+    }
+
+    fn new_request_id(&mut self, core: &Core) {
+        let mut id = [0u8; 16];
+        core.next_request_id(&mut id);
+        self.request_id[..16].copy_from_slice(&id);
+        self.request_id_bytes = 16;
+    }
+
+    pub fn request_id(&self) -> &[u8] {
+        &self.request_id[..self.request_id_bytes]
+    }
+}
+
+/// Headers some responses add.
+#[derive(Default, Clone, Copy)]
+pub struct Extra {
+    pub retry_after: bool,
+    pub allow: Option<&'static str>,
+    /// Close whatever the request asked.
+    pub close: bool,
+}
+
+/// Writes one whole response and counts it.
+pub fn write_response(
+    core: &Core,
+    output: &mut Vec<u8>,
+    reply: &Reply,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    extra: Extra,
+) {
+    let date = core.date();
+    let fields = HeadFields {
+        content_type,
+        content_length: body.len(),
+        request_id: reply.request_id(),
+        date: &date,
+        keep_alive: reply.keep_alive && !extra.close,
+        retry_after: extra.retry_after,
+        allow: extra.allow,
+    };
+    write_head(output, status, &fields);
+    if !reply.head_only {
+        output.extend_from_slice(body);
+    }
+    core.metrics().request(reply.route, status);
+}
+
+/// `{"error": {...}}` with the error's status; logged within the core's budget.
+pub fn write_error(
+    core: &Core,
+    output: &mut Vec<u8>,
+    reply: &Reply,
+    error: &ApiError,
+    tenant: Option<&str>,
+) {
+    let mut body = std::mem::take(&mut core.scratch.borrow_mut().body);
+    body.clear();
+    write_error_body(&mut body, error);
+    let extra = Extra {
+        retry_after: error.retry_after(),
+        allow: (error.status == 405).then(|| reply.route.allowed_methods()),
+        close: error.close,
+    };
+    write_response(core, output, reply, error.status, JSON, &body, extra);
+    core.scratch.borrow_mut().body = body;
+    log_failure(core, reply, error.status, error.code, tenant);
+}
+
+/// `202 {"accepted": N}`, with `rejected` on the batch route; a batch with
+/// nothing accepted is a 400 with the same body.
+pub fn write_accepted(
+    core: &Core,
+    output: &mut Vec<u8>,
+    reply: &Reply,
+    accepted: usize,
+    rejected_json: &[u8],
+    tenant: &str,
+) {
+    let mut scratch = core.scratch.borrow_mut();
+    let body = &mut scratch.body;
+    body.clear();
+    body.extend_from_slice(b"{\"accepted\":");
+    body.extend_from_slice(itoa::Buffer::new().format(accepted).as_bytes());
+    if reply.route == Route::EventsBatch {
+        body.extend_from_slice(b",\"rejected\":[");
+        body.extend_from_slice(rejected_json);
+        body.push(b']');
+    }
+    body.push(b'}');
+    let status = if accepted == 0 { 400 } else { 202 };
+    write_response(core, output, reply, status, JSON, body, Extra::default());
+    drop(scratch);
+    if status == 400 {
+        log_failure(core, reply, status, "invalid_event", Some(tenant));
+    }
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub fn write_probe(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
+    let shared = &core.shared;
+    let readiness = shared.readiness.status(crate::clock::now_ms());
+    let (status, content_type, body): (u16, &str, Vec<u8>) = match reply.route {
+        Route::Healthz => (200, JSON, b"{\"status\":\"ok\"}".to_vec()),
+        Route::Readyz => match &readiness {
+            Ok(()) => (200, JSON, b"{\"status\":\"ready\"}".to_vec()),
+            Err(reason) => {
+                let mut body = b"{\"status\":\"not_ready\",\"reason\":".to_vec();
+                write_json_string(&mut body, reason.as_bytes());
+                body.push(b'}');
+                (503, JSON, body)
+            }
+        },
+        _ => (
+            200,
+            PROMETHEUS_TEXT,
+            shared.metrics.render(readiness.is_ok()).into_bytes(),
+        ),
+    };
+    let extra = Extra {
+        retry_after: status == 503,
+        ..Extra::default()
+    };
+    write_response(core, output, reply, status, content_type, &body, extra);
+}
+
+pub fn write_error_body(body: &mut Vec<u8>, error: &ApiError) {
+    body.extend_from_slice(b"{\"error\":");
+    write_error_object(body, error);
+    body.push(b'}');
+}
+
+fn log_failure(core: &Core, reply: &Reply, status: u16, code: &str, tenant: Option<&str>) {
+    if core.may_log() {
+        let request_id = String::from_utf8_lossy(reply.request_id());
+        tracing::warn!(status, code, tenant = tenant.unwrap_or("-"), request_id = %request_id, route = ?reply.route, "request refused");
+    }
+}

@@ -1,0 +1,272 @@
+//! What the parts of a core share: the process-wide [`Shared`] state and
+//! the per-core [`Core`] (pools, scratch buffers, the in-flight table, the
+//! connection table). Every other `server` module imports this one and it
+//! imports none of them, so the arrows run one way along the data path:
+//! connection → dispatch → ingest → hand-off to Kafka.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::inflight::Inflight;
+use crate::auth::KeyStore;
+use crate::clock::{DateCache, HTTP_DATE_BYTES};
+use crate::config::Config;
+use crate::event::{EventLimits, Validator};
+use crate::health::Readiness;
+use crate::kafka::handoff::{Batch, Mailbox};
+use crate::metrics::{CoreMetrics, Metrics};
+use crate::shutdown::Shutdown;
+
+/// Bytes a connection buffer starts with.
+pub const CONNECTION_BUFFER_BYTES: usize = 8 * 1024;
+/// Buffers above this are freed rather than pooled, so one large request
+/// does not pin its memory for the life of the process.
+pub const POOLED_BUFFER_BYTES_MAX: usize = 64 * 1024;
+/// Connection buffers kept for reuse per core.
+const POOLED_BUFFERS_MAX: usize = 1024;
+
+/// State shared by all cores and the control plane; read-mostly.
+pub struct Shared {
+    pub config: Config,
+    pub keys: KeyStore,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub mailboxes: Arc<[Arc<Mailbox>]>,
+    pub topic: Arc<str>,
+    pub dead_letter_topic: Arc<str>,
+    pub shutdown: Shutdown,
+}
+
+/// Per-core state shared by the core's tasks (single-threaded).
+pub struct Core {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    pub batches: Sender<Batch>,
+    pub mailbox: Arc<Mailbox>,
+    pub inflight: RefCell<Inflight>,
+    pub validator: RefCell<Validator>,
+    pub scratch: RefCell<Scratch>,
+    /// How long a socket may take no bytes of a response.
+    pub write_timeout: Duration,
+    dates: DateCache,
+    buffers: RefCell<Vec<Vec<u8>>>,
+    connections: RefCell<ConnectionTable>,
+    request_counter: Cell<u64>,
+    log_budget: Cell<(u64, u32)>,
+    /// Debug builds only: a target that panics, to test that a panic on a
+    /// core aborts the process (`SLUICE_DEBUG_PANIC_TARGET`).
+    #[cfg(debug_assertions)]
+    pub panic_target: Option<Vec<u8>>,
+}
+
+/// Per-core buffers used synchronously between two awaits.
+#[derive(Default)]
+pub struct Scratch {
+    pub spans: Vec<std::ops::Range<usize>>,
+    pub inflated: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+impl Core {
+    pub fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        batches: Sender<Batch>,
+        inflight: Inflight,
+    ) -> Core {
+        let limits = &shared.config.limits;
+        let mailbox = shared.mailboxes[index].clone();
+        let event_limits = EventLimits {
+            event_bytes_max: limits.event_bytes_max,
+            properties_depth_max: limits.properties_depth_max,
+            event_time_past_ms: limits.event_time_past_ms,
+            event_time_future_ms: limits.event_time_future_ms,
+        };
+        let seed = random_seed() ^ index as u64;
+        Core {
+            index,
+            batches,
+            mailbox,
+            inflight: RefCell::new(inflight),
+            validator: RefCell::new(Validator::new(event_limits, seed)),
+            scratch: RefCell::new(Scratch::default()),
+            write_timeout: Duration::from_millis(shared.config.server.write_timeout_ms),
+            dates: DateCache::default(),
+            buffers: RefCell::new(Vec::new()),
+            connections: RefCell::new(ConnectionTable::default()),
+            request_counter: Cell::new(seed),
+            log_budget: Cell::new((0, 0)),
+            #[cfg(debug_assertions)]
+            panic_target: std::env::var("SLUICE_DEBUG_PANIC_TARGET")
+                .ok()
+                .map(String::into_bytes),
+            shared,
+        }
+    }
+
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.shared.metrics.cores[self.index]
+    }
+
+    /// The `Date` header value now.
+    pub fn date(&self) -> [u8; HTTP_DATE_BYTES] {
+        self.dates.get(crate::clock::now_ms())
+    }
+
+    /// A pooled, empty buffer.
+    pub fn take_buffer(&self) -> Vec<u8> {
+        self.buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CONNECTION_BUFFER_BYTES))
+    }
+
+    pub fn give_buffer(&self, mut buffer: Vec<u8>) {
+        let mut buffers = self.buffers.borrow_mut();
+        let capacity = buffer.capacity();
+        let poolable = (CONNECTION_BUFFER_BYTES..=POOLED_BUFFER_BYTES_MAX).contains(&capacity);
+        if poolable && buffers.len() < POOLED_BUFFERS_MAX {
+            buffer.clear();
+            buffers.push(buffer);
+        }
+    }
+
+    /// A pooled batch, recycled by the producer threads.
+    pub fn take_batch(&self) -> Batch {
+        self.mailbox
+            .take_batch()
+            .unwrap_or_else(|| Batch::new(&self.shared.topic))
+    }
+
+    /// A new request id: 16 hex digits, unique per process run.
+    pub fn next_request_id(&self, out: &mut [u8; 16]) {
+        let value = self.request_counter.get().wrapping_add(1);
+        self.request_counter.set(value);
+        // Spread consecutive counters so ids do not look sequential.
+        let mixed = value.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for (index, byte) in out.iter_mut().enumerate() {
+            *byte = b"0123456789abcdef"[((mixed >> (60 - 4 * index)) & 0xf) as usize];
+        }
+    }
+
+    /// Whether a failed-request log line may be written now (per-second budget).
+    pub fn may_log(&self) -> bool {
+        let second = crate::clock::now_ms() / 1000;
+        let (current, used) = self.log_budget.get();
+        let used = if current == second { used } else { 0 };
+        if used >= self.shared.config.server.error_logs_per_second_max {
+            self.metrics().log_suppressed();
+            return false;
+        }
+        self.log_budget.set((second, used + 1));
+        true
+    }
+
+    pub fn register_connection(&self, fd: RawFd) -> Option<usize> {
+        let max = self.shared.config.server.connections_per_core_max;
+        let entry = self.connections.borrow_mut().insert(fd, max);
+        self.publish_connections();
+        entry
+    }
+
+    pub fn unregister_connection(&self, entry: usize) {
+        self.connections.borrow_mut().remove(entry);
+        self.publish_connections();
+    }
+
+    pub fn set_connection_state(&self, entry: usize, state: ConnectionState) {
+        self.connections.borrow_mut().set_state(entry, state);
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.borrow().count
+    }
+
+    /// Shuts the read side of every connection that holds no request: its
+    /// pending read returns end-of-file and its task ends on its own.
+    pub fn close_connections_without_request(&self) {
+        self.connections.borrow().close_without_request();
+    }
+
+    fn publish_connections(&self) {
+        let count = self.connections.borrow().count as u64;
+        self.metrics()
+            .connections
+            .store(count, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Where a connection is in its life, for shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Waiting for the first byte of a request.
+    Idle,
+    /// Reading a request head: nothing has been accepted yet.
+    Head,
+    /// A request is in hand: it is answered before the connection closes.
+    Busy,
+}
+
+/// Open connections, so a draining core can close those without a request.
+#[derive(Default)]
+struct ConnectionTable {
+    entries: Vec<Option<(RawFd, ConnectionState)>>,
+    free: Vec<usize>,
+    count: usize,
+}
+
+impl ConnectionTable {
+    fn insert(&mut self, fd: RawFd, max: usize) -> Option<usize> {
+        if self.count >= max {
+            return None;
+        }
+        self.count += 1;
+        let entry = Some((fd, ConnectionState::Busy));
+        match self.free.pop() {
+            Some(index) => {
+                self.entries[index] = entry;
+                Some(index)
+            }
+            None => {
+                self.entries.push(entry);
+                Some(self.entries.len() - 1)
+            }
+        }
+    }
+
+    fn remove(&mut self, index: usize) {
+        if self.entries[index].take().is_some() {
+            self.count -= 1;
+            self.free.push(index);
+        }
+    }
+
+    fn set_state(&mut self, index: usize, state: ConnectionState) {
+        if let Some(entry) = self.entries[index].as_mut() {
+            entry.1 = state;
+        }
+    }
+
+    fn close_without_request(&self) {
+        for (fd, state) in self.entries.iter().flatten() {
+            if *state != ConnectionState::Busy {
+                // SAFETY: the fd belongs to a live connection of this core;
+                // shutdown(2) does not close or invalidate it.
+                unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
+            }
+        }
+    }
+}
+
+/// A per-process random value (std's hash seed mixed with the time and pid).
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
+    hasher.finish()
+}

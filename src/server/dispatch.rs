@@ -1,0 +1,322 @@
+//! One request whose head is parsed: route it, refuse what the head
+//! already refuses without reading the body, read the body, answer —
+//! probes at once, events once Kafka has them (or at hand-off in enqueued
+//! mode). Consumes the request's bytes from the read buffer.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use super::answer::{write_accepted, write_error, write_probe, Reply};
+use super::context::Core;
+use super::framing::{read_body, ReadError};
+use super::inflight::Delivery;
+use super::ingest::{ingest, Handed};
+use super::wire::Wire;
+use crate::auth::{presented_key, AuthError, Grant};
+use crate::config::AckMode;
+use crate::error::ApiError;
+use crate::http::request::{trim, Framing, Head, Method};
+use crate::http::response::CONTINUE;
+use crate::http::{gzip, FramingError};
+use crate::route::Route;
+use crate::split::BodyKind;
+
+/// Whether the connection goes on after a request, and how it ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    KeepAlive,
+    Close,
+    /// Close with the request's body unread: drain briefly first, so the
+    /// answer is not destroyed by a reset.
+    CloseLingering,
+}
+
+/// A connection's socket and what its requests share.
+pub struct Exchange<'a> {
+    pub core: &'a Core,
+    pub wire: Wire,
+    pub reply: Reply,
+    /// The `rejected` entries of a batch response being built.
+    rejected: Vec<u8>,
+}
+
+impl<'a> Exchange<'a> {
+    pub fn new(core: &'a Core, wire: Wire) -> Self {
+        Exchange {
+            core,
+            wire,
+            reply: Reply::default(),
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Answers one request whose head is parsed; consumes its bytes.
+    pub async fn respond(&mut self, head: &Head) -> Next {
+        let core = self.core;
+        self.reply.parsed(core, &self.wire.input, head);
+        #[cfg(debug_assertions)]
+        if core
+            .panic_target
+            .as_deref()
+            .is_some_and(|target| target == &self.wire.input[head.path.clone()])
+        {
+            panic!("SLUICE_DEBUG_PANIC_TARGET requested");
+        }
+        let route = self.reply.route;
+        let (kind, check) = if route.ingests() {
+            let kind = self.body_kind(route, head);
+            (Some(kind), self.check_ingest(head, kind))
+        } else if route == Route::Other {
+            (None, Err(ApiError::not_found()))
+        } else if matches!(head.method, Method::Get | Method::Head) {
+            (None, Ok(None))
+        } else {
+            (None, Err(ApiError::method_not_allowed()))
+        };
+        if let Err(error) = &check {
+            return self.refuse_from_head(head, error);
+        }
+        let body_max = core.shared.config.limits.body_bytes_max;
+        if matches!(head.framing, Framing::Length(length) if length > body_max) {
+            let error = FramingError::BodyTooLarge {
+                limit_bytes: body_max,
+            };
+            return self.refuse_from_head(head, &error.into());
+        }
+        if head.expect_continue
+            && self.wire.input.len() == head.head_bytes
+            && head.framing != Framing::None
+        {
+            self.wire.output.extend_from_slice(CONTINUE);
+        }
+        let (body, consumed) = match read_body(core, &mut self.wire, head).await {
+            Ok(read) => read,
+            Err(ReadError::Closed) => return Next::Close,
+            Err(ReadError::Api(error)) => {
+                self.write_error(&error, None);
+                return Next::Close;
+            }
+        };
+        core.metrics().body_bytes(body.len());
+        let next = match check {
+            Ok(Some(grant)) => {
+                let kind = kind.expect("ingest routes have a body kind");
+                self.answer_ingest(head, &grant, kind, body).await
+            }
+            _ => {
+                write_probe(core, &mut self.wire.output, &self.reply);
+                self.next()
+            }
+        };
+        if self.wire.input.len() >= consumed {
+            self.wire.input.drain(..consumed);
+        }
+        next
+    }
+
+    /// Answers a request refused by its head alone, without reading its
+    /// body. A body already whole in the buffer (a small request) is
+    /// skipped and the connection kept; otherwise the answer says close.
+    fn refuse_from_head(&mut self, head: &Head, error: &ApiError) -> Next {
+        let in_hand = match head.framing {
+            Framing::None => Some(head.head_bytes),
+            Framing::Length(length) => head
+                .head_bytes
+                .checked_add(length)
+                .filter(|&end| end <= self.wire.input.len()),
+            Framing::Chunked => None,
+        };
+        match in_hand {
+            Some(end) if !error.close && !head.expect_continue => {
+                self.write_error(error, None);
+                self.wire.input.drain(..end);
+                self.next()
+            }
+            _ => {
+                self.reply.keep_alive = false;
+                self.write_error(error, None);
+                Next::CloseLingering
+            }
+        }
+    }
+
+    fn next(&self) -> Next {
+        if self.reply.keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    fn write_error(&mut self, error: &ApiError, tenant: Option<&str>) {
+        write_error(self.core, &mut self.wire.output, &self.reply, error, tenant);
+    }
+
+    fn body_kind(&self, route: Route, head: &Head) -> BodyKind {
+        let ndjson = head.content_type.as_ref().is_some_and(|span| {
+            let media = media_type(&self.wire.input[span.clone()]);
+            media.eq_ignore_ascii_case(b"application/x-ndjson")
+                || media.eq_ignore_ascii_case(b"application/ndjson")
+        });
+        match (route, ndjson) {
+            (Route::EventsBatch, true) => BodyKind::Ndjson,
+            (Route::EventsBatch, false) => BodyKind::JsonBatch,
+            _ => BodyKind::Single,
+        }
+    }
+
+    /// Everything about an ingest request that can be refused before its body.
+    fn check_ingest(&self, head: &Head, kind: BodyKind) -> Result<Option<Grant>, ApiError> {
+        if head.method != Method::Post {
+            return Err(ApiError::method_not_allowed());
+        }
+        if head.framing == Framing::None {
+            return Err(FramingError::LengthRequired.into());
+        }
+        let input = &self.wire.input;
+        let header = |span: &Option<Range<usize>>| span.as_ref().map(|span| &input[span.clone()]);
+        let key = presented_key(header(&head.api_key), header(&head.authorization));
+        let snapshot = self.core.shared.keys.load();
+        let grant = match snapshot.authenticate(key) {
+            Ok(grant) => grant.clone(),
+            Err(AuthError::Missing) => return Err(ApiError::missing_api_key()),
+            Err(AuthError::Invalid) => return Err(ApiError::invalid_api_key()),
+        };
+        let media_ok = match header(&head.content_type).map(media_type) {
+            None => true,
+            Some(media) if media.eq_ignore_ascii_case(b"application/json") => true,
+            Some(_) => kind == BodyKind::Ndjson,
+        };
+        let encoding_ok = header(&head.content_encoding)
+            .is_none_or(|value| gzip::is_gzip(value) || value.eq_ignore_ascii_case(b"identity"));
+        if !media_ok || !encoding_ok {
+            return Err(ApiError::unsupported_media_type());
+        }
+        if self.core.shared.shutdown.is_triggered() {
+            return Err(ApiError::unavailable("server is shutting down"));
+        }
+        if !self.core.shared.readiness.kafka_ready() {
+            return Err(ApiError::unavailable("kafka is unreachable"));
+        }
+        Ok(Some(grant))
+    }
+
+    async fn answer_ingest(
+        &mut self,
+        head: &Head,
+        grant: &Grant,
+        kind: BodyKind,
+        body: Range<usize>,
+    ) -> Next {
+        let core = self.core;
+        self.rejected.clear();
+        let handed = match self.hand_off(head, grant, kind, body) {
+            Ok(handed) => handed,
+            Err(error) => {
+                self.write_error(&error, Some(&grant.tenant_id));
+                return if error.close {
+                    Next::Close
+                } else {
+                    self.next()
+                };
+            }
+        };
+        let delivered = match core.shared.config.server.ack_mode {
+            AckMode::Enqueued => {
+                core.inflight
+                    .borrow_mut()
+                    .detach(handed.ticket, core.metrics());
+                true
+            }
+            AckMode::Durable => {
+                // Answers already written for earlier pipelined requests go
+                // out now, not after this request's wait on Kafka.
+                if !self.wire.output.is_empty() && !self.wire.flush(core).await {
+                    core.inflight
+                        .borrow_mut()
+                        .detach(handed.ticket, core.metrics());
+                    return Next::Close;
+                }
+                match self.await_delivery(&handed).await {
+                    Ok(delivered) => delivered,
+                    Err(error) => {
+                        self.reply.keep_alive &= !core.shared.shutdown.is_triggered();
+                        self.write_error(&error, Some(&grant.tenant_id));
+                        return self.next();
+                    }
+                }
+            }
+        };
+        // Shutdown may have started while this request waited for Kafka.
+        self.reply.keep_alive &= !core.shared.shutdown.is_triggered();
+        if !delivered {
+            let error = ApiError::unavailable("kafka did not store the events");
+            self.write_error(&error, Some(&grant.tenant_id));
+            return self.next();
+        }
+        write_accepted(
+            core,
+            &mut self.wire.output,
+            &self.reply,
+            handed.accepted,
+            &self.rejected,
+            &grant.tenant_id,
+        );
+        self.next()
+    }
+
+    /// Inflates a gzip body if needed, then validates and hands it over.
+    fn hand_off(
+        &mut self,
+        head: &Head,
+        grant: &Grant,
+        kind: BodyKind,
+        body: Range<usize>,
+    ) -> Result<Handed, ApiError> {
+        let core = self.core;
+        let input = &self.wire.input;
+        let gzipped = head
+            .content_encoding
+            .as_ref()
+            .is_some_and(|span| gzip::is_gzip(&input[span.clone()]));
+        if !gzipped {
+            return ingest(core, grant, kind, &input[body], &mut self.rejected);
+        }
+        let mut inflated = std::mem::take(&mut core.scratch.borrow_mut().inflated);
+        let limit = core.shared.config.limits.decompressed_body_bytes_max;
+        let result = gzip::inflate(&input[body], &mut inflated, limit)
+            .map_err(ApiError::from)
+            .and_then(|()| ingest(core, grant, kind, &inflated, &mut self.rejected));
+        if inflated.capacity() > super::context::POOLED_BUFFER_BYTES_MAX {
+            inflated = Vec::new();
+        }
+        core.scratch.borrow_mut().inflated = inflated;
+        result
+    }
+
+    /// Waits for every delivery report of the request, up to the deadline.
+    async fn await_delivery(&mut self, handed: &Handed) -> Result<bool, ApiError> {
+        let core = self.core;
+        let timeout = Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
+        let delivery = Delivery {
+            inflight: &core.inflight,
+            metrics: core.metrics(),
+            ticket: handed.ticket,
+            finished: false,
+        };
+        match monoio::time::timeout(timeout, delivery).await {
+            Ok(delivered) => Ok(delivered),
+            Err(_) => {
+                core.metrics().delivery_timeout();
+                Err(ApiError::unavailable(
+                    "kafka did not acknowledge the events before the delivery deadline",
+                ))
+            }
+        }
+    }
+}
+
+/// The media type of a Content-Type value, without parameters.
+fn media_type(value: &[u8]) -> &[u8] {
+    trim(value.split(|&byte| byte == b';').next().unwrap_or(value))
+}
