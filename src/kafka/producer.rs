@@ -33,10 +33,45 @@ use crate::metrics::Metrics;
 /// How long a producer thread waits before retrying a full librdkafka queue.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
 
+/// Failure log lines per second per producer; the rest are counted and
+/// reported with the next line that is written.
+const FAILURE_LOGS_PER_SECOND_MAX: u64 = 5;
+
+/// A per-second budget for warn lines written from librdkafka's threads
+/// (one failing broker fails every record: a line each would flood).
+#[derive(Default)]
+struct LogBudget {
+    /// The current second (epoch) in the high bits, lines written in it in the low 16.
+    window: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogBudget {
+    /// `Some(lines suppressed since the last one written)` if a line may be written now.
+    fn take(&self) -> Option<u64> {
+        let second = crate::clock::now_ms() / 1000;
+        let window = self.window.load(Ordering::Relaxed);
+        let used = if window >> 16 == second {
+            window & 0xffff
+        } else {
+            0
+        };
+        if used >= FAILURE_LOGS_PER_SECOND_MAX {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        // A lost race writes one line more or fewer: no lock for that.
+        self.window
+            .store(second << 16 | (used + 1), Ordering::Relaxed);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// Routes delivery reports to the cores.
 pub struct DeliveryRouter {
     mailboxes: Arc<[Arc<Mailbox>]>,
     metrics: Arc<Metrics>,
+    failure_logs: Arc<LogBudget>,
     /// Set when the broker stopped accepting this producer's id (fenced,
     /// unknown id, bad epoch or sequence): librdkafka keeps the id and every
     /// later record fails the same way, so the producer must be replaced.
@@ -85,7 +120,15 @@ impl ProducerContext for DeliveryRouter {
         let delivered = result.is_ok();
         if let Err((error, _)) = result {
             self.metrics.delivery_failed(opaque.is_dead_letter());
-            tracing::debug!(%error, "delivery failed");
+            if let Some(suppressed) = self.failure_logs.take() {
+                tracing::warn!(
+                    code = ?error.rdkafka_error_code(),
+                    %error,
+                    dead_letter = opaque.is_dead_letter(),
+                    suppressed,
+                    "kafka delivery failed"
+                );
+            }
             if loses_identity(error) {
                 self.identity_lost.store(true, Ordering::Relaxed);
             }
@@ -150,6 +193,7 @@ impl ProducerPool {
                 client: client_config(config, brokers),
                 mailboxes: mailboxes.clone(),
                 metrics: metrics.clone(),
+                failure_logs: Arc::new(LogBudget::default()),
             };
             let slot = Arc::new(ArcSwap::new(factory.create()?));
             let (thread_slot, thread_batches, thread_closing) =
@@ -160,7 +204,9 @@ impl ProducerPool {
                     let mut producer = thread_slot.load_full();
                     loop {
                         match thread_batches.recv_timeout(CLOSING_POLL_INTERVAL) {
-                            Ok(batch) => produce(&producer, batch, &factory.mailboxes),
+                            Ok(batch) => {
+                                produce(&producer, batch, &factory.mailboxes, &factory.failure_logs)
+                            }
                             Err(RecvTimeoutError::Timeout)
                                 if !thread_closing.load(Ordering::Relaxed) => {}
                             Err(_) => break,
@@ -212,6 +258,7 @@ struct Factory {
     client: ClientConfig,
     mailboxes: Arc<[Arc<Mailbox>]>,
     metrics: Arc<Metrics>,
+    failure_logs: Arc<LogBudget>,
 }
 
 impl Factory {
@@ -219,6 +266,7 @@ impl Factory {
         let router = DeliveryRouter {
             mailboxes: self.mailboxes.clone(),
             metrics: self.metrics.clone(),
+            failure_logs: self.failure_logs.clone(),
             identity_lost: AtomicBool::new(false),
         };
         let producer: Producer = self
@@ -255,7 +303,12 @@ impl Factory {
     }
 }
 
-fn produce(producer: &Producer, batch: Batch, mailboxes: &[Arc<Mailbox>]) {
+fn produce(
+    producer: &Producer,
+    batch: Batch,
+    mailboxes: &[Arc<Mailbox>],
+    failure_logs: &LogBudget,
+) {
     let mailbox = &mailboxes[batch.ticket.core];
     for record in &batch.records {
         let opaque = Opaque::new(batch.ticket, record.dead_letter);
@@ -293,7 +346,14 @@ fn produce(producer: &Producer, batch: Batch, mailboxes: &[Arc<Mailbox>]) {
                     std::thread::sleep(QUEUE_FULL_BACKOFF);
                 }
                 Err((error, _)) => {
-                    tracing::debug!(%error, "produce failed");
+                    if let Some(suppressed) = failure_logs.take() {
+                        tracing::warn!(
+                            code = ?error.rdkafka_error_code(),
+                            %error,
+                            suppressed,
+                            "kafka produce failed"
+                        );
+                    }
                     mailbox.complete(Completion {
                         opaque,
                         delivered: false,

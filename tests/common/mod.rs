@@ -191,6 +191,8 @@ pub struct Sluice {
     child: Child,
     pub address: SocketAddr,
     pub logs: Arc<Mutex<String>>,
+    /// While set, the server's stderr is not read (its pipe fills up).
+    pub logs_paused: Arc<AtomicBool>,
     pub dir: TempDir,
 }
 
@@ -204,6 +206,19 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Open-files limit (soft and hard) for the server process.
     pub open_files_max: Option<u64>,
+    /// Event-loop cores; by default `SLUICE_TEST_CORES` (1 if unset).
+    /// With more than one, each loop is pinned to its own CPU.
+    pub cores: usize,
+}
+
+/// The cores a test server runs with unless a test says otherwise:
+/// `SLUICE_TEST_CORES` (scripts/test runs the end-to-end and fault suites
+/// with 1 and with 2, so delivery reports routed across cores are tested).
+pub fn test_cores() -> usize {
+    std::env::var("SLUICE_TEST_CORES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1)
 }
 
 impl Default for Options {
@@ -215,6 +230,7 @@ impl Default for Options {
             env: Vec::new(),
             open_files_max: None,
             keys: keys_file_text(),
+            cores: test_cores(),
         }
     }
 }
@@ -242,10 +258,14 @@ impl Sluice {
             .arg(&config)
             .arg("--keys-file")
             .arg(&keys)
-            .args(["--listen", "127.0.0.1:0", "--cores", "1"])
+            .args(["--listen", "127.0.0.1:0", "--cores"])
+            .arg(options.cores.to_string())
             .args(&options.args)
             .env("RUST_LOG", "info,librdkafka=off")
-            .env("SLUICE_SERVER_PIN_CORES", "false")
+            .env(
+                "SLUICE_SERVER_PIN_CORES",
+                if options.cores > 1 { "true" } else { "false" },
+            )
             .env("SLUICE_AUTH_RELOAD_INTERVAL_MS", "100")
             .env("SLUICE_KAFKA_HEALTH_INTERVAL_MS", "200")
             .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -277,8 +297,13 @@ impl Sluice {
         let logs = Arc::new(Mutex::new(String::new()));
         let (ready_sender, ready_receiver) = std::sync::mpsc::channel();
         let thread_logs = logs.clone();
+        let logs_paused = Arc::new(AtomicBool::new(false));
+        let paused = logs_paused.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
+                while paused.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 let Ok(line) = line else { break };
                 if line.contains("sluice ready") {
                     let address = line
@@ -306,6 +331,7 @@ impl Sluice {
             child,
             address: address.parse().unwrap(),
             logs,
+            logs_paused,
             dir,
         }
     }
@@ -382,10 +408,15 @@ impl Sluice {
 
     /// Waits for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        self.wait_status(timeout).and_then(|status| status.code())
+    }
+
+    /// Waits for the process to exit; returns how it ended (`None`: still running).
+    pub fn wait_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
+                return Some(status);
             }
             if Instant::now() > deadline {
                 return None;
@@ -397,12 +428,45 @@ impl Sluice {
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
+
+    /// The value of an unlabelled metric (or the sum over its labels).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").text();
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Total CPU time (user + system) the server process has used.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        // utime and stime are fields 14 and 15 of stat(5); 3 is the first here.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a constant.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
 }
 
 impl Drop for Sluice {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
