@@ -294,20 +294,8 @@ impl Config {
         if limits.batch_events_max == 0 || limits.inflight_requests_per_core_max == 0 {
             bail!("limits.batch_events_max and inflight_requests_per_core_max must be positive");
         }
-        if limits.inflight_requests_per_core_max > crate::kafka::handoff::SLOTS_PER_CORE_MAX {
-            bail!(
-                "limits.inflight_requests_per_core_max must be at most {}",
-                crate::kafka::handoff::SLOTS_PER_CORE_MAX
-            );
-        }
         if limits.inflight_events_per_core_max < limits.batch_events_max {
             bail!("limits.inflight_events_per_core_max must be at least limits.batch_events_max");
-        }
-        if self.server.cores > crate::kafka::handoff::CORES_MAX {
-            bail!(
-                "server.cores must be at most {}",
-                crate::kafka::handoff::CORES_MAX
-            );
         }
         if self.kafka.producer_threads == 0 {
             bail!("kafka.producer_threads must be at least 1");

@@ -50,7 +50,10 @@ fn broker_hang_under_load() {
     });
     sluice.wait_ready(200, Duration::from_secs(15));
     let load = Load::start(sluice.address, 16, "hang");
-    std::thread::sleep(Duration::from_secs(2));
+    // Steady state: the load has had a few hundred events accepted.
+    wait_until("load accepted", Duration::from_secs(20), || {
+        sluice.metric("sluice_events_accepted_total") >= 500.0
+    });
     let rss_before = rss_bytes(sluice.pid());
 
     broker.signal(libc::SIGSTOP);
@@ -66,7 +69,13 @@ fn broker_hang_under_load() {
     let resumed_at = Instant::now();
     sluice.wait_ready(200, Duration::from_secs(20));
     until_accepted(&sluice, "after_hang", Duration::from_secs(20));
-    std::thread::sleep(Duration::from_secs(1));
+    // The load itself is accepted again, not only the probe request.
+    let accepted_at_resume = sluice.metric("sluice_events_accepted_total");
+    wait_until(
+        "load accepted after the hang",
+        Duration::from_secs(20),
+        || sluice.metric("sluice_events_accepted_total") >= accepted_at_resume + 200.0,
+    );
     let outcomes = load.finish();
     let metrics = sluice.get("/metrics").text();
     // Tansu fences the idempotent producer id after the hang; sluice then

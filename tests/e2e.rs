@@ -302,7 +302,10 @@ fn sigterm_under_load_drains_and_every_acknowledged_event_lands() {
     ];
     let args = <loadgen::Args as clap::Parser>::parse_from(argv);
     let load = std::thread::spawn(move || loadgen::run(&args));
-    std::thread::sleep(Duration::from_millis(1_500));
+    // SIGTERM once the load is flowing.
+    wait_until("load accepted", Duration::from_secs(20), || {
+        sluice.metric("sluice_events_accepted_total") >= 200.0
+    });
 
     sluice.signal(libc::SIGTERM);
     let signalled = Instant::now();

@@ -317,7 +317,9 @@ fn failed_requests_are_logged_without_keys_or_bodies() {
     let response = sluice.post_json("/v1/events", secret_body);
     assert_eq!(response.status, 400);
     let request_id = response.header("X-Request-Id").unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("the refusal logged", Duration::from_secs(5), || {
+        sluice.logs().contains(&request_id)
+    });
     let logs = sluice.logs();
     assert!(logs.contains("status=401"), "{logs}");
     assert!(logs.contains(&request_id), "{logs}");

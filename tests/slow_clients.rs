@@ -190,10 +190,22 @@ fn ten_thousand_idle_connections_do_not_starve_active_ones() {
 
 #[test]
 fn connections_beyond_the_cap_get_503_and_close() {
-    let sluice = Sluice::dev("[server]\nconnections_per_core_max = 2\n");
+    // The cap is per core: one core, so every connection counts against it.
+    let sluice = Sluice::start(Options {
+        extra_config: "[server]\nconnections_per_core_max = 2\n".into(),
+        cores: 1,
+        ..Default::default()
+    });
+    sluice.wait_ready(200, Duration::from_secs(10));
     let mut first = sluice.connect();
-    let _second = sluice.connect();
-    std::thread::sleep(Duration::from_millis(100));
+    let mut second = sluice.connect();
+    // Both are registered once both are served.
+    for stream in [&mut first, &mut second] {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(stream).unwrap().status, 200);
+    }
     for _ in 0..3 {
         let mut beyond = sluice.connect();
         let response = read_response(&mut beyond).expect("a 503 before close");

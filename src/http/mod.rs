@@ -15,7 +15,7 @@ use std::ops::Range;
 pub type Span = Range<usize>;
 
 /// Why a request could not be framed. Each maps to one status in
-/// [`crate::error::ApiError::from`]; the connection is closed after any of them,
+/// by the server's error module; the connection is closed after any of them,
 /// because the next request's start can no longer be found reliably.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FramingError {

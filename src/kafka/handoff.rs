@@ -147,10 +147,9 @@ impl Mailbox {
     }
 
     /// Called by producer threads: queue a completion and wake the core.
-    /// Returns `false` only if the queue was full, which the in-flight
-    /// table makes impossible: it is built against this queue's capacity
-    /// ([`crate::server::inflight::Inflight::new`]) and never has more
-    /// records outstanding than that.
+    /// Returns `false` only if the queue was full, which the core's
+    /// in-flight table makes impossible: it is built against this queue's
+    /// capacity and never has more records outstanding than that.
     pub fn complete(&self, completion: Completion) -> bool {
         let queued = self.completions.push(completion).is_ok();
         if !queued {

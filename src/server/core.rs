@@ -18,6 +18,10 @@ use crate::kafka::handoff::Batch;
 
 /// Pause after a failed accept (for example EMFILE) before the next.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// Clients whose descriptor is this close to the open-files limit are
+/// refused (503) rather than served: room for Kafka sockets, log files and
+/// the other cores' reserves.
+const DESCRIPTOR_HEADROOM: u64 = 16;
 /// How often a draining core checks whether its connections are done.
 const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -68,15 +72,23 @@ async fn accept_until_shutdown(core: &Rc<Core>, listener: &TcpListener) {
     // descriptors, the reserve is given up for a moment so that the waiting
     // client can be accepted, answered 503 and closed, instead of waiting
     // in the backlog for a descriptor that may never come.
+    //
+    // With several cores the descriptor one core frees can be taken by
+    // another core's accept, so the reserve alone cannot promise an answer.
+    // Each core therefore also refuses a client whose descriptor is within
+    // DESCRIPTOR_HEADROOM of the limit: descriptors are allocated lowest
+    // first, so a high number means the process has almost none left, and
+    // the refusal frees it again at once.
     let mut reserve = open_reserve();
     let mut refuse_next = false;
+    let refuse_from = descriptors_max().saturating_sub(DESCRIPTOR_HEADROOM);
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
             _ = core.shared.shutdown.wait(core.index) => return,
         };
         match accepted {
-            Ok((stream, _peer)) if refuse_next => {
+            Ok((stream, _peer)) if refuse_next || stream.as_raw_fd() as u64 >= refuse_from => {
                 // The reserve is opened again at a later accept, once
                 // the refusal has closed and given its descriptor back.
                 refuse_next = false;
@@ -118,6 +130,19 @@ async fn accept_until_shutdown(core: &Rc<Core>, listener: &TcpListener) {
             }
         }
     }
+}
+
+/// The process's open-files limit (soft), as raised at start-up.
+fn descriptors_max() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return u64::MAX;
+    }
+    limit.rlim_cur
 }
 
 /// The spare descriptor [`accept_until_shutdown`] keeps for refusing

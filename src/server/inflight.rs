@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::kafka::handoff::{Completion, Mailbox, Ticket};
+use crate::kafka::handoff::{Completion, Mailbox, Ticket, SLOTS_PER_CORE_MAX};
 use crate::metrics::CoreMetrics;
 
 #[derive(Debug)]
@@ -46,25 +46,38 @@ pub struct Inflight {
     bytes_max: usize,
 }
 
-/// An in-flight table whose record bound exceeds its core's completion
-/// queue: a delivery report could find the queue full.
+/// Bounds an in-flight table cannot be built with.
 #[derive(Debug, PartialEq, Eq)]
-pub struct CompletionQueueTooSmall {
-    pub records_max: usize,
-    pub completions_capacity: usize,
+pub enum BoundsError {
+    /// More records may be in flight than the completion queue holds: a
+    /// delivery report could find the queue full.
+    CompletionQueueTooSmall {
+        records_max: usize,
+        completions_capacity: usize,
+    },
+    /// More request slots than a delivery ticket can name.
+    TooManySlots { requests_max: usize },
 }
 
-impl std::fmt::Display for CompletionQueueTooSmall {
+impl std::fmt::Display for BoundsError {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            formatter,
-            "the completion queue holds {} reports but {} records may be in flight",
-            self.completions_capacity, self.records_max
-        )
+        match self {
+            BoundsError::CompletionQueueTooSmall {
+                records_max,
+                completions_capacity,
+            } => write!(
+                formatter,
+                "the completion queue holds {completions_capacity} reports but limits.inflight_events_per_core_max lets {records_max} records into flight"
+            ),
+            BoundsError::TooManySlots { requests_max } => write!(
+                formatter,
+                "limits.inflight_requests_per_core_max is {requests_max}; at most {SLOTS_PER_CORE_MAX} are supported"
+            ),
+        }
     }
 }
 
-impl std::error::Error for CompletionQueueTooSmall {}
+impl std::error::Error for BoundsError {}
 
 impl Inflight {
     /// The table of core `core`, whose reports arrive through `mailbox`.
@@ -77,12 +90,15 @@ impl Inflight {
         records_max: usize,
         bytes_max: usize,
         mailbox: &Mailbox,
-    ) -> Result<Self, CompletionQueueTooSmall> {
+    ) -> Result<Self, BoundsError> {
         if mailbox.completions_capacity() < records_max {
-            return Err(CompletionQueueTooSmall {
+            return Err(BoundsError::CompletionQueueTooSmall {
                 records_max,
                 completions_capacity: mailbox.completions_capacity(),
             });
+        }
+        if requests_max > SLOTS_PER_CORE_MAX {
+            return Err(BoundsError::TooManySlots { requests_max });
         }
         Ok(Self::with_bounds(
             core,
