@@ -253,99 +253,144 @@ fn inspect<'a>(
             "an event must be a JSON object",
         ));
     };
-    let mut user_id = None;
-    let mut event_type = None;
-    let mut event_time: Option<i64> = None;
-    let mut event_id_seen = false;
-    let mut experiment_seen = false;
-    let mut variant_seen = false;
-    let mut properties_seen = false;
+    let mut seen = Seen::default();
     let mut index = 1;
     for _ in 0..*len {
         let Node::String(key) = nodes[index] else {
             unreachable!("object keys are strings")
         };
         let value = index + 1;
-        match key {
-            "user_id" => set_once(
-                &mut user_id,
-                "user_id",
-                bounded_string(&nodes[value], "user_id", USER_ID_BYTES_MAX)?,
-            )?,
-            "event_type" => set_once(
-                &mut event_type,
-                "event_type",
-                bounded_string(&nodes[value], "event_type", EVENT_TYPE_BYTES_MAX)?,
-            )?,
-            "event_time" => set_once(
-                &mut event_time,
-                "event_time",
-                check_event_time(&nodes[value], limits, now_ms)?,
-            )?,
-            "event_id" => {
-                flag_once(&mut event_id_seen, "event_id")?;
-                let Node::String(text) = nodes[value] else {
-                    return Err(invalid("event_id", "event_id must be a UUID string"));
-                };
-                uuid::Uuid::try_parse(text)
-                    .map_err(|_| invalid("event_id", "event_id must be a UUID string"))?;
-            }
-            "experiment_id" => {
-                flag_once(&mut experiment_seen, "experiment_id")?;
-                bounded_string(&nodes[value], "experiment_id", LABEL_BYTES_MAX)?;
-            }
-            "variant" => {
-                flag_once(&mut variant_seen, "variant")?;
-                bounded_string(&nodes[value], "variant", LABEL_BYTES_MAX)?;
-            }
-            "properties" => {
-                flag_once(&mut properties_seen, "properties")?;
-                if !matches!(nodes[value], Node::Object { .. }) {
-                    return Err(invalid("properties", "properties must be an object"));
-                }
-                if depth(nodes, value, limits.properties_depth_max).is_none() {
-                    return Err(ApiError {
-                        field: Some("properties"),
-                        ..ApiError::new(
-                            400,
-                            "invalid_event",
-                            format!(
-                                "properties may nest at most {} levels deep",
-                                limits.properties_depth_max
-                            ),
-                        )
-                    });
-                }
-            }
-            "tenant_id" | "project_id" | "received_at" => {
-                let field = match key {
-                    "tenant_id" => "tenant_id",
-                    "project_id" => "project_id",
-                    _ => "received_at",
-                };
-                return Err(ApiError {
-                    field: Some(field),
-                    ..ApiError::new(
-                        400,
-                        "reserved_field",
-                        format!("{field} is set by the server and may not be sent"),
-                    )
-                });
-            }
-            _ => {}
-        }
+        seen.field(key, nodes, value, limits, now_ms)?;
         index = skip_value(nodes, value);
     }
-    let user_id = user_id.ok_or_else(|| invalid("user_id", "user_id is required"))?;
-    let event_type = event_type.ok_or_else(|| invalid("event_type", "event_type is required"))?;
-    if event_time.is_none() {
-        return Err(invalid("event_time", "event_time is required"));
+    seen.finish()
+}
+
+/// The schema fields found so far in one event's top-level object.
+#[derive(Default)]
+struct Seen<'a> {
+    user_id: Option<&'a str>,
+    event_type: Option<&'a str>,
+    event_time: Option<i64>,
+    event_id: bool,
+    experiment_id: bool,
+    variant: bool,
+    properties: bool,
+}
+
+impl<'a> Seen<'a> {
+    /// Checks the field `key` whose value is `nodes[value]`; unknown
+    /// fields pass, reserved ones and repeated schema fields do not.
+    fn field(
+        &mut self,
+        key: &str,
+        nodes: &[Node<'a>],
+        value: usize,
+        limits: &EventLimits,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        let node = &nodes[value];
+        match key {
+            "user_id" => set_once(
+                &mut self.user_id,
+                "user_id",
+                bounded_string(node, "user_id", USER_ID_BYTES_MAX)?,
+            ),
+            "event_type" => set_once(
+                &mut self.event_type,
+                "event_type",
+                bounded_string(node, "event_type", EVENT_TYPE_BYTES_MAX)?,
+            ),
+            "event_time" => set_once(
+                &mut self.event_time,
+                "event_time",
+                check_event_time(node, limits, now_ms)?,
+            ),
+            "event_id" => {
+                flag_once(&mut self.event_id, "event_id")?;
+                check_event_id(node)
+            }
+            "experiment_id" => {
+                flag_once(&mut self.experiment_id, "experiment_id")?;
+                bounded_string(node, "experiment_id", LABEL_BYTES_MAX).map(|_| ())
+            }
+            "variant" => {
+                flag_once(&mut self.variant, "variant")?;
+                bounded_string(node, "variant", LABEL_BYTES_MAX).map(|_| ())
+            }
+            "properties" => {
+                flag_once(&mut self.properties, "properties")?;
+                check_properties(nodes, value, limits)
+            }
+            "tenant_id" => Err(reserved("tenant_id")),
+            "project_id" => Err(reserved("project_id")),
+            "received_at" => Err(reserved("received_at")),
+            _ => Ok(()),
+        }
     }
-    Ok(Fields {
-        user_id,
-        event_type,
-        has_event_id: event_id_seen,
-    })
+
+    /// The fields, once every required one was found.
+    fn finish(self) -> Result<Fields<'a>, ApiError> {
+        let user_id = self
+            .user_id
+            .ok_or_else(|| invalid("user_id", "user_id is required"))?;
+        let event_type = self
+            .event_type
+            .ok_or_else(|| invalid("event_type", "event_type is required"))?;
+        if self.event_time.is_none() {
+            return Err(invalid("event_time", "event_time is required"));
+        }
+        Ok(Fields {
+            user_id,
+            event_type,
+            has_event_id: self.event_id,
+        })
+    }
+}
+
+fn check_event_id(node: &Node<'_>) -> Result<(), ApiError> {
+    let Node::String(text) = node else {
+        return Err(invalid("event_id", "event_id must be a UUID string"));
+    };
+    uuid::Uuid::try_parse(text)
+        .map(|_| ())
+        .map_err(|_| invalid("event_id", "event_id must be a UUID string"))
+}
+
+fn check_properties(
+    nodes: &[Node<'_>],
+    value: usize,
+    limits: &EventLimits,
+) -> Result<(), ApiError> {
+    if !matches!(nodes[value], Node::Object { .. }) {
+        return Err(invalid("properties", "properties must be an object"));
+    }
+    if depth(nodes, value, limits.properties_depth_max).is_none() {
+        return Err(ApiError {
+            field: Some("properties"),
+            ..ApiError::new(
+                400,
+                "invalid_event",
+                format!(
+                    "properties may nest at most {} levels deep",
+                    limits.properties_depth_max
+                ),
+            )
+        });
+    }
+    Ok(())
+}
+
+/// A field the server sets, sent by the client.
+fn reserved(field: &'static str) -> ApiError {
+    ApiError {
+        field: Some(field),
+        ..ApiError::new(
+            400,
+            "reserved_field",
+            format!("{field} is set by the server and may not be sent"),
+        )
+    }
 }
 
 fn set_once<T>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), ApiError> {

@@ -57,52 +57,17 @@ pub enum Parsed {
 pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, FramingError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut request = httparse::Request::new(&mut headers);
-    let status = request.parse(buffer).map_err(|error| match error {
-        httparse::Error::TooManyHeaders => FramingError::HeadTooLarge {
-            limit_bytes: head_bytes_max,
-        },
-        httparse::Error::Version => FramingError::Malformed("unsupported HTTP version"),
-        httparse::Error::HeaderName => FramingError::Malformed("invalid header name"),
-        httparse::Error::HeaderValue => FramingError::Malformed("invalid header value"),
-        httparse::Error::Token => FramingError::Malformed("invalid method or request line"),
-        httparse::Error::NewLine => FramingError::Malformed("invalid line ending"),
-        httparse::Error::Status => FramingError::Malformed("invalid request line"),
-    })?;
-    let head_bytes = match status {
-        httparse::Status::Partial => {
-            if buffer.len() > head_bytes_max {
-                return Err(FramingError::HeadTooLarge {
-                    limit_bytes: head_bytes_max,
-                });
-            }
-            return Ok(Parsed::Partial);
-        }
-        httparse::Status::Complete(length) => length,
+    let Some(head_bytes) = parse_syntax(&mut request, buffer, head_bytes_max)? else {
+        return Ok(Parsed::Partial);
     };
-    if head_bytes > head_bytes_max {
-        return Err(FramingError::HeadTooLarge {
-            limit_bytes: head_bytes_max,
-        });
-    }
-    if has_bare_line_feed(&buffer[..head_bytes]) {
-        return Err(FramingError::Malformed("line endings must be CRLF"));
-    }
     let span_of = |slice: &[u8]| -> Span {
         let start = slice.as_ptr() as usize - buffer.as_ptr() as usize;
         start..start + slice.len()
     };
-    let method = match request.method.unwrap_or("") {
-        "GET" => Method::Get,
-        "POST" => Method::Post,
-        "HEAD" => Method::Head,
-        _ => Method::Other,
-    };
-    let path = span_of(request.path.unwrap_or("/").as_bytes());
     let http11 = request.version == Some(1);
-
     let mut head = Head {
-        method,
-        path,
+        method: method_of(request.method.unwrap_or("")),
+        path: span_of(request.path.unwrap_or("/").as_bytes()),
         http11,
         head_bytes,
         framing: Framing::None,
@@ -114,68 +79,126 @@ pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, Framin
         authorization: None,
         request_id: None,
     };
-    let mut content_length: Option<usize> = None;
-    let mut transfer_encoding_seen = false;
-    let mut hosts = 0;
-    for header in request.headers.iter() {
-        let name = header.name.as_bytes();
-        let value = trim(header.value);
-        if name.eq_ignore_ascii_case(b"content-length") {
-            if content_length.is_some() {
-                return Err(FramingError::Smuggling("duplicate Content-Length"));
-            }
-            content_length = Some(parse_content_length(value)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if transfer_encoding_seen {
-                return Err(FramingError::Smuggling("duplicate Transfer-Encoding"));
-            }
-            transfer_encoding_seen = true;
-            if !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(FramingError::Smuggling("unsupported Transfer-Encoding"));
-            }
-        } else if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            apply_connection(&mut head, value);
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            if !value.eq_ignore_ascii_case(b"100-continue") {
-                return Err(FramingError::ExpectationFailed);
-            }
-            head.expect_continue = http11;
-        } else if name.eq_ignore_ascii_case(b"content-type") {
-            head.content_type = Some(span_of(value));
-        } else if name.eq_ignore_ascii_case(b"content-encoding") {
-            head.content_encoding = Some(span_of(value));
-        } else if name.eq_ignore_ascii_case(b"x-cs-api-key") {
-            head.api_key = Some(span_of(value));
-        } else if name.eq_ignore_ascii_case(b"authorization") {
-            head.authorization = Some(span_of(value));
-        } else if name.eq_ignore_ascii_case(b"x-request-id") && is_valid_request_id(value) {
-            head.request_id = Some(span_of(value));
-        }
-    }
-    head.framing = match (content_length, transfer_encoding_seen) {
-        (Some(_), true) => {
-            return Err(FramingError::Smuggling(
-                "both Content-Length and Transfer-Encoding",
-            ))
-        }
-        (None, true) if !http11 => {
-            return Err(FramingError::Smuggling(
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ))
-        }
-        (None, true) => Framing::Chunked,
-        (Some(length), false) => Framing::Length(length),
-        (None, false) => Framing::None,
-    };
+    let found = read_headers(&mut head, request.headers, span_of)?;
+    head.framing = framing_of(&found, http11)?;
     // RFC 9112 §3.2: exactly one Host in HTTP/1.1; at most one in HTTP/1.0.
-    if hosts > 1 || (hosts == 0 && http11) {
+    if found.hosts > 1 || (found.hosts == 0 && http11) {
         return Err(FramingError::Malformed(
             "an HTTP/1.1 request needs exactly one Host header",
         ));
     }
     Ok(Parsed::Complete(head))
+}
+
+/// Runs httparse; `Some(head bytes)` for a whole head within the limit.
+fn parse_syntax<'buffer>(
+    request: &mut httparse::Request<'_, 'buffer>,
+    buffer: &'buffer [u8],
+    head_bytes_max: usize,
+) -> Result<Option<usize>, FramingError> {
+    let too_large = FramingError::HeadTooLarge {
+        limit_bytes: head_bytes_max,
+    };
+    let status = request.parse(buffer).map_err(|error| match error {
+        httparse::Error::TooManyHeaders => too_large.clone(),
+        httparse::Error::Version => FramingError::Malformed("unsupported HTTP version"),
+        httparse::Error::HeaderName => FramingError::Malformed("invalid header name"),
+        httparse::Error::HeaderValue => FramingError::Malformed("invalid header value"),
+        httparse::Error::Token => FramingError::Malformed("invalid method or request line"),
+        httparse::Error::NewLine => FramingError::Malformed("invalid line ending"),
+        httparse::Error::Status => FramingError::Malformed("invalid request line"),
+    })?;
+    match status {
+        httparse::Status::Partial if buffer.len() > head_bytes_max => Err(too_large),
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(length) if length > head_bytes_max => Err(too_large),
+        httparse::Status::Complete(length) if has_bare_line_feed(&buffer[..length]) => {
+            Err(FramingError::Malformed("line endings must be CRLF"))
+        }
+        httparse::Status::Complete(length) => Ok(Some(length)),
+    }
+}
+
+fn method_of(method: &str) -> Method {
+    match method {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "HEAD" => Method::Head,
+        _ => Method::Other,
+    }
+}
+
+/// What the headers say about framing, beyond what goes into [`Head`].
+#[derive(Default)]
+struct FramingHeaders {
+    content_length: Option<usize>,
+    chunked: bool,
+    hosts: usize,
+}
+
+/// Records every header sluice reads into `head`; refuses duplicated or
+/// invalid framing headers and unsupported expectations.
+fn read_headers(
+    head: &mut Head,
+    headers: &[httparse::Header<'_>],
+    span_of: impl Fn(&[u8]) -> Span,
+) -> Result<FramingHeaders, FramingError> {
+    let mut found = FramingHeaders::default();
+    for header in headers {
+        let name = header.name.as_bytes();
+        let value = trim(header.value);
+        let is = |wanted: &[u8]| name.eq_ignore_ascii_case(wanted);
+        if is(b"content-length") {
+            if found.content_length.is_some() {
+                return Err(FramingError::Smuggling("duplicate Content-Length"));
+            }
+            found.content_length = Some(parse_content_length(value)?);
+        } else if is(b"transfer-encoding") {
+            if found.chunked {
+                return Err(FramingError::Smuggling("duplicate Transfer-Encoding"));
+            }
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(FramingError::Smuggling("unsupported Transfer-Encoding"));
+            }
+            found.chunked = true;
+        } else if is(b"host") {
+            found.hosts += 1;
+        } else if is(b"connection") {
+            apply_connection(head, value);
+        } else if is(b"expect") {
+            if !value.eq_ignore_ascii_case(b"100-continue") {
+                return Err(FramingError::ExpectationFailed);
+            }
+            head.expect_continue = head.http11;
+        } else if is(b"content-type") {
+            head.content_type = Some(span_of(value));
+        } else if is(b"content-encoding") {
+            head.content_encoding = Some(span_of(value));
+        } else if is(b"x-cs-api-key") {
+            head.api_key = Some(span_of(value));
+        } else if is(b"authorization") {
+            head.authorization = Some(span_of(value));
+        } else if is(b"x-request-id") && is_valid_request_id(value) {
+            head.request_id = Some(span_of(value));
+        }
+    }
+    Ok(found)
+}
+
+/// How the body is delimited (RFC 9112 §6.3), refusing the shapes that
+/// could frame differently in a proxy in front.
+fn framing_of(found: &FramingHeaders, http11: bool) -> Result<Framing, FramingError> {
+    match (found.content_length, found.chunked) {
+        (Some(_), true) => Err(FramingError::Smuggling(
+            "both Content-Length and Transfer-Encoding",
+        )),
+        (None, true) if !http11 => Err(FramingError::Smuggling(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        )),
+        (None, true) => Ok(Framing::Chunked),
+        (Some(length), false) => Ok(Framing::Length(length)),
+        (None, false) => Ok(Framing::None),
+    }
 }
 
 /// Finds where a request head ends as bytes arrive, looking at each byte

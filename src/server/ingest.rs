@@ -10,7 +10,7 @@ use super::context::Core;
 use crate::auth::Grant;
 use crate::error::ApiError;
 use crate::event::{write_dead_letter, write_error_fields, Enrichment};
-use crate::kafka::handoff::{Record, Ticket};
+use crate::kafka::handoff::{Batch, Record, Ticket};
 use crate::split::{event_spans, BodyKind};
 
 /// Events handed to a producer.
@@ -31,15 +31,6 @@ pub fn ingest(
     body: &[u8],
     rejected_json: &mut Vec<u8>,
 ) -> Result<Handed, ApiError> {
-    let limits = &core.shared.config.limits;
-    let mut scratch = core.scratch.borrow_mut();
-    event_spans(kind, body, &mut scratch.spans, limits.batch_events_max)?;
-    let received_at_ms = crate::clock::now_ms();
-    let enrichment = Enrichment {
-        tenant_id: &grant.tenant_id,
-        project_id: grant.project_id.as_deref(),
-        received_at_ms,
-    };
     let mut batch = core.take_batch();
     batch.topic = grant
         .topic
@@ -47,6 +38,42 @@ pub fn ingest(
         .unwrap_or_else(|| core.shared.topic.clone());
     batch.dead_letter_topic = core.shared.dead_letter_topic.clone();
     batch.tenant_id = Arc::clone(&grant.tenant_id);
+    let rejected = match fill_batch(core, grant, kind, body, &mut batch, rejected_json) {
+        Ok(rejected) => rejected,
+        Err(error) => {
+            core.mailbox.recycle(batch);
+            return Err(error);
+        }
+    };
+    let accepted = batch.records.len() - rejected;
+    let ticket = send(core, batch)?;
+    core.metrics().events(accepted, rejected);
+    Ok(Handed {
+        ticket,
+        accepted,
+        rejected,
+    })
+}
+
+/// Splits the body and validates each event into `batch`: valid events as
+/// records, invalid ones of a batch as dead letters. Returns how many were
+/// rejected; an invalid single event is an error.
+fn fill_batch(
+    core: &Core,
+    grant: &Grant,
+    kind: BodyKind,
+    body: &[u8],
+    batch: &mut Batch,
+    rejected_json: &mut Vec<u8>,
+) -> Result<usize, ApiError> {
+    let limits = &core.shared.config.limits;
+    let mut scratch = core.scratch.borrow_mut();
+    event_spans(kind, body, &mut scratch.spans, limits.batch_events_max)?;
+    let enrichment = Enrichment {
+        tenant_id: &grant.tenant_id,
+        project_id: grant.project_id.as_deref(),
+        received_at_ms: crate::clock::now_ms(),
+    };
     let mut validator = core.validator.borrow_mut();
     let mut rejected = 0;
     for (index, span) in scratch.spans.iter().enumerate() {
@@ -58,10 +85,7 @@ pub fn ingest(
                 value: spans.value,
                 event_type: spans.event_type,
             }),
-            Err(error) if kind == BodyKind::Single => {
-                core.mailbox.recycle(batch);
-                return Err(error);
-            }
+            Err(error) if kind == BodyKind::Single => return Err(error),
             Err(error) => {
                 rejected += 1;
                 describe_rejection(rejected_json, index, &error);
@@ -81,9 +105,12 @@ pub fn ingest(
             }
         }
     }
-    drop(validator);
-    drop(scratch);
-    let accepted = batch.records.len() - rejected;
+    Ok(rejected)
+}
+
+/// Reserves in-flight capacity for the batch and sends it to a producer
+/// thread; a full table or queue sheds the request (503) at once.
+fn send(core: &Core, mut batch: Batch) -> Result<Ticket, ApiError> {
     let metrics = core.metrics();
     let reserved =
         core.inflight
@@ -97,14 +124,7 @@ pub fn ingest(
     batch.deadline = std::time::Instant::now()
         + std::time::Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
     match core.batches.try_send(batch) {
-        Ok(()) => {
-            metrics.events(accepted, rejected);
-            Ok(Handed {
-                ticket,
-                accepted,
-                rejected,
-            })
-        }
+        Ok(()) => Ok(ticket),
         Err(TrySendError::Full(batch)) => {
             core.inflight.borrow_mut().cancel(ticket, metrics);
             core.mailbox.recycle(batch);
