@@ -214,10 +214,14 @@ pub struct HeadScanner {
 
 impl HeadScanner {
     /// Parses `buffer` once its head may be complete; `Partial` until then.
-    pub fn parse(&mut self, buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, FramingError> {
-        let first_look = self.scanned == 0;
-        let ended = self.find_end(buffer);
-        if !ended && !first_look {
+    /// The first bytes are parsed at once (most heads arrive whole, and
+    /// garbage is refused early); after that, only once the end is there.
+    pub fn parse(
+        &mut self,
+        buffer: &[u8],
+        head_bytes_max: usize,
+    ) -> Result<Parsed, FramingError> {
+        if self.scanned > 0 && !self.find_end(buffer) {
             if buffer.len() > head_bytes_max {
                 return Err(FramingError::HeadTooLarge {
                     limit_bytes: head_bytes_max,
@@ -226,8 +230,14 @@ impl HeadScanner {
             return Ok(Parsed::Partial);
         }
         let parsed = parse_head(buffer, head_bytes_max)?;
-        if matches!(parsed, Parsed::Complete(_)) {
-            *self = HeadScanner::default();
+        match parsed {
+            Parsed::Complete(_) => *self = HeadScanner::default(),
+            // Look for the end only in bytes that arrive from now on.
+            Parsed::Partial => {
+                if self.find_end(buffer) {
+                    self.scanned = buffer.len().max(1);
+                }
+            }
         }
         Ok(parsed)
     }
