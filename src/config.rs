@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub cores: usize,
     /// Pin each event loop to its own CPU.
     pub pin_cores: bool,
+    /// CPUs the event loops run on, as a list like `0-3,8` (loop N on the
+    /// N-th CPU of the list, pinned); empty: every CPU the process may use.
+    pub cpus: String,
     /// Open connections per core; beyond it new connections get 503 and are closed.
     pub connections_per_core_max: usize,
     pub ack_mode: AckMode,
@@ -120,6 +123,10 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Dedicated producer threads (each owns one librdkafka producer).
     pub producer_threads: usize,
+    /// CPUs for the producer threads (thread N pinned to the N-th CPU of
+    /// the list) and librdkafka's own threads (the whole list), e.g. `4-5`;
+    /// empty: not pinned.
+    pub producer_cpus: String,
     pub linger_ms: u64,
     /// librdkafka `batch.size`.
     pub batch_bytes: usize,
@@ -139,6 +146,7 @@ impl Default for ServerConfig {
             listen: "0.0.0.0:8080".into(),
             cores: 0,
             pin_cores: true,
+            cpus: String::new(),
             connections_per_core_max: 20_000,
             ack_mode: AckMode::Durable,
             delivery_timeout_ms: 5_000,
@@ -188,6 +196,7 @@ impl Default for KafkaConfig {
             topic: "events_raw".into(),
             dlq_topic: "events_dlq".into(),
             producer_threads: 1,
+            producer_cpus: String::new(),
             linger_ms: 1,
             batch_bytes: 1_000_000,
             compression: "lz4".into(),
@@ -216,6 +225,12 @@ pub struct Overrides {
 /// Environment variable prefix.
 pub const ENV_PREFIX: &str = "SLUICE_";
 
+/// A CPU-list key: `None` when empty (no constraint).
+pub fn cpu_list(text: &str) -> Option<Vec<usize>> {
+    // Validated at load, so a parse failure here cannot happen.
+    (!text.trim().is_empty()).then(|| crate::cpus::parse_cpu_list(text).unwrap_or_default())
+}
+
 impl Config {
     /// Builds the effective configuration from defaults, file, environment and flags.
     pub fn load(
@@ -231,10 +246,20 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
         for (section, key) in Self::keys() {
             let name = env_name(&section, &key);
             if let Some(raw) = environment(&name) {
-                let value = parse_env_value(&raw);
+                let default = match section.as_str() {
+                    "" => defaults.get(&key),
+                    _ => defaults.get(&section).and_then(|inner| inner.get(&key)),
+                };
+                // A string key takes the text as it is ("1" is a CPU list,
+                // not a number); other keys read it as a TOML value.
+                let value = match default {
+                    Some(toml::Value::String(_)) => toml::Value::String(raw),
+                    _ => parse_env_value(&raw),
+                };
                 section_table(&mut table, &section)?.insert(key, value);
             }
         }
@@ -296,6 +321,14 @@ impl Config {
         }
         if limits.inflight_events_per_core_max < limits.batch_events_max {
             bail!("limits.inflight_events_per_core_max must be at least limits.batch_events_max");
+        }
+        for (key, list) in [
+            ("server.cpus", &self.server.cpus),
+            ("kafka.producer_cpus", &self.kafka.producer_cpus),
+        ] {
+            if !list.trim().is_empty() {
+                crate::cpus::parse_cpu_list(list).with_context(|| format!("{key} {list:?}"))?;
+            }
         }
         if self.kafka.producer_threads == 0 {
             bail!("kafka.producer_threads must be at least 1");
@@ -440,6 +473,8 @@ mod tests {
             "SLUICE_KAFKA_LINGER_MS" => Some("9".to_string()),
             "SLUICE_SERVER_CORES" => Some("5".to_string()),
             "SLUICE_KAFKA_BROKERS" => Some("b1:9092,b2:9092".to_string()),
+            "SLUICE_SERVER_CPUS" => Some("1".to_string()),
+            "SLUICE_KAFKA_DLQ_TOPIC" => Some("true".to_string()),
             _ => None,
         };
         let config = Config::load(&overrides, env).unwrap();
@@ -447,6 +482,9 @@ mod tests {
         assert_eq!(config.kafka.linger_ms, 9);
         assert_eq!(config.kafka.brokers, "b1:9092,b2:9092");
         assert_eq!(config.server.cores, 2);
+        // String keys keep the text, even when it reads as a number or bool.
+        assert_eq!(config.server.cpus, "1");
+        assert_eq!(config.kafka.dlq_topic, "true");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`kafka`]: the only module that knows rdkafka; producer threads and the
 //!   hand-off to and from the cores.
 //! - [`server`]: core threads, connections, in-flight tracking, control plane.
+//! - [`cpus`]: CPU lists, affinity, cgroup quotas (start-up only).
 //! - [`route`]: which target goes where; shared by the server and metrics.
 //! - [`metrics`], [`health`], [`shutdown`], [`error`], [`clock`]:
 //!   cross-cutting state.
@@ -15,6 +16,7 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod cpus;
 pub mod error;
 pub mod event;
 pub mod health;

@@ -216,11 +216,7 @@ impl HeadScanner {
     /// Parses `buffer` once its head may be complete; `Partial` until then.
     /// The first bytes are parsed at once (most heads arrive whole, and
     /// garbage is refused early); after that, only once the end is there.
-    pub fn parse(
-        &mut self,
-        buffer: &[u8],
-        head_bytes_max: usize,
-    ) -> Result<Parsed, FramingError> {
+    pub fn parse(&mut self, buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, FramingError> {
         if self.scanned > 0 && !self.find_end(buffer) {
             if buffer.len() > head_bytes_max {
                 return Err(FramingError::HeadTooLarge {

@@ -188,19 +188,27 @@ impl ProducerPool {
         let mut producers = Vec::new();
         let mut threads = Vec::new();
         let closing = Arc::new(AtomicBool::new(false));
+        let producer_cpus = crate::config::cpu_list(&config.kafka.producer_cpus);
         for index in 0..config.kafka.producer_threads {
             let factory = Factory {
                 client: client_config(config, brokers),
                 mailboxes: mailboxes.clone(),
                 metrics: metrics.clone(),
                 failure_logs: Arc::new(LogBudget::default()),
+                cpus: producer_cpus.clone(),
             };
             let slot = Arc::new(ArcSwap::new(factory.create()?));
+            let thread_cpu = producer_cpus.as_ref().map(|cpus| cpus[index % cpus.len()]);
             let (thread_slot, thread_batches, thread_closing) =
                 (slot.clone(), batches.clone(), closing.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-producer-{index}"))
                 .spawn(move || {
+                    if let Some(cpu) = thread_cpu {
+                        if let Err(error) = crate::cpus::pin_current_thread(&[cpu]) {
+                            tracing::warn!(cpu, %error, "could not pin a producer thread");
+                        }
+                    }
                     let mut producer = thread_slot.load_full();
                     loop {
                         match thread_batches.recv_timeout(CLOSING_POLL_INTERVAL) {
@@ -259,10 +267,20 @@ struct Factory {
     mailboxes: Arc<[Arc<Mailbox>]>,
     metrics: Arc<Metrics>,
     failure_logs: Arc<LogBudget>,
+    /// `kafka.producer_cpus`: librdkafka's threads inherit the creating
+    /// thread's mask, so producers are created with it set to these.
+    cpus: Option<Vec<usize>>,
 }
 
 impl Factory {
     fn create(&self) -> anyhow::Result<Arc<Producer>> {
+        match &self.cpus {
+            Some(cpus) => crate::cpus::with_affinity(cpus, || self.create_here()),
+            None => self.create_here(),
+        }
+    }
+
+    fn create_here(&self) -> anyhow::Result<Arc<Producer>> {
         let router = DeliveryRouter {
             mailboxes: self.mailboxes.clone(),
             metrics: self.metrics.clone(),

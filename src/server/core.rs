@@ -28,7 +28,8 @@ const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// What a core thread is started with.
 pub struct CoreSetup {
     pub index: usize,
-    pub cpu: Option<core_affinity::CoreId>,
+    /// The CPU its thread is pinned to, if any.
+    pub cpu: Option<usize>,
     pub listener: std::net::TcpListener,
     pub shared: Arc<Shared>,
     pub batches: Sender<Batch>,
@@ -39,12 +40,8 @@ pub struct CoreSetup {
 /// Runs one core until shutdown has drained it.
 pub fn run(setup: CoreSetup) -> anyhow::Result<()> {
     if let Some(cpu) = setup.cpu {
-        if !core_affinity::set_for_current(cpu) {
-            tracing::warn!(
-                core = setup.index,
-                cpu = cpu.id,
-                "could not pin core thread"
-            );
+        if let Err(error) = crate::cpus::pin_current_thread(&[cpu]) {
+            tracing::warn!(core = setup.index, cpu, %error, "could not pin core thread");
         }
     }
     let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()

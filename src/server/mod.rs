@@ -34,12 +34,13 @@ use crate::kafka::producer::ProducerPool;
 use crate::metrics::Metrics;
 use crate::shutdown::{ControlStop, Shutdown};
 
-/// The number of event-loop cores: as configured, or one per CPU. More
-/// than a delivery report can address ([`CORES_MAX`]) is refused, whether
+/// The number of event-loop cores: as configured, or `default_cores` (one
+/// per usable CPU, see [`crate::cpus::event_loop_cpus`]). More than a
+/// delivery report can address ([`CORES_MAX`]) is refused, whether
 /// configured or found on the machine.
-pub fn core_count(configured: usize, cpus: usize) -> anyhow::Result<usize> {
+pub fn core_count(configured: usize, default_cores: usize) -> anyhow::Result<usize> {
     let cores = match configured {
-        0 => cpus.max(1),
+        0 => default_cores.max(1),
         cores => cores,
     };
     if cores > CORES_MAX {
@@ -75,8 +76,9 @@ pub fn run(
         crate::kafka::check_durable_properties(&config.kafka.properties)?;
     }
 
-    let cpus = core_affinity::get_core_ids().unwrap_or_default();
-    let cores = core_count(config.server.cores, cpus.len())?;
+    let configured_cpus = crate::config::cpu_list(&config.server.cpus);
+    let (cpus, default_cores) = crate::cpus::event_loop_cpus(configured_cpus.as_deref());
+    let cores = core_count(config.server.cores, default_cores)?;
     raise_open_files_limit(cores * config.server.connections_per_core_max);
     let listeners = bind_listeners(config.listen_address()?, cores)?;
     let address = listeners[0].local_addr()?;
@@ -128,10 +130,7 @@ pub fn run(
     for ((index, listener), inflight) in listeners.into_iter().enumerate().zip(inflight_tables) {
         let setup = core::CoreSetup {
             index,
-            cpu: shared
-                .config
-                .server
-                .pin_cores
+            cpu: (shared.config.server.pin_cores || configured_cpus.is_some())
                 .then(|| cpus.get(index % cpus.len().max(1)).copied())
                 .flatten(),
             listener,

@@ -206,6 +206,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Open-files limit (soft and hard) for the server process.
     pub open_files_max: Option<u64>,
+    /// CPUs the server process may use (as `taskset` sets them).
+    pub affinity: Option<Vec<usize>>,
     /// Event-loop cores; by default `SLUICE_TEST_CORES` (1 if unset).
     /// With more than one, each loop is pinned to its own CPU.
     pub cores: usize,
@@ -230,6 +232,7 @@ impl Default for Options {
             env: Vec::new(),
             open_files_max: None,
             keys: keys_file_text(),
+            affinity: None,
             cores: test_cores(),
         }
     }
@@ -285,6 +288,24 @@ impl Sluice {
             unsafe {
                 command.pre_exec(move || {
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        if let Some(cpus) = options.affinity.clone() {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: sched_setaffinity is async-signal-safe and only reads `set`.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    for &cpu in &cpus {
+                        libc::CPU_SET(cpu, &mut set);
+                    }
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+                    {
                         Ok(())
                     } else {
                         Err(std::io::Error::last_os_error())
@@ -439,6 +460,24 @@ impl Sluice {
             })
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Each thread's name and the CPUs it may run on (`Cpus_allowed_list`).
+    pub fn thread_cpus(&self) -> Vec<(String, String)> {
+        let mut threads = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap() {
+            let status =
+                std::fs::read_to_string(entry.unwrap().path().join("status")).unwrap_or_default();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .map(|value| value.trim().to_string())
+                    .unwrap_or_default()
+            };
+            threads.push((field("Name:"), field("Cpus_allowed_list:")));
+        }
+        threads
     }
 
     /// Total CPU time (user + system) the server process has used.
