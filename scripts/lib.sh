@@ -36,3 +36,33 @@ start_sluice() {
   echo "sluice never became ready" >&2
   return 1
 }
+
+# cpu_ticks_by_kind PID: clock ticks (utime + stime) used so far by PID's
+# threads, as "loops producers librdkafka other": event loops
+# (sluice-core-N), producer threads (sluice-producer-N and rdkafka's poll
+# thread), librdkafka's own threads (rdk:*), the rest. The name in
+# /proc/*/stat may hold spaces, so fields are counted after its ')'.
+cpu_ticks_by_kind() {
+  local task
+  for task in /proc/"$1"/task/*; do
+    printf '%s\t%s\n' "$(cat "$task/comm" 2>/dev/null)" "$(sed 's/.*) //' "$task/stat" 2>/dev/null | awk '{print $12 + $13}')"
+  done | awk -F'\t' '
+    { kind = "other" }
+    $1 ~ /^sluice-core/ { kind = "loops" }
+    $1 ~ /^sluice-produce|^producer poll/ { kind = "producers" }
+    $1 ~ /^rdk:/ { kind = "librdkafka" }
+    { ticks[kind] += $2 }
+    END { printf "%d %d %d %d\n", ticks["loops"], ticks["producers"], ticks["librdkafka"], ticks["other"] }'
+}
+
+# cpu_us_per_request BEFORE AFTER REQUESTS: "loops producers librdkafka
+# other total" in CPU µs per request, from two cpu_ticks_by_kind readings.
+cpu_us_per_request() {
+  python3 - "$1" "$2" "$3" "$(getconf CLK_TCK)" <<'PY'
+import sys
+before, after = ([int(x) for x in arg.split()] for arg in sys.argv[1:3])
+requests, tick = max(int(float(sys.argv[3])), 1), 1e6 / int(sys.argv[4])
+per = [(a - b) * tick / requests for a, b in zip(after, before)]
+print(" ".join(f"{x:.2f}" for x in per + [sum(per)]))
+PY
+}
