@@ -76,6 +76,7 @@ fn main() -> ExitCode {
         config.server.listen = "127.0.0.1:8080".into();
     }
     abort_on_panic();
+    tune_c_allocator();
     // Flushes the log lines still queued when main returns.
     let (_log_guard, log_lines_dropped) = init_logging(config.server.log_format);
     match sluice::server::run(config, move || log_lines_dropped.dropped_lines() as u64) {
@@ -112,6 +113,25 @@ fn init_logging(format: LogFormat) -> (WorkerGuard, ErrorCounter) {
         LogFormat::Text => builder.init(),
     }
     (guard, dropped)
+}
+
+/// librdkafka is C and allocates with glibc's malloc (Rust code uses
+/// mimalloc). Past glibc's default mmap threshold its per-request buffers
+/// (message sets, LZ4 frame contexts) are mmapped and unmapped on every
+/// produce request: page faults and zeroing in the broker threads. Keep
+/// them on the heap, and keep freed memory for reuse instead of trimming.
+fn tune_c_allocator() {
+    /// Allocations below this come from glibc's heap, not mmap.
+    const C_MMAP_THRESHOLD_BYTES: libc::c_int = 32 * 1024 * 1024;
+    /// Free heap memory kept before glibc returns it to the kernel.
+    const C_TRIM_THRESHOLD_BYTES: libc::c_int = 128 * 1024 * 1024;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocator settings; called
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, C_MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, C_TRIM_THRESHOLD_BYTES);
+    }
 }
 
 /// A panic on any thread aborts the process. A core thread that died would

@@ -30,7 +30,15 @@ fn status_index(status: u16) -> usize {
 /// A per-core gauge: name, help, and the field it reads.
 type Gauge = (&'static str, &'static str, fn(&CoreMetrics) -> &AtomicU64);
 
-/// One core's counters.
+/// Adds to a per-core counter. Only the owning core writes its counters,
+/// so a plain load and store suffice: no locked read-modify-write on the
+/// request path; a scrape on another thread reads whole values.
+#[inline]
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
+}
+
+/// One core's counters. Written only by the core that owns them.
 #[repr(align(128))]
 #[derive(Default)]
 pub struct CoreMetrics {
@@ -52,16 +60,16 @@ pub struct CoreMetrics {
 
 impl CoreMetrics {
     pub fn request(&self, route: Route, status: u16) {
-        self.requests[route as usize][status_index(status)].fetch_add(1, Relaxed);
+        bump(&self.requests[route as usize][status_index(status)], 1);
     }
 
     pub fn events(&self, accepted: usize, rejected: usize) {
-        self.events_accepted.fetch_add(accepted as u64, Relaxed);
-        self.events_rejected.fetch_add(rejected as u64, Relaxed);
+        bump(&self.events_accepted, accepted as u64);
+        bump(&self.events_rejected, rejected as u64);
     }
 
     pub fn body_bytes(&self, bytes: usize) {
-        self.body_bytes.fetch_add(bytes as u64, Relaxed);
+        bump(&self.body_bytes, bytes as u64);
     }
 
     pub fn delivery_latency(&self, latency: Duration) {
@@ -70,25 +78,25 @@ impl CoreMetrics {
             .iter()
             .position(|&bound| micros <= bound)
             .unwrap_or(LATENCY_BOUNDS_US.len());
-        self.latency_buckets[bucket].fetch_add(1, Relaxed);
-        self.latency_sum_us.fetch_add(micros, Relaxed);
+        bump(&self.latency_buckets[bucket], 1);
+        bump(&self.latency_sum_us, micros);
     }
 
     pub fn shed(&self) {
-        self.shed.fetch_add(1, Relaxed);
+        bump(&self.shed, 1);
     }
 
     pub fn delivery_timeout(&self) {
-        self.delivery_timeouts.fetch_add(1, Relaxed);
+        bump(&self.delivery_timeouts, 1);
     }
 
     pub fn log_suppressed(&self) {
-        self.logs_suppressed.fetch_add(1, Relaxed);
+        bump(&self.logs_suppressed, 1);
     }
 
     /// A connection closed because its socket took no bytes for the write timeout.
     pub fn write_timeout(&self) {
-        self.write_timeouts.fetch_add(1, Relaxed);
+        bump(&self.write_timeouts, 1);
     }
 }
 

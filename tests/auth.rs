@@ -132,3 +132,39 @@ fn sighup_reloads() {
     eventually(&sluice, "cs_hup", 202);
     assert!(sluice.logs().contains("SIGHUP"), "{}", sluice.logs());
 }
+
+/// A connection remembers the key it presented, to skip hashing it again;
+/// a reload that removes the key must still refuse it on that connection.
+#[test]
+fn a_removed_key_is_refused_on_a_connection_that_used_it() {
+    use std::io::Write as _;
+    let sluice = dev();
+    let keys = sluice.dir.0.join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "{}\n[[keys]]\nkey = \"cs_kept_alive\"\ntenant_id = \"tenant_k\"\n",
+            keys_file_text()
+        ),
+    )
+    .unwrap();
+    eventually(&sluice, "cs_kept_alive", 202);
+    let mut stream = sluice.connect();
+    let mut send = |stream: &mut std::net::TcpStream| {
+        let body = event("kept_alive_user", "");
+        let request = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: t\r\nX-CS-API-Key: cs_kept_alive\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        read_response(stream).expect("a response").status
+    };
+    assert_eq!(send(&mut stream), 202);
+    assert_eq!(send(&mut stream), 202, "the remembered key");
+    std::fs::write(&keys, keys_file_text()).unwrap();
+    wait_until(
+        "the removed key refused on the same connection",
+        Duration::from_secs(5),
+        || send(&mut stream) == 401,
+    );
+}

@@ -47,6 +47,10 @@ pub struct Core {
     pub shared: Arc<Shared>,
     pub batches: Sender<Batch>,
     pub mailbox: Arc<Mailbox>,
+    /// This core's own copies of the topic names, so that the reference
+    /// count each request's batch bumps is not shared with other cores.
+    pub topic: Arc<str>,
+    pub dead_letter_topic: Arc<str>,
     pub inflight: RefCell<Inflight>,
     pub validator: RefCell<Validator>,
     pub scratch: RefCell<Scratch>,
@@ -91,6 +95,8 @@ impl Core {
             index,
             batches,
             mailbox,
+            topic: Arc::from(&*shared.topic),
+            dead_letter_topic: Arc::from(&*shared.dead_letter_topic),
             inflight: RefCell::new(inflight),
             validator: RefCell::new(Validator::new(event_limits, seed)),
             scratch: RefCell::new(Scratch::default()),
@@ -139,7 +145,7 @@ impl Core {
     pub fn take_batch(&self) -> Batch {
         self.mailbox
             .take_batch()
-            .unwrap_or_else(|| Batch::new(&self.shared.topic))
+            .unwrap_or_else(|| Batch::new(&self.topic))
     }
 
     /// A new request id: 16 hex digits, unique per process run.

@@ -4,7 +4,10 @@
 //! mode). Consumes the request's bytes from the read buffer.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
+
+use subtle::ConstantTimeEq as _;
 
 use super::answer::{write_accepted, write_error, write_probe, Reply};
 use super::context::Core;
@@ -12,7 +15,7 @@ use super::framing::{read_body, ReadError};
 use super::inflight::Delivery;
 use super::ingest::{ingest, Handed};
 use super::wire::Wire;
-use crate::auth::{presented_key, AuthError, Grant};
+use crate::auth::{presented_key, AuthError, Grant, Snapshot};
 use crate::config::AckMode;
 use crate::error::ApiError;
 use crate::http::request::{trim, Framing, Head, Method};
@@ -31,6 +34,40 @@ pub enum Next {
     CloseLingering,
 }
 
+/// Longest presented key a connection remembers; longer ones are
+/// authenticated on every request.
+const CACHED_KEY_BYTES_MAX: usize = 64;
+
+/// The key a connection presented last and its grant, so that a connection
+/// sending the same key again skips the SHA-256 and the lookup. Valid only
+/// while its snapshot is the current one: a reload (a key disabled or
+/// removed) makes every connection authenticate afresh.
+struct CachedKey {
+    snapshot: Arc<Snapshot>,
+    key: [u8; CACHED_KEY_BYTES_MAX],
+    /// 0 when the key was too long to remember: never matches.
+    key_bytes: usize,
+    grant: Grant,
+}
+
+impl CachedKey {
+    fn matches(&self, snapshot: &Arc<Snapshot>, key: &[u8]) -> bool {
+        Arc::ptr_eq(&self.snapshot, snapshot)
+            && self.key_bytes == key.len()
+            && bool::from(self.key[..self.key_bytes].ct_eq(key))
+    }
+}
+
+impl Drop for CachedKey {
+    fn drop(&mut self) {
+        for byte in &mut self.key {
+            // SAFETY: a valid, aligned byte of our own array; volatile so
+            // the wipe of the key is not optimised away.
+            unsafe { std::ptr::write_volatile(byte, 0) };
+        }
+    }
+}
+
 /// A connection's socket and what its requests share.
 pub struct Exchange<'a> {
     pub core: &'a Core,
@@ -38,6 +75,7 @@ pub struct Exchange<'a> {
     pub reply: Reply,
     /// The `rejected` entries of a batch response being built.
     rejected: Vec<u8>,
+    cached_key: Option<Box<CachedKey>>,
 }
 
 impl<'a> Exchange<'a> {
@@ -47,6 +85,7 @@ impl<'a> Exchange<'a> {
             wire,
             reply: Reply::default(),
             rejected: Vec::new(),
+            cached_key: None,
         }
     }
 
@@ -65,7 +104,7 @@ impl<'a> Exchange<'a> {
         let route = self.reply.route;
         let (kind, check) = if route.ingests() {
             let kind = self.body_kind(route, head);
-            (Some(kind), self.check_ingest(head, kind))
+            (Some(kind), self.check_ingest(head, kind).map(Some))
         } else if route == Route::Other {
             (None, Err(ApiError::not_found()))
         } else if matches!(head.method, Method::Get | Method::Head) {
@@ -99,9 +138,14 @@ impl<'a> Exchange<'a> {
         };
         core.metrics().body_bytes(body.len());
         let next = match check {
-            Ok(Some(grant)) => {
+            Ok(Some(())) => {
                 let kind = kind.expect("ingest routes have a body kind");
-                self.answer_ingest(head, &grant, kind, body).await
+                // The grant is moved out for the request and back after:
+                // no reference count changes per request.
+                let cached = self.cached_key.take().expect("authenticated");
+                let next = self.answer_ingest(head, &cached.grant, kind, body).await;
+                self.cached_key = Some(cached);
+                next
             }
             _ => {
                 write_probe(core, &mut self.wire.output, &self.reply);
@@ -165,23 +209,18 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// Everything about an ingest request that can be refused before its body.
-    fn check_ingest(&self, head: &Head, kind: BodyKind) -> Result<Option<Grant>, ApiError> {
+    /// Everything about an ingest request that can be refused before its
+    /// body. On success the key's grant is in `cached_key`.
+    fn check_ingest(&mut self, head: &Head, kind: BodyKind) -> Result<(), ApiError> {
         if head.method != Method::Post {
             return Err(ApiError::method_not_allowed());
         }
         if head.framing == Framing::None {
             return Err(FramingError::LengthRequired.into());
         }
+        self.authenticate(head)?;
         let input = &self.wire.input;
         let header = |span: &Option<Range<usize>>| span.as_ref().map(|span| &input[span.clone()]);
-        let key = presented_key(header(&head.api_key), header(&head.authorization));
-        let snapshot = self.core.shared.keys.load();
-        let grant = match snapshot.authenticate(key) {
-            Ok(grant) => grant.clone(),
-            Err(AuthError::Missing) => return Err(ApiError::missing_api_key()),
-            Err(AuthError::Invalid) => return Err(ApiError::invalid_api_key()),
-        };
         let media_ok = match header(&head.content_type).map(media_type) {
             None => true,
             Some(media) if media.eq_ignore_ascii_case(b"application/json") => true,
@@ -198,7 +237,48 @@ impl<'a> Exchange<'a> {
         if !self.core.shared.readiness.kafka_ready() {
             return Err(ApiError::unavailable("kafka is unreachable"));
         }
-        Ok(Some(grant))
+        Ok(())
+    }
+
+    /// Finds the grant of the presented key: from `cached_key` when this
+    /// connection sent the same key under the current snapshot, else by
+    /// hashing and looking it up (and remembering it).
+    fn authenticate(&mut self, head: &Head) -> Result<(), ApiError> {
+        let input = &self.wire.input;
+        let header = |span: &Option<Range<usize>>| span.as_ref().map(|span| &input[span.clone()]);
+        let key = presented_key(header(&head.api_key), header(&head.authorization));
+        let snapshot = self.core.shared.keys.load();
+        if !key.is_empty()
+            && self
+                .cached_key
+                .as_ref()
+                .is_some_and(|cached| cached.matches(&snapshot, key))
+        {
+            return Ok(());
+        }
+        // Private copies of the grant's strings: the reference counts this
+        // connection's requests touch are then not shared with other cores.
+        let grant = match snapshot.authenticate(key) {
+            Ok(grant) => Grant {
+                tenant_id: Arc::from(&*grant.tenant_id),
+                project_id: grant.project_id.as_deref().map(Arc::from),
+                topic: grant.topic.as_deref().map(Arc::from),
+            },
+            Err(AuthError::Missing) => return Err(ApiError::missing_api_key()),
+            Err(AuthError::Invalid) => return Err(ApiError::invalid_api_key()),
+        };
+        let mut cached = Box::new(CachedKey {
+            snapshot: Arc::clone(&snapshot),
+            key: [0; CACHED_KEY_BYTES_MAX],
+            key_bytes: 0,
+            grant,
+        });
+        if key.len() <= CACHED_KEY_BYTES_MAX {
+            cached.key[..key.len()].copy_from_slice(key);
+            cached.key_bytes = key.len();
+        }
+        self.cached_key = Some(cached);
+        Ok(())
     }
 
     async fn answer_ingest(

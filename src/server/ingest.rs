@@ -32,11 +32,8 @@ pub fn ingest(
     rejected_json: &mut Vec<u8>,
 ) -> Result<Handed, ApiError> {
     let mut batch = core.take_batch();
-    batch.topic = grant
-        .topic
-        .clone()
-        .unwrap_or_else(|| core.shared.topic.clone());
-    batch.dead_letter_topic = core.shared.dead_letter_topic.clone();
+    batch.topic = grant.topic.clone().unwrap_or_else(|| core.topic.clone());
+    batch.dead_letter_topic = core.dead_letter_topic.clone();
     batch.tenant_id = Arc::clone(&grant.tenant_id);
     let rejected = match fill_batch(core, grant, kind, body, &mut batch, rejected_json) {
         Ok(rejected) => rejected,
