@@ -150,7 +150,7 @@ fn a_removed_key_is_refused_on_a_connection_that_used_it() {
     .unwrap();
     eventually(&sluice, "cs_kept_alive", 202);
     let mut stream = sluice.connect();
-    let mut send = |stream: &mut std::net::TcpStream| {
+    let send = |stream: &mut std::net::TcpStream| {
         let body = event("kept_alive_user", "");
         let request = format!(
             "POST /v1/events HTTP/1.1\r\nHost: t\r\nX-CS-API-Key: cs_kept_alive\r\nContent-Length: {}\r\n\r\n{body}",

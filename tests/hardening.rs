@@ -432,9 +432,12 @@ fn hole8_completion_queue_fits_the_inflight_cap() {
     // Exactly at the cap: 10 requests of 10 records, every report queued
     // before the core applies any.
     let tickets: Vec<_> = (0..10)
-        .map(|_| inflight.reserve(10, 10, &metrics).unwrap())
+        .map(|_| inflight.reserve(10, 10, Instant::now(), &metrics).unwrap())
         .collect();
-    assert!(inflight.reserve(1, 1, &metrics).is_err(), "over the cap");
+    assert!(
+        inflight.reserve(1, 1, Instant::now(), &metrics).is_err(),
+        "over the cap"
+    );
     for ticket in &tickets {
         inflight.detach(*ticket, &metrics);
         for _ in 0..10 {
@@ -446,10 +449,10 @@ fn hole8_completion_queue_fits_the_inflight_cap() {
         }
     }
     while let Some(completion) = mailbox.next_completion() {
-        inflight.complete(completion, &metrics);
+        inflight.complete(completion, Instant::now(), &metrics);
     }
     assert_eq!(inflight.requests(), 0, "a slot leaked");
-    inflight.reserve(100, 10, &metrics).unwrap();
+    inflight.reserve(100, 10, Instant::now(), &metrics).unwrap();
 }
 
 // Hole 9: HTTP details of RFC 9110/9112.

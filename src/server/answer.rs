@@ -159,7 +159,7 @@ pub fn write_accepted(
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn write_probe(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
     let shared = &core.shared;
-    let readiness = shared.readiness.status(crate::clock::now_ms());
+    let readiness = shared.readiness.status(core.now_ms());
     let (status, content_type, body): (u16, &str, Vec<u8>) = match reply.route {
         Route::Healthz => (200, JSON, b"{\"status\":\"ok\"}".to_vec()),
         Route::Readyz => match &readiness {

@@ -7,7 +7,7 @@
 //! connection waits for more input (or for Kafka), so pipelined requests
 //! are answered in order and as soon as each answer is ready.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::net::TcpStream;
 
@@ -23,6 +23,9 @@ const FLUSH_BYTES: usize = 64 * 1024;
 
 /// Serves a connection until it closes, fails, times out, or shutdown.
 pub async fn serve(core: &Core, stream: TcpStream, entry: usize) {
+    // The core's clock may be old if it was quiet: the first idle deadline
+    // counts from now.
+    core.tick();
     let mut exchange = Exchange::new(core, Wire::new(stream));
     let next = run(&mut exchange, entry).await;
     let wire = &mut exchange.wire;
@@ -39,6 +42,7 @@ pub async fn serve(core: &Core, stream: TcpStream, entry: usize) {
 /// cap, or one accepted with the reserve descriptor when the process ran
 /// out of descriptors. The close lingers (see [`Wire::linger_close`]).
 pub async fn refuse(core: &Core, stream: TcpStream) {
+    core.tick();
     let mut wire = Wire::new(stream);
     wire.output = Vec::with_capacity(512);
     let mut reply = Reply::default();
@@ -65,12 +69,14 @@ async fn run(exchange: &mut Exchange<'_>, entry: usize) -> Next {
             core.set_connection_state(entry, ConnectionState::Idle);
             let read = exchange
                 .wire
-                .read_idle(core, Instant::now() + idle_timeout)
+                .read_idle(core, core.now() + idle_timeout)
                 .await;
             if !matches!(read, Read::Data) {
                 return Next::Close;
             }
         }
+        // One clock reading serves the request's deadlines and timestamps.
+        core.tick();
         core.set_connection_state(entry, ConnectionState::Head);
         let head = match read_head(core, &mut exchange.wire).await {
             Ok(head) => head,

@@ -57,6 +57,12 @@ pub struct Core {
     /// How long a socket may take no bytes of a response.
     pub write_timeout: Duration,
     dates: DateCache,
+    /// The clock as read at the last [`Core::tick`]: once when a request
+    /// starts, after a wait on Kafka, and once per batch of delivery
+    /// reports. Deadlines, timestamps and `Date` use it, so a request reads
+    /// the clock two or three times instead of about a dozen.
+    now: Cell<Instant>,
+    now_ms: Cell<u64>,
     buffers: RefCell<Vec<Vec<u8>>>,
     connections: RefCell<ConnectionTable>,
     request_counter: Cell<u64>,
@@ -102,6 +108,8 @@ impl Core {
             scratch: RefCell::new(Scratch::default()),
             write_timeout: Duration::from_millis(shared.config.server.write_timeout_ms),
             dates: DateCache::default(),
+            now: Cell::new(Instant::now()),
+            now_ms: Cell::new(crate::clock::now_ms()),
             buffers: RefCell::new(Vec::new()),
             connections: RefCell::new(ConnectionTable::default()),
             request_counter: Cell::new(seed),
@@ -118,9 +126,27 @@ impl Core {
         &self.shared.metrics.cores[self.index]
     }
 
-    /// The `Date` header value now.
+    /// Reads the clock; returns the monotonic reading.
+    pub fn tick(&self) -> Instant {
+        let now = Instant::now();
+        self.now.set(now);
+        self.now_ms.set(crate::clock::now_ms());
+        now
+    }
+
+    /// The monotonic clock at the last [`Core::tick`].
+    pub fn now(&self) -> Instant {
+        self.now.get()
+    }
+
+    /// Epoch milliseconds at the last [`Core::tick`].
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms.get()
+    }
+
+    /// The `Date` header value at the last tick.
     pub fn date(&self) -> [u8; HTTP_DATE_BYTES] {
-        self.dates.get(crate::clock::now_ms())
+        self.dates.get(self.now_ms())
     }
 
     /// A pooled, empty buffer.
@@ -161,7 +187,7 @@ impl Core {
 
     /// Whether a failed-request log line may be written now (per-second budget).
     pub fn may_log(&self) -> bool {
-        let second = crate::clock::now_ms() / 1000;
+        let second = self.now_ms() / 1000;
         let (current, used) = self.log_budget.get();
         let used = if current == second { used } else { 0 };
         if used >= self.shared.config.server.error_logs_per_second_max {

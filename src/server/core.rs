@@ -174,19 +174,21 @@ async fn deliver_completions(core: Rc<Core>) {
             core.mailbox.register(context.waker());
             match core.mailbox.next_completion() {
                 Some(completion) => {
+                    let now = core.tick();
                     core.inflight
                         .borrow_mut()
-                        .complete(completion, core.metrics());
+                        .complete(completion, now, core.metrics());
                     std::task::Poll::Ready(())
                 }
                 None => std::task::Poll::Pending,
             }
         })
         .await;
+        let now = core.now();
         while let Some(completion) = core.mailbox.next_completion() {
             core.inflight
                 .borrow_mut()
-                .complete(completion, core.metrics());
+                .complete(completion, now, core.metrics());
         }
     }
 }

@@ -377,14 +377,19 @@ impl<'a> Exchange<'a> {
     /// Waits for every delivery report of the request, up to the deadline.
     async fn await_delivery(&mut self, handed: &Handed) -> Result<bool, ApiError> {
         let core = self.core;
-        let timeout = Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
+        let deadline =
+            core.now() + Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
         let delivery = Delivery {
             inflight: &core.inflight,
             metrics: core.metrics(),
             ticket: handed.ticket,
             finished: false,
         };
-        match monoio::time::timeout(timeout, delivery).await {
+        let outcome =
+            monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), delivery).await;
+        // The answer goes out now: its Date and the next deadlines count from here.
+        core.tick();
+        match outcome {
             Ok(delivered) => Ok(delivered),
             Err(_) => {
                 core.metrics().delivery_timeout();

@@ -29,7 +29,7 @@ impl From<FramingError> for ReadError {
 /// deadline counted from now (the request's first byte is in hand).
 pub async fn read_head(core: &Core, wire: &mut Wire) -> Result<Head, ReadError> {
     let server = &core.shared.config.server;
-    let deadline = Instant::now() + Duration::from_millis(server.header_read_timeout_ms);
+    let deadline = core.now() + Duration::from_millis(server.header_read_timeout_ms);
     let head_bytes_max = core.shared.config.limits.header_bytes_max;
     let mut scanner = HeadScanner::default();
     loop {
@@ -51,7 +51,7 @@ pub async fn read_body(
     let start = head.head_bytes;
     let limits = &core.shared.config.limits;
     let deadline =
-        Instant::now() + Duration::from_millis(core.shared.config.server.body_read_timeout_ms);
+        core.now() + Duration::from_millis(core.shared.config.server.body_read_timeout_ms);
     match head.framing {
         Framing::None => Ok((start..start, start)),
         Framing::Length(length) => {

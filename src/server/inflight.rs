@@ -138,6 +138,7 @@ impl Inflight {
         &mut self,
         records: usize,
         bytes: usize,
+        now: Instant,
         metrics: &CoreMetrics,
     ) -> Result<Ticket, Full> {
         if self.records + records > self.records_max || self.bytes + bytes > self.bytes_max {
@@ -152,7 +153,7 @@ impl Inflight {
         slot.detached = false;
         slot.waiting = None;
         slot.bytes = bytes;
-        slot.started = Instant::now();
+        slot.started = now;
         let ticket = Ticket {
             core: self.core,
             slot: index,
@@ -186,8 +187,8 @@ impl Inflight {
         }
     }
 
-    /// Applies one delivery report.
-    pub fn complete(&mut self, completion: Completion, metrics: &CoreMetrics) {
+    /// Applies one delivery report received at `now`.
+    pub fn complete(&mut self, completion: Completion, now: Instant, metrics: &CoreMetrics) {
         let ticket = completion.opaque.ticket();
         let Some(slot) = self.slots.get_mut(ticket.slot) else {
             return;
@@ -207,7 +208,7 @@ impl Inflight {
         if slot.pending > 0 {
             return;
         }
-        metrics.delivery_latency(slot.started.elapsed());
+        metrics.delivery_latency(now.saturating_duration_since(slot.started));
         if slot.detached {
             self.release(ticket.slot, metrics);
         } else if let Some(waker) = slot.waiting.take() {
@@ -313,41 +314,59 @@ mod tests {
     fn bounds_are_enforced_and_released() {
         let metrics = CoreMetrics::default();
         let mut inflight = Inflight::with_bounds(0, 2, 10, 100);
-        let first = inflight.reserve(5, 60, &metrics).unwrap();
-        assert_eq!(inflight.reserve(1, 50, &metrics), Err(Full), "bytes bound");
-        assert_eq!(inflight.reserve(6, 1, &metrics), Err(Full), "records bound");
-        let second = inflight.reserve(1, 1, &metrics).unwrap();
-        assert_eq!(inflight.reserve(1, 1, &metrics), Err(Full), "slot bound");
+        let first = inflight.reserve(5, 60, Instant::now(), &metrics).unwrap();
+        assert_eq!(
+            inflight.reserve(1, 50, Instant::now(), &metrics),
+            Err(Full),
+            "bytes bound"
+        );
+        assert_eq!(
+            inflight.reserve(6, 1, Instant::now(), &metrics),
+            Err(Full),
+            "records bound"
+        );
+        let second = inflight.reserve(1, 1, Instant::now(), &metrics).unwrap();
+        assert_eq!(
+            inflight.reserve(1, 1, Instant::now(), &metrics),
+            Err(Full),
+            "slot bound"
+        );
         inflight.cancel(second, &metrics);
         inflight.detach(first, &metrics);
         for _ in 0..5 {
-            inflight.complete(completion(first, true, false), &metrics);
+            inflight.complete(completion(first, true, false), Instant::now(), &metrics);
         }
         assert_eq!(inflight.requests(), 0);
-        inflight.reserve(10, 100, &metrics).unwrap();
+        inflight.reserve(10, 100, Instant::now(), &metrics).unwrap();
     }
 
     #[test]
     fn dead_letter_failures_do_not_fail_the_request() {
         let metrics = CoreMetrics::default();
         let inflight = RefCell::new(Inflight::with_bounds(0, 4, 10, 100));
-        let ticket = inflight.borrow_mut().reserve(2, 10, &metrics).unwrap();
+        let ticket = inflight
+            .borrow_mut()
+            .reserve(2, 10, Instant::now(), &metrics)
+            .unwrap();
         inflight
             .borrow_mut()
-            .complete(completion(ticket, true, false), &metrics);
+            .complete(completion(ticket, true, false), Instant::now(), &metrics);
         inflight
             .borrow_mut()
-            .complete(completion(ticket, false, true), &metrics);
+            .complete(completion(ticket, false, true), Instant::now(), &metrics);
         let waker = Waker::noop();
         assert_eq!(
             inflight.borrow_mut().poll_ticket(ticket, waker, &metrics),
             Some(true)
         );
 
-        let ticket = inflight.borrow_mut().reserve(1, 10, &metrics).unwrap();
+        let ticket = inflight
+            .borrow_mut()
+            .reserve(1, 10, Instant::now(), &metrics)
+            .unwrap();
         inflight
             .borrow_mut()
-            .complete(completion(ticket, false, false), &metrics);
+            .complete(completion(ticket, false, false), Instant::now(), &metrics);
         assert_eq!(
             inflight.borrow_mut().poll_ticket(ticket, waker, &metrics),
             Some(false)
@@ -361,18 +380,18 @@ mod tests {
     fn stale_reports_are_ignored() {
         let metrics = CoreMetrics::default();
         let mut inflight = Inflight::with_bounds(0, 1, 10, 100);
-        let old = inflight.reserve(1, 1, &metrics).unwrap();
+        let old = inflight.reserve(1, 1, Instant::now(), &metrics).unwrap();
         inflight.cancel(old, &metrics);
-        let new = inflight.reserve(1, 1, &metrics).unwrap();
+        let new = inflight.reserve(1, 1, Instant::now(), &metrics).unwrap();
         assert_eq!(old.slot, new.slot);
-        inflight.complete(completion(old, false, false), &metrics);
+        inflight.complete(completion(old, false, false), Instant::now(), &metrics);
         let waker = Waker::noop();
         assert_eq!(
             inflight.poll_ticket(new, waker, &metrics),
             None,
             "the stale report completed the new request"
         );
-        inflight.complete(completion(new, true, false), &metrics);
+        inflight.complete(completion(new, true, false), Instant::now(), &metrics);
         assert_eq!(inflight.poll_ticket(new, waker, &metrics), Some(true));
         assert_eq!(inflight.requests(), 0);
     }

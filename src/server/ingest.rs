@@ -69,7 +69,7 @@ fn fill_batch(
     let enrichment = Enrichment {
         tenant_id: &grant.tenant_id,
         project_id: grant.project_id.as_deref(),
-        received_at_ms: crate::clock::now_ms(),
+        received_at_ms: core.now_ms(),
     };
     let mut validator = core.validator.borrow_mut();
     let mut rejected = 0;
@@ -109,16 +109,18 @@ fn fill_batch(
 /// thread; a full table or queue sheds the request (503) at once.
 fn send(core: &Core, mut batch: Batch) -> Result<Ticket, ApiError> {
     let metrics = core.metrics();
-    let reserved =
-        core.inflight
-            .borrow_mut()
-            .reserve(batch.records.len(), batch.data.len(), metrics);
+    let reserved = core.inflight.borrow_mut().reserve(
+        batch.records.len(),
+        batch.data.len(),
+        core.now(),
+        metrics,
+    );
     let Ok(ticket) = reserved else {
         core.mailbox.recycle(batch);
         return Err(shed(core));
     };
     batch.ticket = ticket;
-    batch.deadline = std::time::Instant::now()
+    batch.deadline = core.now()
         + std::time::Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
     match core.batches.try_send(batch) {
         Ok(()) => Ok(ticket),
@@ -137,7 +139,7 @@ fn send(core: &Core, mut batch: Batch) -> Result<Ticket, ApiError> {
 
 fn shed(core: &Core) -> ApiError {
     core.metrics().shed();
-    core.shared.readiness.note_shed(crate::clock::now_ms());
+    core.shared.readiness.note_shed(core.now_ms());
     ApiError::overloaded()
 }
 

@@ -23,6 +23,11 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Bytes read and dropped from a closing connection at most.
 const LINGER_BYTES_MAX: usize = 64 * 1024;
 
+/// `monoio::time::timeout_at` with a std `Instant` (the core's clock).
+fn timeout_at<F: std::future::Future>(deadline: Instant, future: F) -> monoio::time::Timeout<F> {
+    monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), future)
+}
+
 /// What a read brought.
 pub enum Read {
     Data,
@@ -65,8 +70,7 @@ impl Wire {
         core.give_buffer(std::mem::take(&mut self.input));
         core.give_buffer(std::mem::take(&mut self.output));
         let idle = std::mem::take(&mut self.idle);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match monoio::time::timeout(remaining, self.stream.read(idle)).await {
+        match timeout_at(deadline, self.stream.read(idle)).await {
             Ok((result, mut idle)) => {
                 let read = match result {
                     Ok(0) | Err(_) => Read::Closed,
@@ -95,8 +99,7 @@ impl Wire {
         }
         let filled = self.input.len();
         let buffer = std::mem::take(&mut self.input).slice_mut(filled..);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match monoio::time::timeout(remaining, self.stream.read(buffer)).await {
+        match timeout_at(deadline, self.stream.read(buffer)).await {
             Ok((result, buffer)) => {
                 self.input = buffer.into_inner();
                 match result {
@@ -115,12 +118,17 @@ impl Wire {
     pub async fn flush(&mut self, core: &Core) -> bool {
         let mut output = std::mem::take(&mut self.output);
         let mut written = 0;
+        // From the last progress: the tick of this request, then each write.
+        let mut deadline = core.now() + core.write_timeout;
         while written < output.len() {
             let pending = output.slice(written..);
-            match monoio::time::timeout(core.write_timeout, self.stream.write(pending)).await {
+            match timeout_at(deadline, self.stream.write(pending)).await {
                 Ok((Ok(bytes), pending)) if bytes > 0 => {
                     output = pending.into_inner();
                     written += bytes;
+                    if written < output.len() {
+                        deadline = core.tick() + core.write_timeout;
+                    }
                 }
                 Ok(_) => return false,
                 Err(_) => {
