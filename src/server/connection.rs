@@ -104,3 +104,22 @@ async fn run(exchange: &mut Exchange<'_>, entry: usize) -> Next {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_bytes<'a, Fut>(_: fn(&'a Core, TcpStream, usize) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every idle keep-alive connection holds its task's whole future, so
+    /// its size is most of what an idle connection costs (with the 1 KiB
+    /// idle buffer). A guard against it growing unnoticed.
+    #[test]
+    fn the_connection_task_stays_small() {
+        let bytes = future_bytes(serve);
+        eprintln!("connection task future: {bytes} bytes");
+        assert!(bytes <= 2_560, "the connection task grew to {bytes} bytes");
+    }
+}
