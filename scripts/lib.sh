@@ -24,11 +24,13 @@ start_broker() {
 }
 
 # start_sluice CPUS PORT KEYS_FILE [ARGS...]: starts sluice pinned to CPUS; sets sluice_pid.
-# SLUICE_BIN picks the binary (default target/release/sluice).
+# SLUICE_BIN picks the binary (default target/release/sluice); SLUICE_ENV
+# holds extra environment for it (space-separated NAME=VALUE).
 start_sluice() {
   local cpus=$1 port=$2 keys=$3
   shift 3
-  taskset -c "$cpus" "${SLUICE_BIN:-target/release/sluice}" --listen "127.0.0.1:$port" \
+  # shellcheck disable=SC2086 # SLUICE_ENV is a list of words.
+  env ${SLUICE_ENV:-} taskset -c "$cpus" "${SLUICE_BIN:-target/release/sluice}" --listen "127.0.0.1:$port" \
     --brokers "127.0.0.1:$broker_port" --keys-file "$keys" "$@" >>"$keys.log" 2>&1 &
   sluice_pid=$!
   wait_port "$port"
