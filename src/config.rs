@@ -22,6 +22,18 @@ pub enum AckMode {
     Enqueued,
 }
 
+/// The event loops' I/O driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriver {
+    /// io_uring, falling back to epoll where the kernel lacks it: cheapest
+    /// per request when a loop is busy.
+    IoUring,
+    /// epoll: cheaper per request when a loop is mostly waiting (durable
+    /// mode at moderate load).
+    Epoll,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +63,8 @@ pub struct ServerConfig {
     pub cores: usize,
     /// Pin each event loop to its own CPU.
     pub pin_cores: bool,
+    /// `io_uring` (falls back to epoll when unavailable) or `epoll`.
+    pub io_driver: IoDriver,
     /// CPUs the event loops run on, as a list like `0-3,8` (loop N on the
     /// N-th CPU of the list, pinned); empty: every CPU the process may use.
     pub cpus: String,
@@ -146,6 +160,7 @@ impl Default for ServerConfig {
             listen: "0.0.0.0:8080".into(),
             cores: 0,
             pin_cores: true,
+            io_driver: IoDriver::IoUring,
             cpus: String::new(),
             connections_per_core_max: 20_000,
             ack_mode: AckMode::Durable,
