@@ -255,6 +255,32 @@ fn hole3_a_client_that_never_reads_is_closed_at_the_write_timeout() {
     });
 }
 
+// Hole 3, the other side: a client that sends slowly but reads is not a
+// stalled reader. Its answer's write deadline counts from when the body
+// arrived, not from when the request started.
+#[test]
+fn hole3_a_slow_body_longer_than_the_write_timeout_is_answered() {
+    // Enqueued: the answer follows the body at once, with no wait on Kafka
+    // in between.
+    let sluice = Sluice::dev("[server]\nwrite_timeout_ms = 1000\nack_mode = \"enqueued\"\n");
+    let mut stream = sluice.connect();
+    let body = valid_event();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: t\r\nX-CS-API-Key: {KEY}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // The body over 2 s: twice the write timeout.
+    let pieces: Vec<&[u8]> = body.as_bytes().chunks(body.len() / 4 + 1).collect();
+    for piece in pieces {
+        std::thread::sleep(Duration::from_millis(500));
+        stream.write_all(piece).unwrap();
+    }
+    let response = read_response(&mut stream).expect("an answer to a slow body");
+    assert_eq!(response.status, 202, "{}", response.text());
+    assert_eq!(sluice.metric("sluice_write_timeouts_total"), 0.0);
+}
+
 // Hole 4: HEAD error responses carried a body, which corrupted the next
 // response on the connection.
 #[test]

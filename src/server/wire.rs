@@ -104,7 +104,12 @@ impl Wire {
                 self.input = buffer.into_inner();
                 match result {
                     Ok(0) | Err(_) => Read::Closed,
-                    Ok(_) => Read::Data,
+                    Ok(_) => {
+                        // A head or body read in pieces can take long: keep
+                        // the clock that later write deadlines count from fresh.
+                        core.tick();
+                        Read::Data
+                    }
                 }
             }
             // The cancelled read keeps its buffer; the connection closes.
