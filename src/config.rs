@@ -146,6 +146,9 @@ pub struct KafkaConfig {
     pub batch_bytes: usize,
     /// none, gzip, snappy, lz4 or zstd.
     pub compression: String,
+    /// librdkafka `partitioner`: `murmur2_random` (the default) places a
+    /// key on the partition Java clients and Kafka Streams choose.
+    pub partitioner: String,
     /// Request batches queued between the cores and the producer threads.
     pub queue_batches_max: usize,
     /// How often Kafka metadata is fetched for readiness.
@@ -215,6 +218,7 @@ impl Default for KafkaConfig {
             linger_ms: 1,
             batch_bytes: 1_000_000,
             compression: "lz4".into(),
+            partitioner: "murmur2_random".into(),
             queue_batches_max: 8_192,
             health_interval_ms: 1_000,
             properties: BTreeMap::new(),
@@ -353,6 +357,13 @@ impl Config {
         }
         if self.server.delivery_timeout_ms < 100 {
             bail!("server.delivery_timeout_ms must be at least 100");
+        }
+        match self.kafka.partitioner.as_str() {
+            "murmur2_random" | "murmur2" | "consistent_random" | "consistent" | "random"
+            | "fnv1a" | "fnv1a_random" => {}
+            other => bail!(
+                "kafka.partitioner {other:?} is not one of murmur2_random, murmur2, consistent_random, consistent, random, fnv1a, fnv1a_random"
+            ),
         }
         match self.kafka.compression.as_str() {
             "none" | "gzip" | "snappy" | "lz4" | "zstd" => {}

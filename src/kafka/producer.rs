@@ -152,6 +152,9 @@ pub fn client_config(config: &Config, brokers: &str) -> ClientConfig {
         .set("linger.ms", kafka.linger_ms.to_string())
         .set("batch.size", kafka.batch_bytes.to_string())
         .set("compression.type", &kafka.compression)
+        // Java's partitioner: a key lands where a Java producer or Kafka
+        // Streams would put it (librdkafka's default, CRC32, differs).
+        .set("partitioner", &kafka.partitioner)
         .set(
             "message.timeout.ms",
             config.server.delivery_timeout_ms.to_string(),

@@ -599,6 +599,7 @@ pub fn event(user_id: &str, extra: &str) -> String {
 /// One consumed record.
 #[derive(Debug, Clone)]
 pub struct Consumed {
+    pub partition: i32,
     pub key: String,
     pub value: serde_json::Value,
     pub raw_value: Vec<u8>,
@@ -665,6 +666,7 @@ pub fn consume_until(
             })
             .unwrap_or_default();
         records.push(Consumed {
+            partition: message.partition(),
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
             value: serde_json::from_slice(&raw_value).unwrap_or(serde_json::Value::Null),
             raw_value,
