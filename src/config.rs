@@ -71,7 +71,9 @@ pub struct ServerConfig {
     /// Open connections per core; beyond it new connections get 503 and are closed.
     pub connections_per_core_max: usize,
     pub ack_mode: AckMode,
-    /// Per-request delivery deadline; past it the request gets 503.
+    /// How long a request waits for Kafka's acknowledgements; past it the
+    /// client gets 503 + Retry-After (its events may still be stored later,
+    /// within `kafka.message_timeout_ms`).
     pub delivery_timeout_ms: u64,
     /// Time allowed on SIGTERM for in-flight requests and producer flushes.
     pub drain_timeout_ms: u64,
@@ -146,6 +148,10 @@ pub struct KafkaConfig {
     pub batch_bytes: usize,
     /// none, gzip, snappy, lz4 or zstd.
     pub compression: String,
+    /// How long librdkafka keeps retrying a record (`message.timeout.ms`),
+    /// through leader elections and short outages; at least
+    /// `server.delivery_timeout_ms`. In-flight slots are held until then.
+    pub message_timeout_ms: u64,
     /// librdkafka `partitioner`: `murmur2_random` (the default) places a
     /// key on the partition Java clients and Kafka Streams choose.
     pub partitioner: String,
@@ -219,6 +225,7 @@ impl Default for KafkaConfig {
             batch_bytes: 1_000_000,
             compression: "lz4".into(),
             partitioner: "murmur2_random".into(),
+            message_timeout_ms: 30_000,
             queue_batches_max: 8_192,
             health_interval_ms: 1_000,
             properties: BTreeMap::new(),
@@ -357,6 +364,13 @@ impl Config {
         }
         if self.server.delivery_timeout_ms < 100 {
             bail!("server.delivery_timeout_ms must be at least 100");
+        }
+        if self.kafka.message_timeout_ms < self.server.delivery_timeout_ms {
+            bail!(
+                "kafka.message_timeout_ms ({}) must be at least server.delivery_timeout_ms ({}): librdkafka would give up on records a client is still waiting for",
+                self.kafka.message_timeout_ms,
+                self.server.delivery_timeout_ms
+            );
         }
         match self.kafka.partitioner.as_str() {
             "murmur2_random" | "murmur2" | "consistent_random" | "consistent" | "random"

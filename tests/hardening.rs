@@ -600,7 +600,8 @@ fn hole10_delivery_failures_are_logged_with_the_error_name() {
     let broker = Broker::start();
     let sluice = Sluice::start(Options {
         brokers: Some(broker.address.clone()),
-        extra_config: "[server]\ndelivery_timeout_ms = 1500\n".into(),
+        extra_config: "[server]\ndelivery_timeout_ms = 1500\n[kafka]\nmessage_timeout_ms = 1500\n"
+            .into(),
         ..Default::default()
     });
     sluice.wait_ready(200, Duration::from_secs(20));

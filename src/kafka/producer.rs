@@ -143,7 +143,9 @@ pub type Producer = ThreadedProducer<DeliveryRouter>;
 pub fn client_config(config: &Config, brokers: &str) -> ClientConfig {
     let kafka = &config.kafka;
     let mut client = ClientConfig::new();
-    let request_timeout_ms = config.server.delivery_timeout_ms.min(30_000);
+    // A produce request may take up to this long before librdkafka retries
+    // it (its default, bounded by the record's own lifetime).
+    let request_timeout_ms = kafka.message_timeout_ms.min(30_000);
     client
         .set("bootstrap.servers", brokers)
         .set("client.id", "sluice")
@@ -155,10 +157,9 @@ pub fn client_config(config: &Config, brokers: &str) -> ClientConfig {
         // Java's partitioner: a key lands where a Java producer or Kafka
         // Streams would put it (librdkafka's default, CRC32, differs).
         .set("partitioner", &kafka.partitioner)
-        .set(
-            "message.timeout.ms",
-            config.server.delivery_timeout_ms.to_string(),
-        )
+        // Records outlive the HTTP wait: a leader election (commonly
+        // 5–30 s) is retried through instead of failing every record.
+        .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
         .set("request.timeout.ms", request_timeout_ms.to_string())
         .set("socket.connection.setup.timeout.ms", "5000")
         .set("reconnect.backoff.max.ms", "1000");
