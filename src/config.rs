@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
+
 /// When a request is answered `202 Accepted`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -159,6 +161,27 @@ pub struct KafkaConfig {
     pub queue_batches_max: usize,
     /// How often Kafka metadata is fetched for readiness.
     pub health_interval_ms: u64,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: String,
+    /// With SASL: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER`.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    /// Never logged or shown; prefer `sasl_password_file`.
+    pub sasl_password: Secret,
+    /// A file holding the SASL password (read at start; wins over
+    /// `sasl_password`; a trailing newline is dropped).
+    pub sasl_password_file: String,
+    /// CA certificates (PEM) the brokers' certificates must chain to;
+    /// empty: the system's trust store.
+    pub ssl_ca_file: String,
+    /// Client certificate (PEM) for mutual TLS.
+    pub ssl_certificate_file: String,
+    /// Client private key (PEM) for mutual TLS.
+    pub ssl_key_file: String,
+    /// Password of `ssl_key_file`, if it is encrypted; never shown.
+    pub ssl_key_password: Secret,
+    /// A file holding `ssl_key_password` (wins over it).
+    pub ssl_key_password_file: String,
     /// librdkafka properties passed through verbatim; they win over ours.
     pub properties: BTreeMap<String, String>,
 }
@@ -228,6 +251,16 @@ impl Default for KafkaConfig {
             message_timeout_ms: 30_000,
             queue_batches_max: 8_192,
             health_interval_ms: 1_000,
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password: Secret::default(),
+            sasl_password_file: String::new(),
+            ssl_ca_file: String::new(),
+            ssl_certificate_file: String::new(),
+            ssl_key_file: String::new(),
+            ssl_key_password: Secret::default(),
+            ssl_key_password_file: String::new(),
             properties: BTreeMap::new(),
         }
     }
@@ -250,6 +283,115 @@ pub struct Overrides {
 
 /// Environment variable prefix.
 pub const ENV_PREFIX: &str = "SLUICE_";
+
+/// Environment variables that set `[kafka.properties]` entries:
+/// `SLUICE_KAFKA_PROPERTIES__SSL_ENDPOINT_IDENTIFICATION_ALGORITHM=https`
+/// sets `ssl.endpoint.identification.algorithm` (lower case, `_` → `.`;
+/// librdkafka's property names have no underscores).
+pub const PROPERTY_ENV_PREFIX: &str = "SLUICE_KAFKA_PROPERTIES__";
+
+impl KafkaConfig {
+    /// Reads the `*_file` secrets into their values. A missing or
+    /// unreadable file is an error naming its key (never its contents).
+    fn read_secret_files(&mut self) -> anyhow::Result<()> {
+        for (key, path, secret) in [
+            (
+                "kafka.sasl_password_file",
+                &self.sasl_password_file,
+                &mut self.sasl_password,
+            ),
+            (
+                "kafka.ssl_key_password_file",
+                &self.ssl_key_password_file,
+                &mut self.ssl_key_password,
+            ),
+        ] {
+            if path.is_empty() {
+                continue;
+            }
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{key}: cannot read {path}"))?;
+            *secret = Secret::new(text.trim_end_matches(['\r', '\n']));
+        }
+        Ok(())
+    }
+
+    /// The security settings are consistent and their files readable.
+    fn check_security(&self) -> anyhow::Result<()> {
+        let sasl = match self.security_protocol.as_str() {
+            "plaintext" | "ssl" => false,
+            "sasl_plaintext" | "sasl_ssl" => true,
+            other => bail!(
+                "kafka.security_protocol {other:?} is not one of plaintext, ssl, sasl_plaintext, sasl_ssl"
+            ),
+        };
+        if sasl {
+            match self.sasl_mechanism.as_str() {
+                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => {
+                    if self.sasl_username.is_empty() || self.sasl_password.is_empty() {
+                        bail!(
+                            "kafka.sasl_mechanism {} needs kafka.sasl_username and kafka.sasl_password (or kafka.sasl_password_file)",
+                            self.sasl_mechanism
+                        );
+                    }
+                }
+                "OAUTHBEARER" => {}
+                other => bail!(
+                    "kafka.sasl_mechanism {other:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER"
+                ),
+            }
+        }
+        for (key, path) in [
+            ("kafka.ssl_ca_file", &self.ssl_ca_file),
+            ("kafka.ssl_certificate_file", &self.ssl_certificate_file),
+            ("kafka.ssl_key_file", &self.ssl_key_file),
+        ] {
+            if !path.is_empty() {
+                std::fs::File::open(path).with_context(|| format!("{key}: cannot read {path}"))?;
+            }
+        }
+        if self.ssl_certificate_file.is_empty() != self.ssl_key_file.is_empty() {
+            bail!("kafka.ssl_certificate_file and kafka.ssl_key_file go together (mutual TLS)");
+        }
+        Ok(())
+    }
+
+    /// librdkafka properties for the named security keys; `[kafka.properties]`
+    /// is applied after them and wins.
+    pub fn security_properties(&self) -> Vec<(&'static str, &str)> {
+        let mut properties = vec![("security.protocol", self.security_protocol.as_str())];
+        let named = [
+            ("sasl.mechanism", self.sasl_mechanism.as_str()),
+            ("sasl.username", self.sasl_username.as_str()),
+            ("sasl.password", self.sasl_password.expose()),
+            ("ssl.ca.location", self.ssl_ca_file.as_str()),
+            (
+                "ssl.certificate.location",
+                self.ssl_certificate_file.as_str(),
+            ),
+            ("ssl.key.location", self.ssl_key_file.as_str()),
+            ("ssl.key.password", self.ssl_key_password.expose()),
+        ];
+        properties.extend(named.into_iter().filter(|(_, value)| !value.is_empty()));
+        properties
+    }
+}
+
+impl Config {
+    /// Sets `[kafka.properties]` entries from `SLUICE_KAFKA_PROPERTIES__*`
+    /// variables (see [`PROPERTY_ENV_PREFIX`]); they win over the file.
+    pub fn apply_property_environment(
+        &mut self,
+        variables: impl Iterator<Item = (String, String)>,
+    ) {
+        for (name, value) in variables {
+            if let Some(property) = name.strip_prefix(PROPERTY_ENV_PREFIX) {
+                let property = property.to_ascii_lowercase().replace('_', ".");
+                self.kafka.properties.insert(property, value);
+            }
+        }
+    }
+}
 
 /// A CPU-list key: `None` when empty (no constraint).
 pub fn cpu_list(text: &str) -> Option<Vec<usize>> {
@@ -290,10 +432,12 @@ impl Config {
             }
         }
         apply_flags(&mut table, overrides)?;
-        let config: Config = toml::Value::Table(table)
+        let mut config: Config = toml::Value::Table(table)
             .try_into()
             .context("invalid configuration")?;
+        config.kafka.read_secret_files()?;
         config.validate()?;
+        config.kafka.check_security()?;
         Ok(config)
     }
 
@@ -570,6 +714,90 @@ mod tests {
     fn the_example_keys_file_parses() {
         let snapshot = crate::auth::Snapshot::parse(include_str!("../keys.example.toml")).unwrap();
         assert_eq!(snapshot.len(), 3);
+    }
+
+    fn load_with(file: &str) -> anyhow::Result<Config> {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-config-security-{}-{call}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, file.replace("DIR", dir.to_str().unwrap())).unwrap();
+        std::fs::write(dir.join("password"), "s3cret-from-file\n").unwrap();
+        std::fs::write(dir.join("ca.pem"), "not checked here").unwrap();
+        let overrides = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        Config::load(&overrides, |_| None)
+    }
+
+    #[test]
+    fn sasl_secrets_come_from_files_and_are_never_shown() {
+        let config = load_with(
+            "[kafka]\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"ingest\"\nsasl_password_file = \"DIR/password\"\nssl_ca_file = \"DIR/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.kafka.sasl_password.expose(), "s3cret-from-file");
+        let properties = config.kafka.security_properties();
+        assert!(properties.contains(&("sasl.password", "s3cret-from-file")));
+        assert!(properties.contains(&("sasl.mechanism", "SCRAM-SHA-512")));
+        assert!(properties.contains(&("security.protocol", "sasl_ssl")));
+        assert!(!config.masked_summary().contains("s3cret"));
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn missing_secret_and_certificate_files_name_their_key() {
+        let error = load_with("[kafka]\nsasl_password_file = \"DIR/absent\"\n").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("kafka.sasl_password_file"),
+            "{error:#}"
+        );
+        let error = load_with("[kafka]\nssl_ca_file = \"DIR/absent.pem\"\n").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("kafka.ssl_ca_file"),
+            "{error:#}"
+        );
+        let error = load_with(
+            "[kafka]\nsecurity_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("kafka.sasl_username"),
+            "{error:#}"
+        );
+        let error = load_with("[kafka]\nsecurity_protocol = \"tls\"\n").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("kafka.security_protocol"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn properties_come_from_the_environment() {
+        let mut config = Config::default();
+        config.apply_property_environment(
+            [
+                (
+                    "SLUICE_KAFKA_PROPERTIES__SSL_ENDPOINT_IDENTIFICATION_ALGORITHM".to_string(),
+                    "none".to_string(),
+                ),
+                ("SLUICE_KAFKA_LINGER_MS".to_string(), "3".to_string()),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            config
+                .kafka
+                .properties
+                .get("ssl.endpoint.identification.algorithm"),
+            Some(&"none".to_string())
+        );
+        assert_eq!(config.kafka.properties.len(), 1);
     }
 
     #[test]

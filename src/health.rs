@@ -19,7 +19,14 @@ pub struct Readiness {
     last_shed_ms: AtomicU64,
     episode_start_ms: AtomicU64,
     draining: AtomicBool,
+    /// librdkafka's latest client-level error (a failed login, an untrusted
+    /// certificate, a refused connection) and when (epoch ms): the probe's
+    /// metadata failure alone says only that the broker was not reached.
+    client_error: ArcSwap<Option<(u64, String)>>,
 }
+
+/// A client error is shown with an unreachable Kafka for this long.
+pub const CLIENT_ERROR_SHOWN_MS: u64 = 30_000;
 
 impl Default for Readiness {
     fn default() -> Self {
@@ -29,6 +36,7 @@ impl Default for Readiness {
             last_shed_ms: AtomicU64::new(0),
             episode_start_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            client_error: ArcSwap::from_pointee(None),
         }
     }
 }
@@ -56,6 +64,23 @@ impl Readiness {
                 self.kafka_reason.store(Arc::new(reason));
             }
         }
+    }
+
+    /// Records a client-level error from librdkafka (never holds secrets:
+    /// librdkafka's messages name mechanisms and brokers, not passwords).
+    /// A warn line is written when the error differs from the previous
+    /// one, so a reconnect loop repeating it does not flood the log.
+    pub fn note_client_error(&self, now_ms: u64, reason: String) {
+        let changed = self
+            .client_error
+            .load()
+            .as_ref()
+            .as_ref()
+            .is_none_or(|(_, previous)| *previous != reason);
+        if changed {
+            tracing::warn!(%reason, "kafka client error");
+        }
+        self.client_error.store(Arc::new(Some((now_ms, reason))));
     }
 
     /// Records a shed request. Cores race here only at episode starts, and
@@ -91,7 +116,14 @@ impl Readiness {
             return Err("shutting down".into());
         }
         if !self.kafka_ready() {
-            return Err((**self.kafka_reason.load()).clone());
+            let mut reason = (**self.kafka_reason.load()).clone();
+            if let Some((at_ms, error)) = &**self.client_error.load() {
+                if now_ms.saturating_sub(*at_ms) < CLIENT_ERROR_SHOWN_MS {
+                    reason.push_str("; last client error: ");
+                    reason.push_str(error);
+                }
+            }
+            return Err(reason);
         }
         if self.overloaded(now_ms) {
             return Err(

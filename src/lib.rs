@@ -24,6 +24,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod route;
+pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod split;

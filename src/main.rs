@@ -71,6 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    config.apply_property_environment(std::env::vars());
     if config.dev && overrides.listen.is_none() && std::env::var("SLUICE_SERVER_LISTEN").is_err() {
         // A dev server is for this machine only unless asked otherwise.
         config.server.listen = "127.0.0.1:8080".into();

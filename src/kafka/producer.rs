@@ -28,6 +28,7 @@ use rdkafka::producer::{
 
 use super::handoff::{Batch, Completion, Mailbox, Opaque};
 use crate::config::Config;
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 
 /// How long a producer thread waits before retrying a full librdkafka queue.
@@ -71,6 +72,7 @@ impl LogBudget {
 pub struct DeliveryRouter {
     mailboxes: Arc<[Arc<Mailbox>]>,
     metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     failure_logs: Arc<LogBudget>,
     /// Set when the broker stopped accepting this producer's id (fenced,
     /// unknown id, bad epoch or sequence): librdkafka keeps the id and every
@@ -95,6 +97,12 @@ fn loses_identity(error: &KafkaError) -> bool {
 
 impl ClientContext for DeliveryRouter {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        // Connection failures (facility FAIL) carry the specific cause: an
+        // SSL handshake failure, a refused SASL login. /readyz shows it.
+        if facility == "FAIL" {
+            self.readiness
+                .note_client_error(crate::clock::now_ms(), message.to_string());
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -109,6 +117,16 @@ impl ClientContext for DeliveryRouter {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, "{reason}");
+        // "All brokers down" only repeats what the FAIL lines said more
+        // precisely; other errors (authentication, fatal) are shown as is.
+        let generic = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+        );
+        if !generic {
+            self.readiness
+                .note_client_error(crate::clock::now_ms(), format!("{error}: {reason}"));
+        }
     }
 }
 
@@ -163,6 +181,14 @@ pub fn client_config(config: &Config, brokers: &str) -> ClientConfig {
         .set("request.timeout.ms", request_timeout_ms.to_string())
         .set("socket.connection.setup.timeout.ms", "5000")
         .set("reconnect.backoff.max.ms", "1000");
+    // rdkafka takes librdkafka's log level from the `log` crate, which
+    // sluice does not use (tracing): without this, librdkafka's warnings
+    // and connection failures (an SSL handshake, a refused login) are
+    // never reported.
+    client.set_log_level(RDKafkaLogLevel::Warning);
+    for (name, value) in kafka.security_properties() {
+        client.set(name, value);
+    }
     for (name, value) in &kafka.properties {
         client.set(name, value);
     }
@@ -188,6 +214,7 @@ impl ProducerPool {
         batches: Receiver<Batch>,
         mailboxes: Arc<[Arc<Mailbox>]>,
         metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
     ) -> anyhow::Result<ProducerPool> {
         let mut producers = Vec::new();
         let mut threads = Vec::new();
@@ -198,6 +225,7 @@ impl ProducerPool {
                 client: client_config(config, brokers),
                 mailboxes: mailboxes.clone(),
                 metrics: metrics.clone(),
+                readiness: readiness.clone(),
                 failure_logs: Arc::new(LogBudget::default()),
                 cpus: producer_cpus.clone(),
             };
@@ -270,6 +298,7 @@ struct Factory {
     client: ClientConfig,
     mailboxes: Arc<[Arc<Mailbox>]>,
     metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     failure_logs: Arc<LogBudget>,
     /// `kafka.producer_cpus`: librdkafka's threads inherit the creating
     /// thread's mask, so producers are created with it set to these.
@@ -288,6 +317,7 @@ impl Factory {
         let router = DeliveryRouter {
             mailboxes: self.mailboxes.clone(),
             metrics: self.metrics.clone(),
+            readiness: self.readiness.clone(),
             failure_logs: self.failure_logs.clone(),
             identity_lost: AtomicBool::new(false),
         };

@@ -108,6 +108,7 @@ pub fn run(
         batch_receiver,
         mailboxes.clone(),
         metrics.clone(),
+        readiness.clone(),
     )?;
 
     let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
