@@ -2,6 +2,8 @@
 //! `sluice` binary, a raw-socket HTTP client and a Kafka consumer.
 #![allow(dead_code)]
 
+pub mod secure;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -615,15 +617,19 @@ impl Consumed {
     }
 }
 
-/// A consumer assigned every partition of `topic` from the first offset.
-fn consumer_from_beginning(brokers: &str, topic: &str) -> BaseConsumer {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// A consumer assigned every partition of `topic` from the first offset;
+/// `extra` adds client properties (security settings).
+fn consumer_from_beginning(brokers: &str, topic: &str, extra: &[(&str, &str)]) -> BaseConsumer {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("sluice-test-{}", now_ms()))
         .set("enable.auto.commit", "false")
-        .set("log_level", "3")
-        .create()
-        .expect("consumer");
+        .set("log_level", "3");
+    for (name, value) in extra {
+        config.set(*name, *value);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let mut partitions = TopicPartitionList::new();
     for partition in 0..PARTITIONS {
         partitions
@@ -642,7 +648,18 @@ pub fn consume_until(
     timeout: Duration,
     predicate: impl Fn(&[Consumed]) -> bool,
 ) -> Vec<Consumed> {
-    let consumer = consumer_from_beginning(brokers, topic);
+    consume_until_with(brokers, topic, &[], timeout, predicate)
+}
+
+/// [`consume_until`] with extra client properties (security settings).
+pub fn consume_until_with(
+    brokers: &str,
+    topic: &str,
+    extra: &[(&str, &str)],
+    timeout: Duration,
+    predicate: impl Fn(&[Consumed]) -> bool,
+) -> Vec<Consumed> {
+    let consumer = consumer_from_beginning(brokers, topic, extra);
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
     while Instant::now() < deadline && !predicate(&records) {
@@ -815,7 +832,7 @@ pub fn missing_users(
     timeout: Duration,
 ) -> Vec<String> {
     let mut wanted: std::collections::HashSet<&str> = users.iter().map(String::as_str).collect();
-    let consumer = consumer_from_beginning(brokers, topic);
+    let consumer = consumer_from_beginning(brokers, topic, &[]);
     let deadline = Instant::now() + timeout;
     while !wanted.is_empty() && Instant::now() < deadline {
         let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
