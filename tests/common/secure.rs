@@ -13,19 +13,13 @@ use super::{free_port, wait_for_port, TempDir, DLQ_TOPIC, PARTITIONS, TOPIC};
 pub const SASL_USER: &str = "ingest";
 pub const SASL_PASSWORD: &str = "scram-Pw-4c1d-never-logged";
 
-/// The sqlite-capable Tansu (`scripts/install-broker --persistent`).
+/// The sqlite-capable Tansu.
 fn persistent_tansu() -> PathBuf {
-    if let Ok(path) = std::env::var("SLUICE_TANSU_PERSISTENT_BIN") {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
-    let path = PathBuf::from(cache).join("sluice/tansu-cargo/bin/tansu");
-    assert!(
-        path.exists(),
-        "the sqlite Tansu is not installed: run scripts/install-broker --persistent (scripts/test does)"
-    );
-    path
+    super::installed_binary(
+        "SLUICE_TANSU_PERSISTENT_BIN",
+        "sluice/tansu-cargo/bin/tansu",
+        "scripts/install-broker --persistent",
+    )
 }
 
 fn run(command: &mut Command, what: &str) {
