@@ -86,6 +86,25 @@ fn tansu_binary() -> PathBuf {
     )
 }
 
+/// Runs `command` to completion within `timeout` (killed and reported
+/// otherwise); returns its output.
+pub fn output_within(command: &mut Command, timeout: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("running {command:?}: {error}"));
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{command:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A binary the project's scripts install: the path in `variable`, else
 /// where the script caches it under `~/.cache`; `install` names the script.
 pub fn installed_binary(variable: &str, cached: &str, install: &str) -> PathBuf {
@@ -145,17 +164,18 @@ impl Broker {
     pub fn create_topic(&self, topic: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let output = Command::new(tansu_binary())
-                .args([
-                    "topic",
-                    "create",
-                    topic,
-                    "--partitions",
-                    &PARTITIONS.to_string(),
-                ])
-                .args(["--broker", &format!("tcp://{}", self.address)])
-                .output()
-                .expect("running tansu topic create");
+            let output = output_within(
+                Command::new(tansu_binary())
+                    .args([
+                        "topic",
+                        "create",
+                        topic,
+                        "--partitions",
+                        &PARTITIONS.to_string(),
+                    ])
+                    .args(["--broker", &format!("tcp://{}", self.address)]),
+                Duration::from_secs(15),
+            );
             let said = format!(
                 "{}{}",
                 String::from_utf8_lossy(&output.stdout),

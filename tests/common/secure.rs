@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, wait_for_port, TempDir, DLQ_TOPIC, PARTITIONS, TOPIC};
+use super::{free_port, output_within, wait_for_port, TempDir, DLQ_TOPIC, PARTITIONS, TOPIC};
+
+/// The most any set-up command (openssl, tansu) may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const SASL_USER: &str = "ingest";
 pub const SASL_PASSWORD: &str = "scram-Pw-4c1d-never-logged";
@@ -23,9 +26,7 @@ fn persistent_tansu() -> PathBuf {
 }
 
 fn run(command: &mut Command, what: &str) {
-    let output = command
-        .output()
-        .unwrap_or_else(|error| panic!("{what}: {error}"));
+    let output = output_within(command, COMMAND_TIMEOUT);
     assert!(
         output.status.success(),
         "{what}: {}{}",
@@ -136,17 +137,13 @@ impl SecureBroker {
         for topic in [TOPIC, DLQ_TOPIC] {
             let deadline = Instant::now() + Duration::from_secs(15);
             loop {
-                let created = Command::new(&tansu)
-                    .args([
-                        "topic",
-                        "create",
-                        topic,
-                        "--partitions",
-                        &PARTITIONS.to_string(),
-                    ])
-                    .args(["--broker", &plain])
-                    .output()
-                    .unwrap();
+                let created = output_within(
+                    Command::new(&tansu)
+                        .args(["topic", "create", topic, "--partitions"])
+                        .arg(PARTITIONS.to_string())
+                        .args(["--broker", &plain]),
+                    COMMAND_TIMEOUT,
+                );
                 if created.status.success() {
                     break;
                 }
