@@ -113,7 +113,7 @@ fn key_lookup(c: &mut Criterion) {
             "[[keys]]\nkey = \"cs_live_key_{index:08}\"\ntenant_id = \"tenant_{index}\"\n"
         ));
     }
-    let snapshot = Snapshot::parse(&file).unwrap();
+    let snapshot = Snapshot::parse(&file, Default::default()).unwrap();
     let mut group = c.benchmark_group("auth");
     group.throughput(Throughput::Elements(1));
     group.bench_function("authenticate_in_10k_keys", |b| {

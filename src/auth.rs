@@ -17,16 +17,20 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
+use crate::rate::{KeyLimiter, Limits};
+
 /// Longest tenant or project id; they end up in every Kafka key and header.
 pub const TENANT_ID_BYTES_MAX: usize = 128;
 
 /// What a key grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Grant {
     pub tenant_id: Arc<str>,
     pub project_id: Option<Arc<str>>,
     /// Per-key topic override.
     pub topic: Option<Arc<str>>,
+    /// The key's rate limiter, shared by every core; `None`: unlimited.
+    pub limiter: Option<Arc<KeyLimiter>>,
 }
 
 #[derive(Debug)]
@@ -77,12 +81,15 @@ impl Snapshot {
         self.by_digest_prefix.is_empty()
     }
 
-    /// Parses a keys file's text.
-    pub fn parse(text: &str) -> anyhow::Result<Snapshot> {
+    /// Parses a keys file's text; keys without limits of their own get
+    /// `defaults`.
+    pub fn parse(text: &str, defaults: Limits) -> anyhow::Result<Snapshot> {
         let file: KeysFile = toml::from_str(text).context("keys file is not valid")?;
         let mut snapshot = Snapshot::default();
         for (index, key) in file.keys.into_iter().enumerate() {
-            let entry = key.into_entry().with_context(|| format!("keys[{index}]"))?;
+            let entry = key
+                .into_entry(defaults)
+                .with_context(|| format!("keys[{index}]"))?;
             snapshot
                 .insert(entry)
                 .with_context(|| format!("keys[{index}]"))?;
@@ -91,7 +98,12 @@ impl Snapshot {
     }
 
     /// Adds a plain key, for `--dev`.
-    pub fn with_plain_key(mut self, key: &str, tenant_id: &str) -> anyhow::Result<Snapshot> {
+    pub fn with_plain_key(
+        mut self,
+        key: &str,
+        tenant_id: &str,
+        limits: Limits,
+    ) -> anyhow::Result<Snapshot> {
         let entry = Entry {
             digest: Sha256::digest(key.as_bytes()).into(),
             enabled: true,
@@ -99,6 +111,7 @@ impl Snapshot {
                 tenant_id: tenant_id.into(),
                 project_id: None,
                 topic: None,
+                limiter: limiter_for(limits),
             },
         };
         self.insert(entry)?;
@@ -112,6 +125,25 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// Keeps the limiters (and so the usage) of keys whose limits did not
+/// change, so that a reload does not hand every key a fresh burst.
+fn adopt_limiters(new: &mut Snapshot, old: &Snapshot) {
+    for (prefix, entry) in new.by_digest_prefix.iter_mut() {
+        let Some(previous) = old.by_digest_prefix.get(prefix) else {
+            continue;
+        };
+        if let (Some(current), Some(kept)) = (&entry.grant.limiter, &previous.grant.limiter) {
+            if previous.digest == entry.digest && kept.limits() == current.limits() {
+                entry.grant.limiter = Some(Arc::clone(kept));
+            }
+        }
+    }
+}
+
+fn limiter_for(limits: Limits) -> Option<Arc<KeyLimiter>> {
+    (!limits.is_unlimited()).then(|| Arc::new(KeyLimiter::new(limits)))
 }
 
 fn digest_prefix(digest: &[u8; 32]) -> u64 {
@@ -137,6 +169,11 @@ struct KeyRecord {
     #[serde(default = "enabled_by_default")]
     enabled: bool,
     topic: Option<String>,
+    /// Per-key limits; absent: the `limits.default_*` values.
+    rate_events_per_sec: Option<u64>,
+    burst_events: Option<u64>,
+    rate_bytes_per_sec: Option<u64>,
+    burst_bytes: Option<u64>,
 }
 
 fn enabled_by_default() -> bool {
@@ -144,7 +181,7 @@ fn enabled_by_default() -> bool {
 }
 
 impl KeyRecord {
-    fn into_entry(self) -> anyhow::Result<Entry> {
+    fn into_entry(self, defaults: Limits) -> anyhow::Result<Entry> {
         let digest = match (self.key.as_deref(), self.key_sha256.as_deref()) {
             (Some(key), None) => match key.strip_prefix("sha256:") {
                 Some(hex) => parse_hex_digest(hex)?,
@@ -161,6 +198,14 @@ impl KeyRecord {
         if let Some(topic) = &self.topic {
             check_id("topic", topic)?;
         }
+        let limits = Limits {
+            events_per_second: self
+                .rate_events_per_sec
+                .unwrap_or(defaults.events_per_second),
+            burst_events: self.burst_events.unwrap_or(defaults.burst_events),
+            bytes_per_second: self.rate_bytes_per_sec.unwrap_or(defaults.bytes_per_second),
+            burst_bytes: self.burst_bytes.unwrap_or(defaults.burst_bytes),
+        };
         Ok(Entry {
             digest,
             enabled: self.enabled,
@@ -168,6 +213,7 @@ impl KeyRecord {
                 tenant_id: self.tenant_id.into(),
                 project_id: self.project_id.map(Into::into),
                 topic: self.topic.map(Into::into),
+                limiter: limiter_for(limits),
             },
         })
     }
@@ -204,6 +250,8 @@ pub struct KeyStore {
     path: Option<PathBuf>,
     /// Keys that exist whatever the file says (the `--dev` key).
     extra: Option<(String, String)>,
+    /// Limits of keys that set none (`limits.default_*`).
+    defaults: Limits,
     last_seen: std::sync::Mutex<Option<FileStamp>>,
 }
 
@@ -229,11 +277,13 @@ impl KeyStore {
     pub fn open(
         path: Option<PathBuf>,
         extra: Option<(String, String)>,
+        defaults: Limits,
     ) -> anyhow::Result<KeyStore> {
         let store = KeyStore {
             current: ArcSwap::from_pointee(Snapshot::default()),
             path,
             extra,
+            defaults,
             last_seen: std::sync::Mutex::new(None),
         };
         let snapshot = store.build()?;
@@ -252,13 +302,15 @@ impl KeyStore {
                 *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(path);
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading keys file {}", path.display()))?;
-                Snapshot::parse(&text).with_context(|| format!("keys file {}", path.display()))?
+                Snapshot::parse(&text, self.defaults)
+                    .with_context(|| format!("keys file {}", path.display()))?
             }
             None => Snapshot::default(),
         };
         if let Some((key, tenant)) = &self.extra {
-            snapshot = snapshot.with_plain_key(key, tenant)?;
+            snapshot = snapshot.with_plain_key(key, tenant, self.defaults)?;
         }
+        adopt_limiters(&mut snapshot, &self.current.load());
         Ok(snapshot)
     }
 
@@ -316,7 +368,7 @@ mod tests {
 
     #[test]
     fn plain_hashed_and_disabled_keys() {
-        let snapshot = Snapshot::parse(FILE).unwrap();
+        let snapshot = Snapshot::parse(FILE, Default::default()).unwrap();
         let grant = snapshot.authenticate(b"cs_live_abc123xyz").unwrap();
         assert_eq!(&*grant.tenant_id, "tenant_a");
         assert_eq!(grant.project_id.as_deref(), Some("proj_1"));
@@ -325,23 +377,35 @@ mod tests {
             "tenant_b"
         );
         assert_eq!(
-            snapshot.authenticate(b"cs_disabled"),
-            Err(AuthError::Invalid)
+            snapshot.authenticate(b"cs_disabled").err(),
+            Some(AuthError::Invalid)
         );
-        assert_eq!(snapshot.authenticate(b"nope"), Err(AuthError::Invalid));
-        assert_eq!(snapshot.authenticate(b""), Err(AuthError::Missing));
+        assert_eq!(
+            snapshot.authenticate(b"nope").err(),
+            Some(AuthError::Invalid)
+        );
+        assert_eq!(snapshot.authenticate(b"").err(), Some(AuthError::Missing));
     }
 
     #[test]
     fn bad_files_are_errors() {
-        assert!(Snapshot::parse("[[keys]]\ntenant_id = \"t\"\n").is_err());
-        assert!(Snapshot::parse("[[keys]]\nkey = \"k\"\ntenant_id = \"a:b\"\n").is_err());
-        assert!(Snapshot::parse("[[keys]]\nkey_sha256 = \"abc\"\ntenant_id = \"t\"\n").is_err());
+        assert!(Snapshot::parse("[[keys]]\ntenant_id = \"t\"\n", Default::default()).is_err());
         assert!(Snapshot::parse(
-            "[[keys]]\nkey = \"k\"\ntenant_id = \"t\"\n[[keys]]\nkey = \"k\"\ntenant_id = \"u\"\n"
+            "[[keys]]\nkey = \"k\"\ntenant_id = \"a:b\"\n",
+            Default::default()
         )
         .is_err());
-        assert!(Snapshot::parse("not toml [").is_err());
+        assert!(Snapshot::parse(
+            "[[keys]]\nkey_sha256 = \"abc\"\ntenant_id = \"t\"\n",
+            Default::default()
+        )
+        .is_err());
+        assert!(Snapshot::parse(
+            "[[keys]]\nkey = \"k\"\ntenant_id = \"t\"\n[[keys]]\nkey = \"k\"\ntenant_id = \"u\"\n",
+            Default::default()
+        )
+        .is_err());
+        assert!(Snapshot::parse("not toml [", Default::default()).is_err());
     }
 
     #[test]

@@ -130,6 +130,14 @@ pub struct LimitsConfig {
     pub inflight_events_per_core_max: usize,
     /// Bytes of an invalid event copied into its dead-letter record.
     pub dlq_raw_bytes_max: usize,
+    /// Events per second per key, for keys that set none; 0: unlimited.
+    pub default_rate_events_per_sec: u64,
+    /// Events a key may send at once from idle; 0: one second's worth.
+    pub default_burst_events: u64,
+    /// Body bytes per second per key, for keys that set none; 0: unlimited.
+    pub default_rate_bytes_per_sec: u64,
+    /// Bytes a key may send at once from idle; 0: one second's worth.
+    pub default_burst_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -232,6 +240,10 @@ impl Default for LimitsConfig {
             inflight_requests_per_core_max: 16_384,
             inflight_events_per_core_max: 262_144,
             dlq_raw_bytes_max: 8 * 1024,
+            default_rate_events_per_sec: 0,
+            default_burst_events: 0,
+            default_rate_bytes_per_sec: 0,
+            default_burst_bytes: 0,
         }
     }
 }
@@ -289,6 +301,18 @@ pub const ENV_PREFIX: &str = "SLUICE_";
 /// sets `ssl.endpoint.identification.algorithm` (lower case, `_` → `.`;
 /// librdkafka's property names have no underscores).
 pub const PROPERTY_ENV_PREFIX: &str = "SLUICE_KAFKA_PROPERTIES__";
+
+impl LimitsConfig {
+    /// The rate limits of keys that set none of their own.
+    pub fn default_key_limits(&self) -> crate::rate::Limits {
+        crate::rate::Limits {
+            events_per_second: self.default_rate_events_per_sec,
+            burst_events: self.default_burst_events,
+            bytes_per_second: self.default_rate_bytes_per_sec,
+            burst_bytes: self.default_burst_bytes,
+        }
+    }
+}
 
 impl KafkaConfig {
     /// Reads the `*_file` secrets into their values. A missing or
@@ -712,7 +736,9 @@ mod tests {
 
     #[test]
     fn the_example_keys_file_parses() {
-        let snapshot = crate::auth::Snapshot::parse(include_str!("../keys.example.toml")).unwrap();
+        let snapshot =
+            crate::auth::Snapshot::parse(include_str!("../keys.example.toml"), Default::default())
+                .unwrap();
         assert_eq!(snapshot.len(), 3);
     }
 

@@ -16,6 +16,8 @@ pub struct ApiError {
     /// Whether the connection must be closed after the response because
     /// the request's framing, and so the next request's start, is unknown.
     pub close: bool,
+    /// For 429: which limit refused and how long to wait.
+    pub rate_limit: Option<crate::rate::Refusal>,
 }
 
 impl ApiError {
@@ -26,6 +28,19 @@ impl ApiError {
             message: message.into(),
             field: None,
             close: false,
+            rate_limit: None,
+        }
+    }
+
+    /// 429: the key is over one of its rate limits.
+    pub fn rate_limited(refusal: crate::rate::Refusal) -> Self {
+        let message = format!(
+            "this API key is over its limit of {} {} per second; retry after {} s",
+            refusal.quota_per_second, refusal.dimension, refusal.retry_after_seconds
+        );
+        ApiError {
+            rate_limit: Some(refusal),
+            ..Self::new(429, "rate_limited", message)
         }
     }
 

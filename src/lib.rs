@@ -23,6 +23,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod rate;
 pub mod route;
 pub mod secret;
 pub mod server;

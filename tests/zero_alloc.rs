@@ -75,7 +75,19 @@ fn start_core() -> std::net::SocketAddr {
     let shared = Arc::new(Shared {
         topic: "events_raw".into(),
         dead_letter_topic: "events_dlq".into(),
-        keys: KeyStore::open(None, Some((KEY.into(), "tenant_a".into()))).unwrap(),
+        // Limits on (high enough never to refuse): the limiter runs on the
+        // measured path too.
+        keys: KeyStore::open(
+            None,
+            Some((KEY.into(), "tenant_a".into())),
+            sluice::rate::Limits {
+                events_per_second: 1_000_000_000,
+                burst_events: 1_000_000_000,
+                bytes_per_second: 1 << 50,
+                burst_bytes: 1 << 50,
+            },
+        )
+        .unwrap(),
         metrics: Arc::new(Metrics::new(1)),
         readiness,
         mailboxes: mailboxes.clone(),

@@ -35,9 +35,14 @@ pub struct HeadFields<'a> {
     /// The `Date` header value (an IMF-fixdate).
     pub date: &'a [u8],
     pub keep_alive: bool,
-    pub retry_after: bool,
+    /// `Retry-After` in seconds, if any.
+    pub retry_after_seconds: Option<u64>,
     /// `Allow` header value for 405.
     pub allow: Option<&'a str>,
+    /// draft-ietf-httpapi-ratelimit-headers: the policy's name, its quota
+    /// per one-second window, and seconds until the quota allows again;
+    /// written as `RateLimit-Policy` and `RateLimit` (remaining 0).
+    pub rate_limit: Option<(&'a str, u64, u64)>,
 }
 
 /// Appends a status line and headers to `out`.
@@ -55,9 +60,19 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, fields: &HeadFields<'_>) {
     out.extend_from_slice(fields.request_id);
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(fields.date);
-    if fields.retry_after {
+    if let Some(seconds) = fields.retry_after_seconds {
         out.extend_from_slice(b"\r\nRetry-After: ");
-        out.extend_from_slice(digits.format(RETRY_AFTER_SECONDS).as_bytes());
+        out.extend_from_slice(digits.format(seconds).as_bytes());
+    }
+    if let Some((policy, quota, reset_seconds)) = fields.rate_limit {
+        out.extend_from_slice(b"\r\nRateLimit-Policy: \"");
+        out.extend_from_slice(policy.as_bytes());
+        out.extend_from_slice(b"\";q=");
+        out.extend_from_slice(digits.format(quota).as_bytes());
+        out.extend_from_slice(b";w=1\r\nRateLimit: \"");
+        out.extend_from_slice(policy.as_bytes());
+        out.extend_from_slice(b"\";r=0;t=");
+        out.extend_from_slice(digits.format(reset_seconds).as_bytes());
     }
     if let Some(allow) = fields.allow {
         out.extend_from_slice(b"\r\nAllow: ");
@@ -135,8 +150,9 @@ mod tests {
             request_id: b"rid",
             date: b"Sun, 06 Nov 1994 08:49:37 GMT",
             keep_alive: false,
-            retry_after: true,
+            retry_after_seconds: Some(1),
             allow: None,
+            rate_limit: Some(("events", 100, 3)),
         };
         write_head(&mut out, 503, &fields);
         let text = String::from_utf8(out).unwrap();
@@ -144,6 +160,8 @@ mod tests {
         assert!(text.contains("Content-Length: 14\r\n"));
         assert!(text.contains("X-Request-Id: rid\r\n"));
         assert!(text.contains("Retry-After: 1\r\n"));
+        assert!(text.contains("RateLimit-Policy: \"events\";q=100;w=1\r\n"));
+        assert!(text.contains("RateLimit: \"events\";r=0;t=3\r\n"));
         assert!(text.contains("Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"));
         assert!(text.ends_with("Connection: close\r\n\r\n"));
     }

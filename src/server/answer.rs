@@ -6,7 +6,7 @@ use super::context::Core;
 use crate::error::ApiError;
 use crate::event::write_error_object;
 use crate::http::request::{Head, REQUEST_ID_BYTES_MAX};
-use crate::http::response::{write_head, write_json_string, HeadFields};
+use crate::http::response::{write_head, write_json_string, HeadFields, RETRY_AFTER_SECONDS};
 use crate::route::Route;
 
 const JSON: &str = "application/json";
@@ -73,10 +73,12 @@ impl Reply {
 /// Headers some responses add.
 #[derive(Default, Clone, Copy)]
 pub struct Extra {
-    pub retry_after: bool,
+    pub retry_after_seconds: Option<u64>,
     pub allow: Option<&'static str>,
     /// Close whatever the request asked.
     pub close: bool,
+    /// A 429's policy, quota per second and seconds to wait.
+    pub rate_limit: Option<(&'static str, u64, u64)>,
 }
 
 /// Writes one whole response and counts it.
@@ -96,8 +98,9 @@ pub fn write_response(
         request_id: reply.request_id(),
         date: &date,
         keep_alive: reply.keep_alive && !extra.close,
-        retry_after: extra.retry_after,
+        retry_after_seconds: extra.retry_after_seconds,
         allow: extra.allow,
+        rate_limit: extra.rate_limit,
     };
     write_head(output, status, &fields);
     if !reply.head_only {
@@ -118,9 +121,22 @@ pub fn write_error(
     body.clear();
     write_error_body(&mut body, error);
     let extra = Extra {
-        retry_after: error.retry_after(),
+        retry_after_seconds: error.retry_after().then(|| {
+            error
+                .rate_limit
+                .map_or(RETRY_AFTER_SECONDS.into(), |refusal| {
+                    refusal.retry_after_seconds
+                })
+        }),
         allow: (error.status == 405).then(|| reply.route.allowed_methods()),
         close: error.close,
+        rate_limit: error.rate_limit.map(|refusal| {
+            (
+                refusal.dimension,
+                refusal.quota_per_second,
+                refusal.retry_after_seconds,
+            )
+        }),
     };
     write_response(core, output, reply, error.status, JSON, &body, extra);
     core.scratch.borrow_mut().body = body;
@@ -178,7 +194,7 @@ pub fn write_probe(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
         ),
     };
     let extra = Extra {
-        retry_after: status == 503,
+        retry_after_seconds: (status == 503).then_some(RETRY_AFTER_SECONDS.into()),
         ..Extra::default()
     };
     write_response(core, output, reply, status, content_type, &body, extra);

@@ -263,6 +263,8 @@ impl<'a> Exchange<'a> {
                 tenant_id: Arc::from(&*grant.tenant_id),
                 project_id: grant.project_id.as_deref().map(Arc::from),
                 topic: grant.topic.as_deref().map(Arc::from),
+                // Shared: one limit per key across the instance's cores.
+                limiter: grant.limiter.clone(),
             },
             Err(AuthError::Missing) => return Err(ApiError::missing_api_key()),
             Err(AuthError::Invalid) => return Err(ApiError::invalid_api_key()),

@@ -42,6 +42,15 @@ pub fn ingest(
             return Err(error);
         }
     };
+    // A batch counts as its number of events (rejected ones too), and a
+    // refused request publishes nothing, its dead letters included.
+    if let Some(limiter) = &grant.limiter {
+        let events = batch.records.len() as u64;
+        if let Err(refusal) = limiter.admit(events, body.len() as u64, core.now()) {
+            core.mailbox.recycle(batch);
+            return Err(ApiError::rate_limited(refusal));
+        }
+    }
     let accepted = batch.records.len() - rejected;
     let ticket = send(core, batch)?;
     core.metrics().events(accepted, rejected);

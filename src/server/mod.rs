@@ -178,6 +178,7 @@ fn open_keys(config: &Config, dev_key: Option<&str>) -> anyhow::Result<KeyStore>
     KeyStore::open(
         path,
         dev_key.map(|key| (key.to_string(), "dev".to_string())),
+        config.limits.default_key_limits(),
     )
 }
 
