@@ -168,11 +168,28 @@ fn batch_encoding(c: &mut Criterion) {
     group.finish();
 }
 
+/// One key's limiter admitting a single-event request, as each core does
+/// per request with limits on (never refusing here: the admitted path).
+fn rate_limiting(c: &mut Criterion) {
+    use sluice::rate::{KeyLimiter, Limits};
+    let limiter = KeyLimiter::new(Limits {
+        events_per_second: 1_000_000_000,
+        burst_events: 1_000_000_000,
+        bytes_per_second: 1 << 50,
+        burst_bytes: 1 << 50,
+    });
+    let now = std::time::Instant::now();
+    c.bench_function("rate_limiter_admit_one_event", |b| {
+        b.iter(|| black_box(limiter.admit(black_box(1), black_box(300), now)))
+    });
+}
+
 criterion_group!(
     benches,
     head_parsing,
     validation,
     key_lookup,
-    batch_encoding
+    batch_encoding,
+    rate_limiting
 );
 criterion_main!(benches);
