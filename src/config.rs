@@ -402,6 +402,30 @@ impl KafkaConfig {
 }
 
 impl Config {
+    /// The `SLUICE_*` variables among `names` that set nothing: neither a
+    /// configuration key, nor a `[kafka.properties]` entry, nor one of the
+    /// test and debug switches. A misspelt variable is otherwise ignored
+    /// without a word.
+    pub fn unknown_variables(names: impl Iterator<Item = String>) -> Vec<String> {
+        const OTHER_VARIABLES: [&str; 3] = [
+            "SLUICE_DEBUG_PANIC_TARGET",
+            "SLUICE_TEST_CORES",
+            "SLUICE_CACHE_DIR",
+        ];
+        let known: std::collections::HashSet<String> = Self::keys()
+            .iter()
+            .map(|(section, key)| env_name(section, key))
+            .collect();
+        let mut unknown: Vec<String> = names
+            .filter(|name| name.starts_with(ENV_PREFIX))
+            .filter(|name| !name.starts_with(PROPERTY_ENV_PREFIX))
+            .filter(|name| !known.contains(name) && !OTHER_VARIABLES.contains(&name.as_str()))
+            .filter(|name| !name.starts_with("SLUICE_TANSU_"))
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
     /// Sets `[kafka.properties]` entries from `SLUICE_KAFKA_PROPERTIES__*`
     /// variables (see [`PROPERTY_ENV_PREFIX`]); they win over the file.
     pub fn apply_property_environment(
@@ -801,6 +825,19 @@ mod tests {
             format!("{error:#}").contains("kafka.security_protocol"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn unknown_variables_are_found() {
+        let names = [
+            "SLUICE_KAFKA_LINGER_MS",
+            "SLUICE_KAFKA_LINGR_MS",
+            "SLUICE_KAFKA_PROPERTIES__SOCKET_KEEPALIVE_ENABLE",
+            "SLUICE_SERVER_WRITE_TIMEOUT_MS",
+            "PATH",
+        ];
+        let unknown = Config::unknown_variables(names.iter().map(|name| name.to_string()));
+        assert_eq!(unknown, vec!["SLUICE_KAFKA_LINGR_MS".to_string()]);
     }
 
     #[test]

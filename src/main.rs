@@ -80,6 +80,9 @@ fn main() -> ExitCode {
     tune_c_allocator();
     // Flushes the log lines still queued when main returns.
     let (_log_guard, log_lines_dropped) = init_logging(config.server.log_format);
+    for name in Config::unknown_variables(std::env::vars().map(|(name, _)| name)) {
+        tracing::warn!(variable = %name, "unknown SLUICE_ variable; it sets nothing (misspelt?)");
+    }
     match sluice::server::run(config, move || log_lines_dropped.dropped_lines() as u64) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
