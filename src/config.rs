@@ -397,6 +397,13 @@ impl KafkaConfig {
             ("ssl.key.password", self.ssl_key_password.expose()),
         ];
         properties.extend(named.into_iter().filter(|(_, value)| !value.is_empty()));
+        // OpenSSL is vendored, so its built-in CA directory is not the
+        // system's: without a CA file, let librdkafka find the system trust
+        // store (a managed cluster's public CA).
+        let tls = matches!(self.security_protocol.as_str(), "ssl" | "sasl_ssl");
+        if tls && self.ssl_ca_file.is_empty() {
+            properties.push(("ssl.ca.location", "probe"));
+        }
         properties
     }
 }
@@ -796,6 +803,12 @@ mod tests {
         assert!(properties.contains(&("sasl.password", "s3cret-from-file")));
         assert!(properties.contains(&("sasl.mechanism", "SCRAM-SHA-512")));
         assert!(properties.contains(&("security.protocol", "sasl_ssl")));
+        assert!(properties.contains(&("ssl.ca.location", config.kafka.ssl_ca_file.as_str())));
+        let mut system_trust = config.kafka.clone();
+        system_trust.ssl_ca_file.clear();
+        assert!(system_trust
+            .security_properties()
+            .contains(&("ssl.ca.location", "probe")));
         assert!(!config.masked_summary().contains("s3cret"));
         assert!(!format!("{config:?}").contains("s3cret"));
     }
