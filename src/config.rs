@@ -140,7 +140,8 @@ pub struct LimitsConfig {
     pub default_burst_bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+// Debug is written by hand: it must mask secret properties.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Comma-separated bootstrap brokers.
@@ -314,7 +315,27 @@ impl LimitsConfig {
     }
 }
 
+impl std::fmt::Debug for KafkaConfig {
+    /// The masked configuration, as TOML: no secret property or password.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = toml::to_string(&self.masked()).unwrap_or_default();
+        formatter.write_str(&text)
+    }
+}
+
 impl KafkaConfig {
+    /// A copy with secret-looking properties masked (named secrets are
+    /// `Secret`s and mask themselves).
+    fn masked(&self) -> KafkaConfig {
+        let mut copy = self.clone();
+        for (name, value) in copy.properties.iter_mut() {
+            if is_secret_property(name) {
+                *value = crate::secret::MASK.into();
+            }
+        }
+        copy
+    }
+
     /// Reads the `*_file` secrets into their values. A missing or
     /// unreadable file is an error naming its key (never its contents).
     fn read_secret_files(&mut self) -> anyhow::Result<()> {
@@ -598,11 +619,7 @@ impl Config {
     /// The configuration as TOML with secrets masked, for the start-up log.
     pub fn masked_summary(&self) -> String {
         let mut copy = self.clone();
-        for (name, value) in copy.kafka.properties.iter_mut() {
-            if is_secret_property(name) {
-                *value = "***".into();
-            }
-        }
+        copy.kafka = self.kafka.masked();
         let text = toml::to_string(&copy).unwrap_or_default();
         text.split('\n')
             .filter(|l| !l.is_empty())
@@ -886,5 +903,9 @@ mod tests {
         let summary = config.masked_summary();
         assert!(!summary.contains("hunter2"));
         assert!(summary.contains("***"));
+        assert!(
+            !format!("{config:?}").contains("hunter2"),
+            "Debug shows the property"
+        );
     }
 }

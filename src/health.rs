@@ -23,10 +23,15 @@ pub struct Readiness {
     /// certificate, a refused connection) and when (epoch ms): the probe's
     /// metadata failure alone says only that the broker was not reached.
     client_error: ArcSwap<Option<(u64, String)>>,
+    /// When the last client-error warn line was written (epoch ms).
+    client_error_logged_ms: AtomicU64,
 }
 
 /// A client error is shown with an unreachable Kafka for this long.
 pub const CLIENT_ERROR_SHOWN_MS: u64 = 30_000;
+/// At most one "kafka client error" warn line per this long: librdkafka
+/// repeats a failure on every reconnect, with varying timings in the text.
+pub const CLIENT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 
 impl Default for Readiness {
     fn default() -> Self {
@@ -37,6 +42,7 @@ impl Default for Readiness {
             episode_start_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             client_error: ArcSwap::from_pointee(None),
+            client_error_logged_ms: AtomicU64::new(0),
         }
     }
 }
@@ -68,16 +74,13 @@ impl Readiness {
 
     /// Records a client-level error from librdkafka (never holds secrets:
     /// librdkafka's messages name mechanisms and brokers, not passwords).
-    /// A warn line is written when the error differs from the previous
-    /// one, so a reconnect loop repeating it does not flood the log.
+    /// `/readyz` always shows the latest; a warn line is written at most
+    /// once per [`CLIENT_ERROR_LOG_INTERVAL_MS`], so a reconnect loop
+    /// repeating the failure does not flood the log.
     pub fn note_client_error(&self, now_ms: u64, reason: String) {
-        let changed = self
-            .client_error
-            .load()
-            .as_ref()
-            .as_ref()
-            .is_none_or(|(_, previous)| *previous != reason);
-        if changed {
+        let logged = self.client_error_logged_ms.load(Ordering::Relaxed);
+        if logged == 0 || now_ms.saturating_sub(logged) >= CLIENT_ERROR_LOG_INTERVAL_MS {
+            self.client_error_logged_ms.store(now_ms, Ordering::Relaxed);
             tracing::warn!(%reason, "kafka client error");
         }
         self.client_error.store(Arc::new(Some((now_ms, reason))));
@@ -142,6 +145,22 @@ mod tests {
         let readiness = Readiness::default();
         readiness.set_kafka(Ok(()));
         readiness
+    }
+
+    #[test]
+    fn client_errors_are_shown_while_not_ready() {
+        let readiness = Readiness::default();
+        readiness.set_kafka(Err("kafka metadata unavailable".into()));
+        readiness.note_client_error(10_000, "SSL handshake failed".into());
+        let reason = readiness.status(10_001).unwrap_err();
+        assert!(reason.contains("SSL handshake failed"), "{reason}");
+        let later = readiness
+            .status(10_000 + CLIENT_ERROR_SHOWN_MS + 1)
+            .unwrap_err();
+        assert!(
+            !later.contains("SSL"),
+            "a stale client error is still shown"
+        );
     }
 
     #[test]

@@ -197,8 +197,8 @@ impl<'a> Exchange<'a> {
     }
 
     fn body_kind(&self, route: Route, head: &Head) -> BodyKind {
-        let ndjson = head.content_type.as_ref().is_some_and(|span| {
-            let media = media_type(&self.wire.input[span.clone()]);
+        let ndjson = header(&self.wire.input, &head.content_type).is_some_and(|value| {
+            let media = media_type(value);
             media.eq_ignore_ascii_case(b"application/x-ndjson")
                 || media.eq_ignore_ascii_case(b"application/ndjson")
         });
@@ -220,13 +220,12 @@ impl<'a> Exchange<'a> {
         }
         self.authenticate(head)?;
         let input = &self.wire.input;
-        let header = |span: &Option<Range<usize>>| span.as_ref().map(|span| &input[span.clone()]);
-        let media_ok = match header(&head.content_type).map(media_type) {
+        let media_ok = match header(input, &head.content_type).map(media_type) {
             None => true,
             Some(media) if media.eq_ignore_ascii_case(b"application/json") => true,
             Some(_) => kind == BodyKind::Ndjson,
         };
-        let encoding_ok = header(&head.content_encoding)
+        let encoding_ok = header(input, &head.content_encoding)
             .is_none_or(|value| gzip::is_gzip(value) || value.eq_ignore_ascii_case(b"identity"));
         if !media_ok || !encoding_ok {
             return Err(ApiError::unsupported_media_type());
@@ -245,8 +244,10 @@ impl<'a> Exchange<'a> {
     /// hashing and looking it up (and remembering it).
     fn authenticate(&mut self, head: &Head) -> Result<(), ApiError> {
         let input = &self.wire.input;
-        let header = |span: &Option<Range<usize>>| span.as_ref().map(|span| &input[span.clone()]);
-        let key = presented_key(header(&head.api_key), header(&head.authorization));
+        let key = presented_key(
+            header(input, &head.api_key),
+            header(input, &head.authorization),
+        );
         let snapshot = self.core.shared.keys.load();
         if !key.is_empty()
             && self
@@ -357,10 +358,7 @@ impl<'a> Exchange<'a> {
     ) -> Result<Handed, ApiError> {
         let core = self.core;
         let input = &self.wire.input;
-        let gzipped = head
-            .content_encoding
-            .as_ref()
-            .is_some_and(|span| gzip::is_gzip(&input[span.clone()]));
+        let gzipped = header(input, &head.content_encoding).is_some_and(gzip::is_gzip);
         if !gzipped {
             return ingest(core, grant, kind, &input[body], &mut self.rejected);
         }
@@ -401,6 +399,11 @@ impl<'a> Exchange<'a> {
             }
         }
     }
+}
+
+/// A header's value in the read buffer, if the request sent it.
+fn header<'a>(input: &'a [u8], span: &Option<Range<usize>>) -> Option<&'a [u8]> {
+    span.as_ref().map(|span| &input[span.clone()])
 }
 
 /// The media type of a Content-Type value, without parameters.
