@@ -120,7 +120,7 @@ fn key_lookup(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 snapshot
-                    .authenticate(black_box(b"cs_live_key_00004242"))
+                    .authenticate(black_box(b"cs_live_key_00004242"), 0)
                     .is_ok(),
             )
         })
@@ -129,7 +129,7 @@ fn key_lookup(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 snapshot
-                    .authenticate(black_box(b"cs_live_key_unknown!"))
+                    .authenticate(black_box(b"cs_live_key_unknown!"), 0)
                     .is_err(),
             )
         })

@@ -31,10 +31,21 @@ pub struct Grant {
     pub topic: Option<Arc<str>>,
     /// The key's rate limiter, shared by every core; `None`: unlimited.
     pub limiter: Option<Arc<KeyLimiter>>,
+    /// The key is refused from this instant on (epoch ms; the earlier of
+    /// its `expires_at` and `revoked_at`); `u64::MAX`: never.
+    pub refused_from_ms: u64,
 }
 
-#[derive(Debug)]
-struct Entry {
+impl Grant {
+    /// Whether the key may be used at `now_ms` (the core's clock).
+    pub fn valid_at(&self, now_ms: u64) -> bool {
+        now_ms < self.refused_from_ms
+    }
+}
+
+/// A key as a source (the file, PostgreSQL, `--dev`) gives it.
+#[derive(Debug, Clone)]
+pub struct Entry {
     digest: [u8; 32],
     enabled: bool,
     grant: Grant,
@@ -48,14 +59,32 @@ pub enum AuthError {
 }
 
 /// An immutable set of keys.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
     by_digest_prefix: AHashMap<u64, Entry>,
+    /// False while a configured source (PostgreSQL) has never been loaded:
+    /// an unknown key may then be a valid one not seen yet.
+    complete: bool,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            by_digest_prefix: AHashMap::new(),
+            complete: true,
+        }
+    }
 }
 
 impl Snapshot {
-    /// Looks a presented key up; never logs or keeps it.
-    pub fn authenticate(&self, presented: &[u8]) -> Result<&Grant, AuthError> {
+    /// Whether every configured key source has been loaded.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Looks a presented key up at `now_ms` (the core's clock); never logs
+    /// or keeps it.
+    pub fn authenticate(&self, presented: &[u8], now_ms: u64) -> Result<&Grant, AuthError> {
         if presented.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -65,7 +94,7 @@ impl Snapshot {
             .get(&digest_prefix(&digest))
             .ok_or(AuthError::Invalid)?;
         let matches: bool = entry.digest.ct_eq(&digest).into();
-        if matches && entry.enabled {
+        if matches && entry.enabled && entry.grant.valid_at(now_ms) {
             Ok(&entry.grant)
         } else {
             Err(AuthError::Invalid)
@@ -112,18 +141,29 @@ impl Snapshot {
                 project_id: None,
                 topic: None,
                 limiter: limiter_for(limits),
+                refused_from_ms: u64::MAX,
             },
         };
         self.insert(entry)?;
         Ok(self)
     }
 
+    /// Adds a key; one already there (by digest prefix) stays.
     fn insert(&mut self, entry: Entry) -> anyhow::Result<()> {
-        let prefix = digest_prefix(&entry.digest);
-        if self.by_digest_prefix.insert(prefix, entry).is_some() {
-            bail!("duplicate key");
+        match self.by_digest_prefix.entry(digest_prefix(&entry.digest)) {
+            std::collections::hash_map::Entry::Occupied(_) => bail!("duplicate key"),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(entry);
+                Ok(())
+            }
         }
-        Ok(())
+    }
+
+    /// Iterates the keys (for the fleet-wide limit sync).
+    pub fn grants(&self) -> impl Iterator<Item = (&[u8; 32], &Grant)> {
+        self.by_digest_prefix
+            .values()
+            .map(|entry| (&entry.digest, &entry.grant))
     }
 }
 
@@ -191,6 +231,43 @@ impl KeyRecord {
             (None, Some(hex)) => parse_hex_digest(hex)?,
             _ => bail!("exactly one of key and key_sha256 is required"),
         };
+        KeySpec {
+            digest,
+            tenant_id: self.tenant_id,
+            project_id: self.project_id,
+            topic: self.topic,
+            enabled: self.enabled,
+            rate_events_per_sec: self.rate_events_per_sec,
+            burst_events: self.burst_events,
+            rate_bytes_per_sec: self.rate_bytes_per_sec,
+            burst_bytes: self.burst_bytes,
+            refused_from_ms: u64::MAX,
+        }
+        .into_entry(defaults)
+    }
+}
+
+/// One key as a source states it, before checking; a limit left `None`
+/// takes the `limits.default_*` value.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    /// SHA-256 of the raw key.
+    pub digest: [u8; 32],
+    pub tenant_id: String,
+    pub project_id: Option<String>,
+    pub topic: Option<String>,
+    pub enabled: bool,
+    pub rate_events_per_sec: Option<u64>,
+    pub burst_events: Option<u64>,
+    pub rate_bytes_per_sec: Option<u64>,
+    pub burst_bytes: Option<u64>,
+    /// Epoch ms from which the key is refused; `u64::MAX`: never.
+    pub refused_from_ms: u64,
+}
+
+impl KeySpec {
+    /// Checks the ids and settles the limits.
+    pub fn into_entry(self, defaults: Limits) -> anyhow::Result<Entry> {
         check_id("tenant_id", &self.tenant_id)?;
         if let Some(project_id) = &self.project_id {
             check_id("project_id", project_id)?;
@@ -207,13 +284,14 @@ impl KeyRecord {
             burst_bytes: self.burst_bytes.unwrap_or(defaults.burst_bytes),
         };
         Ok(Entry {
-            digest,
+            digest: self.digest,
             enabled: self.enabled,
             grant: Grant {
                 tenant_id: self.tenant_id.into(),
                 project_id: self.project_id.map(Into::into),
                 topic: self.topic.map(Into::into),
                 limiter: limiter_for(limits),
+                refused_from_ms: self.refused_from_ms,
             },
         })
     }
@@ -248,11 +326,22 @@ fn parse_hex_digest(hex: &str) -> anyhow::Result<[u8; 32]> {
 pub struct KeyStore {
     current: ArcSwap<Snapshot>,
     path: Option<PathBuf>,
-    /// Keys that exist whatever the file says (the `--dev` key).
+    /// Keys that exist whatever the sources say (the `--dev` key).
     extra: Option<(String, String)>,
     /// Limits of keys that set none (`limits.default_*`).
     defaults: Limits,
     last_seen: std::sync::Mutex<Option<FileStamp>>,
+    /// Each source's keys as last loaded: reloading one source rebuilds
+    /// the snapshot from these, so the others' keys stay.
+    sources: std::sync::Mutex<Sources>,
+}
+
+#[derive(Default)]
+struct Sources {
+    file: Vec<Entry>,
+    /// `None`: PostgreSQL is not configured, or never loaded yet.
+    postgres: Option<Vec<Entry>>,
+    postgres_configured: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,12 +361,24 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     })
 }
 
+/// What a rebuild did, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Keys in the new snapshot.
+    pub keys: usize,
+    /// PostgreSQL keys left out because the file has the same key.
+    pub duplicates: usize,
+}
+
 impl KeyStore {
-    /// Loads the keys file; failing at start-up is an error.
+    /// Loads the keys file; failing at start-up is an error. With
+    /// `postgres` the snapshot stays incomplete (unknown keys get 503, not
+    /// 401) until [`KeyStore::replace_postgres`] is first called.
     pub fn open(
         path: Option<PathBuf>,
         extra: Option<(String, String)>,
         defaults: Limits,
+        postgres: bool,
     ) -> anyhow::Result<KeyStore> {
         let store = KeyStore {
             current: ArcSwap::from_pointee(Snapshot::default()),
@@ -285,9 +386,12 @@ impl KeyStore {
             extra,
             defaults,
             last_seen: std::sync::Mutex::new(None),
+            sources: std::sync::Mutex::new(Sources {
+                postgres_configured: postgres,
+                ..Sources::default()
+            }),
         };
-        let snapshot = store.build()?;
-        store.current.store(Arc::new(snapshot));
+        store.reload()?;
         Ok(store)
     }
 
@@ -296,31 +400,65 @@ impl KeyStore {
         self.current.load()
     }
 
-    fn build(&self) -> anyhow::Result<Snapshot> {
-        let mut snapshot = match &self.path {
-            Some(path) => {
-                *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(path);
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading keys file {}", path.display()))?;
-                Snapshot::parse(&text, self.defaults)
-                    .with_context(|| format!("keys file {}", path.display()))?
-            }
-            None => Snapshot::default(),
+    fn read_file(&self) -> anyhow::Result<Vec<Entry>> {
+        let Some(path) = &self.path else {
+            return Ok(Vec::new());
         };
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(path);
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading keys file {}", path.display()))?;
+        let snapshot = Snapshot::parse(&text, self.defaults)
+            .with_context(|| format!("keys file {}", path.display()))?;
+        Ok(snapshot.by_digest_prefix.into_values().collect())
+    }
+
+    /// Builds a snapshot from every source's keys and swaps it in. The
+    /// file's keys come first: PostgreSQL's copy of the same key is left
+    /// out (and counted).
+    fn rebuild(&self, sources: &Sources) -> anyhow::Result<Rebuilt> {
+        let mut snapshot = Snapshot {
+            by_digest_prefix: AHashMap::with_capacity(
+                sources.file.len() + sources.postgres.as_ref().map_or(0, Vec::len) + 1,
+            ),
+            complete: !sources.postgres_configured || sources.postgres.is_some(),
+        };
+        for entry in &sources.file {
+            snapshot.insert(entry.clone())?;
+        }
+        let mut duplicates = 0;
+        for entry in sources.postgres.iter().flatten() {
+            if snapshot.insert(entry.clone()).is_err() {
+                duplicates += 1;
+            }
+        }
         if let Some((key, tenant)) = &self.extra {
             snapshot = snapshot.with_plain_key(key, tenant, self.defaults)?;
         }
         adopt_limiters(&mut snapshot, &self.current.load());
-        Ok(snapshot)
+        let keys = snapshot.len();
+        self.current.store(Arc::new(snapshot));
+        Ok(Rebuilt { keys, duplicates })
     }
 
-    /// Rebuilds the snapshot from the file and swaps it in; on failure the
+    /// Re-reads the keys file and swaps a new snapshot in; on failure the
     /// old snapshot stays and the error says why.
     pub fn reload(&self) -> anyhow::Result<usize> {
-        let snapshot = self.build()?;
-        let count = snapshot.len();
-        self.current.store(Arc::new(snapshot));
-        Ok(count)
+        let file = self.read_file()?;
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.file = file;
+        Ok(self.rebuild(&sources)?.keys)
+    }
+
+    /// Replaces PostgreSQL's keys (a full load) and swaps a new snapshot in.
+    pub fn replace_postgres(&self, entries: Vec<Entry>) -> anyhow::Result<Rebuilt> {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.postgres = Some(entries);
+        self.rebuild(&sources)
+    }
+
+    /// The limits of keys that set none.
+    pub fn defaults(&self) -> Limits {
+        self.defaults
     }
 
     /// Reloads when the file's modification time, length or inode changed.
@@ -369,22 +507,25 @@ mod tests {
     #[test]
     fn plain_hashed_and_disabled_keys() {
         let snapshot = Snapshot::parse(FILE, Default::default()).unwrap();
-        let grant = snapshot.authenticate(b"cs_live_abc123xyz").unwrap();
+        let grant = snapshot.authenticate(b"cs_live_abc123xyz", 0).unwrap();
         assert_eq!(&*grant.tenant_id, "tenant_a");
         assert_eq!(grant.project_id.as_deref(), Some("proj_1"));
         assert_eq!(
-            &*snapshot.authenticate(b"password").unwrap().tenant_id,
+            &*snapshot.authenticate(b"password", 0).unwrap().tenant_id,
             "tenant_b"
         );
         assert_eq!(
-            snapshot.authenticate(b"cs_disabled").err(),
+            snapshot.authenticate(b"cs_disabled", 0).err(),
             Some(AuthError::Invalid)
         );
         assert_eq!(
-            snapshot.authenticate(b"nope").err(),
+            snapshot.authenticate(b"nope", 0).err(),
             Some(AuthError::Invalid)
         );
-        assert_eq!(snapshot.authenticate(b"").err(), Some(AuthError::Missing));
+        assert_eq!(
+            snapshot.authenticate(b"", 0).err(),
+            Some(AuthError::Missing)
+        );
     }
 
     #[test]
@@ -406,6 +547,76 @@ mod tests {
         )
         .is_err());
         assert!(Snapshot::parse("not toml [", Default::default()).is_err());
+    }
+
+    fn spec(key: &str, tenant: &str, refused_from_ms: u64) -> KeySpec {
+        KeySpec {
+            digest: Sha256::digest(key.as_bytes()).into(),
+            tenant_id: tenant.into(),
+            project_id: None,
+            topic: None,
+            enabled: true,
+            rate_events_per_sec: None,
+            burst_events: None,
+            rate_bytes_per_sec: None,
+            burst_bytes: None,
+            refused_from_ms,
+        }
+    }
+
+    #[test]
+    fn a_key_is_refused_from_its_instant() {
+        let mut snapshot = Snapshot::default();
+        snapshot
+            .insert(spec("k", "t", 1_000).into_entry(Limits::default()).unwrap())
+            .unwrap();
+        assert!(snapshot.authenticate(b"k", 999).is_ok());
+        assert_eq!(
+            snapshot.authenticate(b"k", 1_000).err(),
+            Some(AuthError::Invalid)
+        );
+    }
+
+    #[test]
+    fn postgres_keys_join_the_file_and_the_file_wins_a_duplicate() {
+        let dir = std::env::temp_dir().join(format!("sluice-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let store = KeyStore::open(Some(path), None, Limits::default(), true).unwrap();
+        assert!(
+            !store.load().is_complete(),
+            "incomplete until PostgreSQL loads"
+        );
+        assert!(store.load().authenticate(b"cs_live_abc123xyz", 0).is_ok());
+        let rebuilt = store
+            .replace_postgres(vec![
+                spec("pg_key", "tenant_pg", u64::MAX)
+                    .into_entry(Limits::default())
+                    .unwrap(),
+                spec("cs_live_abc123xyz", "tenant_other", u64::MAX)
+                    .into_entry(Limits::default())
+                    .unwrap(),
+            ])
+            .unwrap();
+        assert_eq!(rebuilt.duplicates, 1);
+        let snapshot = store.load();
+        assert!(snapshot.is_complete());
+        assert_eq!(
+            &*snapshot.authenticate(b"pg_key", 0).unwrap().tenant_id,
+            "tenant_pg"
+        );
+        assert_eq!(
+            &*snapshot
+                .authenticate(b"cs_live_abc123xyz", 0)
+                .unwrap()
+                .tenant_id,
+            "tenant_a"
+        );
+        // A file reload keeps PostgreSQL's keys.
+        store.reload().unwrap();
+        assert!(store.load().authenticate(b"pg_key", 0).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

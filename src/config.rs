@@ -100,6 +100,12 @@ pub struct AuthConfig {
     pub keys_file: PathBuf,
     /// How often the keys file is checked for changes.
     pub reload_interval_ms: u64,
+    /// PostgreSQL holding the `api_keys` table (SPEC §8), e.g.
+    /// `postgresql://sluice@db.internal/sluice`; empty: keys come only from
+    /// the file. Masked wherever it is shown: it may hold a password.
+    pub postgres_url: Secret,
+    /// Full reload from PostgreSQL this often, besides LISTEN/NOTIFY.
+    pub postgres_reload_interval_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -222,6 +228,8 @@ impl Default for AuthConfig {
         AuthConfig {
             keys_file: PathBuf::from("keys.toml"),
             reload_interval_ms: 1_000,
+            postgres_url: Secret::default(),
+            postgres_reload_interval_ms: 60_000,
         }
     }
 }
@@ -578,6 +586,12 @@ impl Config {
         }
         if self.kafka.producer_threads == 0 {
             bail!("kafka.producer_threads must be at least 1");
+        }
+        if !self.auth.postgres_url.is_empty() {
+            crate::pg_keys::parse_url(self.auth.postgres_url.expose())?;
+            if self.auth.postgres_reload_interval_ms < 1_000 {
+                bail!("auth.postgres_reload_interval_ms must be at least 1000");
+            }
         }
         if self.server.write_timeout_ms == 0 {
             bail!("server.write_timeout_ms must be positive");

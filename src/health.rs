@@ -25,6 +25,9 @@ pub struct Readiness {
     client_error: ArcSwap<Option<(u64, String)>>,
     /// When the last client-error warn line was written (epoch ms).
     client_error_logged_ms: AtomicU64,
+    /// Why the API keys are not loaded yet (a configured PostgreSQL never
+    /// loaded); `None`: loaded.
+    keys_pending: ArcSwap<Option<String>>,
 }
 
 /// A client error is shown with an unreachable Kafka for this long.
@@ -43,6 +46,7 @@ impl Default for Readiness {
             draining: AtomicBool::new(false),
             client_error: ArcSwap::from_pointee(None),
             client_error_logged_ms: AtomicU64::new(0),
+            keys_pending: ArcSwap::from_pointee(None),
         }
     }
 }
@@ -105,6 +109,12 @@ impl Readiness {
             && last.saturating_sub(start) >= SHED_SUSTAINED_MS
     }
 
+    /// Records whether the API keys are loaded: `Some(reason)` until a
+    /// configured key source first loads (fail closed), then `None`.
+    pub fn set_keys_pending(&self, reason: Option<String>) {
+        self.keys_pending.store(Arc::new(reason));
+    }
+
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -127,6 +137,9 @@ impl Readiness {
                 }
             }
             return Err(reason);
+        }
+        if let Some(reason) = &**self.keys_pending.load() {
+            return Err(reason.clone());
         }
         if self.overloaded(now_ms) {
             return Err(

@@ -3,7 +3,8 @@
 //! Map of the crate (ARCHITECTURE.md has the data path and invariants):
 //! - [`config`]: TOML, environment and flags into one [`config::Config`].
 //! - [`http`]: HTTP/1.1 framing; knows nothing of events.
-//! - [`auth`]: API-key snapshots, swapped atomically on reload.
+//! - [`auth`]: API-key snapshots, swapped atomically on reload; [`pg_keys`]
+//!   loads them from PostgreSQL on a control-plane thread.
 //! - [`split`] and [`event`]: request bodies into validated, enriched records.
 //! - [`kafka`]: the only module that knows rdkafka; producer threads and the
 //!   hand-off to and from the cores.
@@ -23,6 +24,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod pg_keys;
 pub mod rate;
 pub mod route;
 pub mod secret;

@@ -108,6 +108,8 @@ pub struct Metrics {
     key_reloads: AtomicU64,
     key_reload_failures: AtomicU64,
     producers_replaced: AtomicU64,
+    /// The PostgreSQL key loader's state (rendered when configured).
+    pub keys_postgres: crate::pg_keys::PgKeyMetrics,
     /// Log lines the non-blocking log writer dropped because its queue was
     /// full (a slow log pipe); read at scrape time.
     log_lines_dropped: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
@@ -122,6 +124,7 @@ impl Metrics {
             key_reloads: AtomicU64::new(0),
             key_reload_failures: AtomicU64::new(0),
             producers_replaced: AtomicU64::new(0),
+            keys_postgres: Default::default(),
             log_lines_dropped: std::sync::OnceLock::new(),
         }
     }
@@ -245,6 +248,7 @@ impl Metrics {
             self.key_reloads.load(Relaxed),
             self.key_reload_failures.load(Relaxed)
         );
+        self.render_postgres_keys(&mut out);
         self.render_latency(&mut out);
         let gauges: [Gauge; 4] = [
             (
@@ -278,6 +282,43 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP sluice_ready Whether /readyz answers 200.\n# TYPE sluice_ready gauge\nsluice_ready {}", u8::from(ready));
         out
+    }
+
+    fn render_postgres_keys(&self, out: &mut String) {
+        let pg = &self.keys_postgres;
+        if !pg.configured.load(Relaxed) {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_api_keys_postgres_up Whether the PostgreSQL key source is connected and loaded.\n# TYPE sluice_api_keys_postgres_up gauge\nsluice_api_keys_postgres_up {}",
+            u8::from(pg.up.load(Relaxed))
+        );
+        // -1 until the first load: the snapshot holds no PostgreSQL keys.
+        let age = pg
+            .snapshot_age_seconds(crate::clock::now_ms())
+            .unwrap_or(-1.0);
+        let _ = writeln!(
+            out,
+            "# HELP sluice_api_keys_snapshot_age_seconds Seconds since the API-key snapshot was last known to match PostgreSQL (-1: never loaded).\n# TYPE sluice_api_keys_snapshot_age_seconds gauge\nsluice_api_keys_snapshot_age_seconds {age:.3}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_api_keys_postgres_keys Usable keys in the last PostgreSQL load.\n# TYPE sluice_api_keys_postgres_keys gauge\nsluice_api_keys_postgres_keys {}\n# HELP sluice_api_keys_postgres_rows_skipped Rows of the last load that were not usable keys.\n# TYPE sluice_api_keys_postgres_rows_skipped gauge\nsluice_api_keys_postgres_rows_skipped {}",
+            pg.keys.load(Relaxed),
+            pg.rows_skipped.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_api_keys_postgres_loads_total Full loads from PostgreSQL by result.\n# TYPE sluice_api_keys_postgres_loads_total counter\nsluice_api_keys_postgres_loads_total{{result=\"ok\"}} {}\nsluice_api_keys_postgres_loads_total{{result=\"error\"}} {}",
+            pg.loads.load(Relaxed),
+            pg.load_failures.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_api_keys_postgres_load_seconds Duration of the last full load.\n# TYPE sluice_api_keys_postgres_load_seconds gauge\nsluice_api_keys_postgres_load_seconds {:.6}",
+            pg.last_load_us.load(Relaxed) as f64 / 1e6
+        );
     }
 
     fn render_latency(&self, out: &mut String) {

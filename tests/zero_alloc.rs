@@ -86,6 +86,7 @@ fn start_core() -> std::net::SocketAddr {
                 bytes_per_second: 1 << 50,
                 burst_bytes: 1 << 50,
             },
+            false,
         )
         .unwrap(),
         metrics: Arc::new(Metrics::new(1)),

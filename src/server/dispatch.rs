@@ -249,25 +249,36 @@ impl<'a> Exchange<'a> {
             header(input, &head.authorization),
         );
         let snapshot = self.core.shared.keys.load();
-        if !key.is_empty()
-            && self
-                .cached_key
-                .as_ref()
-                .is_some_and(|cached| cached.matches(&snapshot, key))
-        {
-            return Ok(());
+        let now_ms = self.core.now_ms();
+        if !key.is_empty() {
+            if let Some(cached) = self.cached_key.as_ref() {
+                if cached.matches(&snapshot, key) {
+                    // Expiry and revocation hold from their instant, reload or not.
+                    return if cached.grant.valid_at(now_ms) {
+                        Ok(())
+                    } else {
+                        Err(ApiError::invalid_api_key())
+                    };
+                }
+            }
         }
         // Private copies of the grant's strings: the reference counts this
         // connection's requests touch are then not shared with other cores.
-        let grant = match snapshot.authenticate(key) {
+        let grant = match snapshot.authenticate(key, now_ms) {
             Ok(grant) => Grant {
                 tenant_id: Arc::from(&*grant.tenant_id),
                 project_id: grant.project_id.as_deref().map(Arc::from),
                 topic: grant.topic.as_deref().map(Arc::from),
                 // Shared: one limit per key across the instance's cores.
                 limiter: grant.limiter.clone(),
+                refused_from_ms: grant.refused_from_ms,
             },
             Err(AuthError::Missing) => return Err(ApiError::missing_api_key()),
+            // A configured key source not loaded yet: the key may be valid,
+            // so the client is told to retry, not that its key is wrong.
+            Err(AuthError::Invalid) if !snapshot.is_complete() => {
+                return Err(ApiError::unavailable("API keys are not loaded yet"))
+            }
             Err(AuthError::Invalid) => return Err(ApiError::invalid_api_key()),
         };
         let mut cached = Box::new(CachedKey {

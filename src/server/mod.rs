@@ -173,12 +173,15 @@ pub fn run(
 
 fn open_keys(config: &Config, dev_key: Option<&str>) -> anyhow::Result<KeyStore> {
     let path = config.auth.keys_file.clone();
-    // In --dev a missing keys file is fine: the printed dev key works alone.
-    let path = (!config.dev || path.exists()).then_some(path);
+    let postgres = !config.auth.postgres_url.is_empty();
+    // In --dev a missing keys file is fine: the printed dev key works alone;
+    // with PostgreSQL the file is optional too.
+    let path = (!(config.dev || postgres) || path.exists()).then_some(path);
     KeyStore::open(
         path,
         dev_key.map(|key| (key.to_string(), "dev".to_string())),
         config.limits.default_key_limits(),
+        postgres,
     )
 }
 
@@ -307,6 +310,30 @@ fn start_control_plane(
                 }
             })?,
     );
+
+    if !shared.config.auth.postgres_url.is_empty() {
+        let pg_config = crate::pg_keys::parse_url(shared.config.auth.postgres_url.expose())?;
+        let loader_shared = shared.clone();
+        let loader_stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("sluice-postgres".into())
+                .spawn(move || {
+                    let shared = &loader_shared;
+                    crate::pg_keys::Loader {
+                        config: pg_config,
+                        reload_interval: Duration::from_millis(
+                            shared.config.auth.postgres_reload_interval_ms,
+                        ),
+                        store: &shared.keys,
+                        readiness: &shared.readiness,
+                        metrics: &shared.metrics.keys_postgres,
+                        stop: &loader_stop,
+                    }
+                    .run()
+                })?,
+        );
+    }
 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let signalled = shared.clone();

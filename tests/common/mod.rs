@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod secure;
+pub mod services;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
