@@ -144,6 +144,12 @@ pub struct LimitsConfig {
     pub default_rate_bytes_per_sec: u64,
     /// Bytes a key may send at once from idle; 0: one second's worth.
     pub default_burst_bytes: u64,
+    /// Redis shared by the instances for fleet-wide per-key limits, e.g.
+    /// `redis://redis.internal:6379/`; empty: each instance limits alone.
+    /// Masked wherever it is shown: it may hold a password.
+    pub redis_url: Secret,
+    /// How often usage is exchanged with Redis (10..=250 ms).
+    pub redis_sync_interval_ms: u64,
 }
 
 // Debug is written by hand: it must mask secret properties.
@@ -253,6 +259,8 @@ impl Default for LimitsConfig {
             default_burst_events: 0,
             default_rate_bytes_per_sec: 0,
             default_burst_bytes: 0,
+            redis_url: Secret::default(),
+            redis_sync_interval_ms: 100,
         }
     }
 }
@@ -586,6 +594,12 @@ impl Config {
         }
         if self.kafka.producer_threads == 0 {
             bail!("kafka.producer_threads must be at least 1");
+        }
+        if !self.limits.redis_url.is_empty() {
+            crate::fleet::parse_url(self.limits.redis_url.expose())?;
+            if !(10..=250).contains(&self.limits.redis_sync_interval_ms) {
+                bail!("limits.redis_sync_interval_ms must be 10..=250");
+            }
         }
         if !self.auth.postgres_url.is_empty() {
             crate::pg_keys::parse_url(self.auth.postgres_url.expose())?;

@@ -5,6 +5,8 @@
 //! - [`http`]: HTTP/1.1 framing; knows nothing of events.
 //! - [`auth`]: API-key snapshots, swapped atomically on reload; [`pg_keys`]
 //!   loads them from PostgreSQL on a control-plane thread.
+//! - [`rate`]: per-key limits; [`fleet`] shares them across instances
+//!   through Redis, from a control-plane thread.
 //! - [`split`] and [`event`]: request bodies into validated, enriched records.
 //! - [`kafka`]: the only module that knows rdkafka; producer threads and the
 //!   hand-off to and from the cores.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod cpus;
 pub mod error;
 pub mod event;
+pub mod fleet;
 pub mod health;
 pub mod http;
 pub mod kafka;

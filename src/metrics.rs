@@ -110,6 +110,8 @@ pub struct Metrics {
     producers_replaced: AtomicU64,
     /// The PostgreSQL key loader's state (rendered when configured).
     pub keys_postgres: crate::pg_keys::PgKeyMetrics,
+    /// The fleet-wide limit sync's state (rendered when configured).
+    pub fleet: crate::fleet::FleetMetrics,
     /// Log lines the non-blocking log writer dropped because its queue was
     /// full (a slow log pipe); read at scrape time.
     log_lines_dropped: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
@@ -125,6 +127,7 @@ impl Metrics {
             key_reload_failures: AtomicU64::new(0),
             producers_replaced: AtomicU64::new(0),
             keys_postgres: Default::default(),
+            fleet: Default::default(),
             log_lines_dropped: std::sync::OnceLock::new(),
         }
     }
@@ -249,6 +252,7 @@ impl Metrics {
             self.key_reload_failures.load(Relaxed)
         );
         self.render_postgres_keys(&mut out);
+        self.render_fleet(&mut out);
         self.render_latency(&mut out);
         let gauges: [Gauge; 4] = [
             (
@@ -318,6 +322,30 @@ impl Metrics {
             out,
             "# HELP sluice_api_keys_postgres_load_seconds Duration of the last full load.\n# TYPE sluice_api_keys_postgres_load_seconds gauge\nsluice_api_keys_postgres_load_seconds {:.6}",
             pg.last_load_us.load(Relaxed) as f64 / 1e6
+        );
+    }
+
+    fn render_fleet(&self, out: &mut String) {
+        let fleet = &self.fleet;
+        if !fleet.configured.load(Relaxed) {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_rate_limit_redis_up Whether rate limits are shared through Redis (0: each instance limits alone).\n# TYPE sluice_rate_limit_redis_up gauge\nsluice_rate_limit_redis_up {}",
+            u8::from(fleet.up.load(Relaxed))
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_rate_limit_redis_syncs_total Usage exchanges with Redis by result.\n# TYPE sluice_rate_limit_redis_syncs_total counter\nsluice_rate_limit_redis_syncs_total{{result=\"ok\"}} {}\nsluice_rate_limit_redis_syncs_total{{result=\"error\"}} {}",
+            fleet.syncs.load(Relaxed),
+            fleet.sync_failures.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_rate_limit_redis_keys_synced Keys exchanged in the last sync.\n# TYPE sluice_rate_limit_redis_keys_synced gauge\nsluice_rate_limit_redis_keys_synced {}\n# HELP sluice_rate_limit_redis_sync_seconds Duration of the last sync.\n# TYPE sluice_rate_limit_redis_sync_seconds gauge\nsluice_rate_limit_redis_sync_seconds {:.6}",
+            fleet.keys_synced.load(Relaxed),
+            fleet.last_sync_us.load(Relaxed) as f64 / 1e6
         );
     }
 

@@ -5,7 +5,7 @@
 //! lock, no allocation and no system call per request: a compare-and-swap
 //! on the key's own atomics, with the time the core already read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Nanoseconds per second.
@@ -78,6 +78,18 @@ impl Cell {
         }
     }
 
+    /// The fleet schedule's increment for `units` (µs, rounded up).
+    fn increment_us(&self, units: u64) -> u64 {
+        units.saturating_mul(self.interval_ns).div_ceil(1_000)
+    }
+
+    /// Moves the schedule to at least `target_ns` (never back).
+    fn align(&self, target_ns: u64) {
+        if self.interval_ns != 0 {
+            self.scheduled_ns.fetch_max(target_ns, Ordering::Relaxed);
+        }
+    }
+
     /// Gives `units` back (the other dimension refused the request).
     fn give_back(&self, units: u64) {
         let decrement = units.saturating_mul(self.interval_ns);
@@ -99,12 +111,32 @@ pub struct Refusal {
     pub quota_per_second: u64,
 }
 
+/// Whether admissions are counted for the fleet-wide sync (`limits.redis_url`):
+/// set once at start, so an instance without Redis pays nothing for it.
+static FLEET_COUNTING: AtomicBool = AtomicBool::new(false);
+
+/// Turns on counting admissions for [`KeyLimiter::take_admitted`].
+pub fn count_admissions_for_fleet() {
+    FLEET_COUNTING.store(true, Ordering::Relaxed);
+}
+
 /// A key's limiter, shared by every core.
 #[derive(Debug)]
 pub struct KeyLimiter {
     limits: Limits,
     events: Cell,
     bytes: Cell,
+    /// Admitted since the fleet sync last took them (only when counting).
+    admitted_events: AtomicU64,
+    admitted_bytes: AtomicU64,
+}
+
+/// What the fleet (all instances, through Redis) says of a key: how far
+/// ahead of now its schedule runs in each dimension (µs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetView {
+    pub events_ahead_us: u64,
+    pub bytes_ahead_us: u64,
 }
 
 impl KeyLimiter {
@@ -113,7 +145,45 @@ impl KeyLimiter {
             limits,
             events: Cell::new(limits.events_per_second, limits.burst_events),
             bytes: Cell::new(limits.bytes_per_second, limits.burst_bytes),
+            admitted_events: AtomicU64::new(0),
+            admitted_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Events and bytes admitted here since the last call; zeroes them.
+    pub fn take_admitted(&self) -> (u64, u64) {
+        (
+            self.admitted_events.swap(0, Ordering::Relaxed),
+            self.admitted_bytes.swap(0, Ordering::Relaxed),
+        )
+    }
+
+    /// The fleet schedule's increments (µs) for `events` and `bytes`.
+    pub fn fleet_increments_us(&self, events: u64, bytes: u64) -> (u64, u64) {
+        (
+            self.events.increment_us(events),
+            self.bytes.increment_us(bytes),
+        )
+    }
+
+    /// Charges this instance with the fleet's usage: the local schedule
+    /// moves to where the fleet's is (`view`, which counts this instance's
+    /// admissions up to the last [`KeyLimiter::take_admitted`]) plus what
+    /// was admitted here since. Never moves a schedule back.
+    pub fn align_to_fleet(&self, view: FleetView, now: Instant) {
+        let now_ns = nanos_since_epoch(now);
+        let since_events = self.admitted_events.load(Ordering::Relaxed);
+        let since_bytes = self.admitted_bytes.load(Ordering::Relaxed);
+        self.events.align(
+            now_ns
+                .saturating_add(view.events_ahead_us.saturating_mul(1_000))
+                .saturating_add(since_events.saturating_mul(self.events.interval_ns)),
+        );
+        self.bytes.align(
+            now_ns
+                .saturating_add(view.bytes_ahead_us.saturating_mul(1_000))
+                .saturating_add(since_bytes.saturating_mul(self.bytes.interval_ns)),
+        );
     }
 
     pub fn limits(&self) -> Limits {
@@ -135,6 +205,10 @@ impl KeyLimiter {
         if let Err(wait) = self.bytes.take(bytes, now_ns) {
             self.events.give_back(events);
             return Err(refusal(wait, "bytes", self.limits.bytes_per_second));
+        }
+        if FLEET_COUNTING.load(Ordering::Relaxed) {
+            self.admitted_events.fetch_add(events, Ordering::Relaxed);
+            self.admitted_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -197,6 +271,34 @@ mod tests {
             limiter.admit(2, 100, now).is_ok(),
             "the events were given back"
         );
+    }
+
+    #[test]
+    fn the_fleets_usage_is_charged_here() {
+        count_admissions_for_fleet();
+        let limiter = KeyLimiter::new(Limits {
+            events_per_second: 1_000,
+            burst_events: 100,
+            ..Limits::default()
+        });
+        let now = Instant::now();
+        assert!(limiter.admit(10, 0, now).is_ok());
+        assert_eq!(limiter.take_admitted(), (10, 0));
+        assert_eq!(limiter.fleet_increments_us(10, 0), (10_000, 0));
+        // The fleet's schedule runs 95 ms ahead (others took 85 events):
+        // 5 events are left of the burst of 100 here too.
+        limiter.align_to_fleet(
+            FleetView {
+                events_ahead_us: 95_000,
+                bytes_ahead_us: 0,
+            },
+            now,
+        );
+        assert!(limiter.admit(5, 0, now).is_ok());
+        assert!(limiter.admit(1, 0, now).is_err());
+        // Aligning never gives capacity back.
+        limiter.align_to_fleet(FleetView::default(), now);
+        assert!(limiter.admit(1, 0, now).is_err());
     }
 
     #[test]

@@ -335,6 +335,29 @@ fn start_control_plane(
         );
     }
 
+    if !shared.config.limits.redis_url.is_empty() {
+        let client = crate::fleet::parse_url(shared.config.limits.redis_url.expose())?;
+        let sync_shared = shared.clone();
+        let sync_stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("sluice-fleet".into())
+                .spawn(move || {
+                    let shared = &sync_shared;
+                    crate::fleet::Sync {
+                        client,
+                        interval: Duration::from_millis(
+                            shared.config.limits.redis_sync_interval_ms,
+                        ),
+                        keys: &shared.keys,
+                        metrics: &shared.metrics.fleet,
+                        stop: &sync_stop,
+                    }
+                    .run()
+                })?,
+        );
+    }
+
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let signalled = shared.clone();
     // Not joined: it blocks in the signal iterator and ends with the process.
