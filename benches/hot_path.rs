@@ -182,6 +182,11 @@ fn rate_limiting(c: &mut Criterion) {
     c.bench_function("rate_limiter_admit_one_event", |b| {
         b.iter(|| black_box(limiter.admit(black_box(1), black_box(300), now)))
     });
+    // With limits.redis_url set, admissions are also counted for the sync.
+    sluice::rate::count_admissions_for_fleet();
+    c.bench_function("rate_limiter_admit_one_event_fleet_counting", |b| {
+        b.iter(|| black_box(limiter.admit(black_box(1), black_box(300), now)))
+    });
 }
 
 criterion_group!(
