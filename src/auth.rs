@@ -471,6 +471,49 @@ impl KeyStore {
     }
 }
 
+/// Longest key taken from a query string.
+pub const QUERY_KEY_BYTES_MAX: usize = 256;
+
+/// The `api_key` parameter of a request target's query, percent-decoded
+/// into `out` (for `navigator.sendBeacon`, which cannot set headers).
+/// `false` when absent, empty, longer than [`QUERY_KEY_BYTES_MAX`] or
+/// badly encoded. `out` keeps its capacity: no allocation once grown.
+pub fn query_key(target: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let Some(start) = memchr::memchr(b'?', target) else {
+        return false;
+    };
+    let Some(value) = target[start + 1..]
+        .split(|&byte| byte == b'&')
+        .find_map(|pair| pair.strip_prefix(b"api_key="))
+    else {
+        return false;
+    };
+    let mut index = 0;
+    while index < value.len() {
+        let byte = match value[index] {
+            b'%' => {
+                let digit = |at: usize| value.get(at).and_then(|&b| (b as char).to_digit(16));
+                let (Some(high), Some(low)) = (digit(index + 1), digit(index + 2)) else {
+                    out.clear();
+                    return false;
+                };
+                index += 2;
+                (high * 16 + low) as u8
+            }
+            b'+' => b' ',
+            byte => byte,
+        };
+        if out.len() == QUERY_KEY_BYTES_MAX {
+            out.clear();
+            return false;
+        }
+        out.push(byte);
+        index += 1;
+    }
+    !out.is_empty()
+}
+
 /// The key a request presents: `X-CS-API-Key`, else `Authorization: Bearer`.
 pub fn presented_key<'a>(api_key: Option<&'a [u8]>, authorization: Option<&'a [u8]>) -> &'a [u8] {
     if let Some(key) = api_key {
@@ -617,6 +660,20 @@ mod tests {
         store.reload().unwrap();
         assert!(store.load().authenticate(b"pg_key", 0).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keys_come_from_the_query_decoded() {
+        let mut out = Vec::new();
+        assert!(query_key(b"/v1/events?x=1&api_key=cs_live%5Fa+b", &mut out));
+        assert_eq!(out, b"cs_live_a b");
+        assert!(!query_key(b"/v1/events?api_key=", &mut out));
+        assert!(!query_key(b"/v1/events?api_key=%zz", &mut out));
+        assert!(!query_key(b"/v1/events?api_key=%4", &mut out));
+        assert!(!query_key(b"/v1/events", &mut out));
+        let long = format!("/v1/events?api_key={}", "k".repeat(QUERY_KEY_BYTES_MAX + 1));
+        assert!(!query_key(long.as_bytes(), &mut out));
+        assert!(out.is_empty());
     }
 
     #[test]

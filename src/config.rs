@@ -52,8 +52,29 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub kafka: KafkaConfig,
+    pub cors: CorsConfig,
     /// Run with librdkafka's in-process mock cluster and a generated dev key.
     pub dev: bool,
+}
+
+/// Cross-origin requests from browsers (SPEC §11).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`) whose pages may send events, or
+    /// `["*"]` for any; empty: no CORS headers at all.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    pub max_age_seconds: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allowed_origins: Vec::new(),
+            max_age_seconds: 600,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -106,6 +127,10 @@ pub struct AuthConfig {
     pub postgres_url: Secret,
     /// Full reload from PostgreSQL this often, besides LISTEN/NOTIFY.
     pub postgres_reload_interval_ms: u64,
+    /// Accept the key as the `api_key` query parameter of the event routes
+    /// (for `navigator.sendBeacon`, which cannot set headers). Off by
+    /// default: a key in a URL ends up in access logs.
+    pub query_key: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -236,6 +261,7 @@ impl Default for AuthConfig {
             reload_interval_ms: 1_000,
             postgres_url: Secret::default(),
             postgres_reload_interval_ms: 60_000,
+            query_key: false,
         }
     }
 }
@@ -518,6 +544,17 @@ impl Config {
                 // not a number); other keys read it as a TOML value.
                 let value = match default {
                     Some(toml::Value::String(_)) => toml::Value::String(raw),
+                    // A list key takes a TOML array, or comma-separated text.
+                    Some(toml::Value::Array(_)) => match parse_env_value(&raw) {
+                        array @ toml::Value::Array(_) => array,
+                        _ => toml::Value::Array(
+                            raw.split(',')
+                                .map(str::trim)
+                                .filter(|item| !item.is_empty())
+                                .map(|item| toml::Value::String(item.into()))
+                                .collect(),
+                        ),
+                    },
                     _ => parse_env_value(&raw),
                 };
                 section_table(&mut table, &section)?.insert(key, value);
@@ -594,6 +631,9 @@ impl Config {
         }
         if self.kafka.producer_threads == 0 {
             bail!("kafka.producer_threads must be at least 1");
+        }
+        for origin in &self.cors.allowed_origins {
+            crate::cors::check_origin(origin)?;
         }
         if !self.limits.redis_url.is_empty() {
             crate::fleet::parse_url(self.limits.redis_url.expose())?;
@@ -759,6 +799,9 @@ mod tests {
             "SLUICE_KAFKA_BROKERS" => Some("b1:9092,b2:9092".to_string()),
             "SLUICE_SERVER_CPUS" => Some("1".to_string()),
             "SLUICE_KAFKA_DLQ_TOPIC" => Some("true".to_string()),
+            "SLUICE_CORS_ALLOWED_ORIGINS" => {
+                Some("https://a.example.com, https://b.example.com".to_string())
+            }
             _ => None,
         };
         let config = Config::load(&overrides, env).unwrap();
@@ -769,6 +812,11 @@ mod tests {
         // String keys keep the text, even when it reads as a number or bool.
         assert_eq!(config.server.cpus, "1");
         assert_eq!(config.kafka.dlq_topic, "true");
+        // List keys take comma-separated text.
+        assert_eq!(
+            config.cors.allowed_origins,
+            ["https://a.example.com", "https://b.example.com"]
+        );
     }
 
     #[test]

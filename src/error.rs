@@ -73,6 +73,16 @@ impl ApiError {
         Self::new(401, "invalid_api_key", "unknown or disabled API key")
     }
 
+    /// A key sent in the query string from a browser page whose origin is
+    /// not in `cors.allowed_origins`.
+    pub fn origin_not_allowed() -> Self {
+        Self::new(
+            403,
+            "origin_not_allowed",
+            "this page's origin may not send events (cors.allowed_origins)",
+        )
+    }
+
     pub fn unsupported_media_type() -> Self {
         Self::new(
             415,

@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod cors;
 pub mod cpus;
 pub mod error;
 pub mod event;

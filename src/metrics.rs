@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::route::Route;
 
-const STATUSES: [u16; 17] = [
-    200, 202, 400, 401, 404, 405, 408, 411, 413, 415, 417, 429, 431, 500, 503, 100, 0,
+const STATUSES: [u16; 19] = [
+    200, 202, 204, 400, 401, 403, 404, 405, 408, 411, 413, 415, 417, 429, 431, 500, 503, 100, 0,
 ];
 
 /// Upper bounds of the delivery-latency buckets, in microseconds.

@@ -56,9 +56,9 @@ impl Route {
     /// The `Allow` header of a 405 on this route.
     pub fn allowed_methods(self) -> &'static str {
         if self.ingests() {
-            "POST"
+            "POST, OPTIONS"
         } else {
-            "GET, HEAD"
+            "GET, HEAD, OPTIONS"
         }
     }
 }

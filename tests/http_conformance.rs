@@ -218,7 +218,7 @@ fn routes_methods_media_types_and_lengths() {
         (response.status, response.code().as_str()),
         (405, "method_not_allowed")
     );
-    assert_eq!(response.header("Allow"), Some("POST"));
+    assert_eq!(response.header("Allow"), Some("POST, OPTIONS"));
     let response = sluice.post_json("/healthz", "{}");
     assert_eq!(response.status, 405);
     let response = sluice.post(

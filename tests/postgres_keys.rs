@@ -28,10 +28,11 @@ fn post_with_key(sluice: &Sluice, key: &str, user: &str) -> Response {
     )
 }
 
-fn start_sluice(broker: &Broker, url: &str) -> Sluice {
+fn start_sluice(broker: &Broker, url: &str, keys: String) -> Sluice {
     Sluice::start(Options {
         brokers: Some(broker.address.clone()),
         env: vec![("SLUICE_AUTH_POSTGRES_URL".into(), url.into())],
+        keys,
         ..Default::default()
     })
 }
@@ -40,7 +41,7 @@ fn start_sluice(broker: &Broker, url: &str) -> Sluice {
 fn keys_follow_postgres_and_survive_its_outage() {
     let broker = Broker::start();
     let mut postgres = Postgres::start();
-    let sluice = start_sluice(&broker, &postgres.url());
+    let sluice = start_sluice(&broker, &postgres.url(), keys_file_text());
     sluice.wait_ready(200, Duration::from_secs(20));
     let tag = format!("pg_{}", now_ms());
 
@@ -180,12 +181,13 @@ fn keys_follow_postgres_and_survive_its_outage() {
         "a warn line says so"
     );
 
-    // A fresh instance cannot load: not ready, and unknown keys get 503.
+    // A fresh instance, with no keys file (optional with PostgreSQL),
+    // cannot load: not ready, and unknown keys get 503.
     let password_url = format!(
         "postgresql://postgres:{PASSWORD}@127.0.0.1:{}/postgres",
         postgres.port
     );
-    let fresh = start_sluice(&broker, &password_url);
+    let fresh = start_sluice(&broker, &password_url, String::new());
     std::thread::sleep(Duration::from_secs(2));
     let readyz = fresh.get("/readyz");
     assert_eq!(readyz.status, 503, "fails closed: {}", readyz.text());

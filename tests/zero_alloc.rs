@@ -75,6 +75,7 @@ fn start_core() -> std::net::SocketAddr {
     let shared = Arc::new(Shared {
         topic: "events_raw".into(),
         dead_letter_topic: "events_dlq".into(),
+        cors: sluice::cors::Cors::default(),
         // Limits on (high enough never to refuse): the limiter runs on the
         // measured path too.
         keys: KeyStore::open(

@@ -14,6 +14,7 @@ pub enum Method {
     Get,
     Post,
     Head,
+    Options,
     Other,
 }
 
@@ -41,6 +42,8 @@ pub struct Head {
     pub api_key: Option<Span>,
     pub authorization: Option<Span>,
     pub request_id: Option<Span>,
+    /// `Origin`, sent by browsers on cross-origin requests (CORS).
+    pub origin: Option<Span>,
 }
 
 /// Outcome of parsing the bytes received so far.
@@ -78,6 +81,7 @@ pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, Framin
         api_key: None,
         authorization: None,
         request_id: None,
+        origin: None,
     };
     let found = read_headers(&mut head, request.headers, span_of)?;
     head.framing = framing_of(&found, http11)?;
@@ -124,6 +128,7 @@ fn method_of(method: &str) -> Method {
         "GET" => Method::Get,
         "POST" => Method::Post,
         "HEAD" => Method::Head,
+        "OPTIONS" => Method::Options,
         _ => Method::Other,
     }
 }
@@ -180,6 +185,8 @@ fn read_headers(
             head.authorization = Some(span_of(value));
         } else if is(b"x-request-id") && is_valid_request_id(value) {
             head.request_id = Some(span_of(value));
+        } else if is(b"origin") {
+            head.origin = Some(span_of(value));
         }
     }
     Ok(found)

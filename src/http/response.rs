@@ -9,8 +9,10 @@ pub fn reason(status: u16) -> &'static str {
         100 => "Continue",
         200 => "OK",
         202 => "Accepted",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -43,7 +45,17 @@ pub struct HeadFields<'a> {
     /// per one-second window, and seconds until the quota allows again;
     /// written as `RateLimit-Policy` and `RateLimit` (remaining 0).
     pub rate_limit: Option<(&'a str, u64, u64)>,
+    /// CORS: the `Access-Control-Allow-Origin` value for an allowed origin.
+    pub cors_origin: Option<&'a [u8]>,
+    /// CORS preflight: allowed methods and max-age in seconds.
+    pub preflight: Option<(&'a str, u64)>,
 }
+
+/// The request headers a browser may send cross-origin (preflight answer).
+pub const CORS_ALLOWED_HEADERS: &str =
+    "X-CS-API-Key, Authorization, Content-Type, Content-Encoding, X-Request-Id";
+/// The response headers a page may read.
+pub const CORS_EXPOSED_HEADERS: &str = "Retry-After, RateLimit, RateLimit-Policy, X-Request-Id";
 
 /// Appends a status line and headers to `out`.
 pub fn write_head(out: &mut Vec<u8>, status: u16, fields: &HeadFields<'_>) {
@@ -52,10 +64,13 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, fields: &HeadFields<'_>) {
     out.extend_from_slice(digits.format(status).as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
-    out.extend_from_slice(b"\r\nContent-Type: ");
-    out.extend_from_slice(fields.content_type.as_bytes());
-    out.extend_from_slice(b"\r\nContent-Length: ");
-    out.extend_from_slice(digits.format(fields.content_length).as_bytes());
+    // A 204 has neither (RFC 9110 §8.6).
+    if status != 204 {
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(fields.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(digits.format(fields.content_length).as_bytes());
+    }
     out.extend_from_slice(b"\r\nX-Request-Id: ");
     out.extend_from_slice(fields.request_id);
     out.extend_from_slice(b"\r\nDate: ");
@@ -77,6 +92,27 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, fields: &HeadFields<'_>) {
     if let Some(allow) = fields.allow {
         out.extend_from_slice(b"\r\nAllow: ");
         out.extend_from_slice(allow.as_bytes());
+    }
+    if let Some(origin) = fields.cors_origin {
+        out.extend_from_slice(b"\r\nAccess-Control-Allow-Origin: ");
+        out.extend_from_slice(origin);
+        if origin != b"*" {
+            out.extend_from_slice(b"\r\nVary: Origin");
+        }
+        match fields.preflight {
+            Some((methods, max_age)) => {
+                out.extend_from_slice(b"\r\nAccess-Control-Allow-Methods: ");
+                out.extend_from_slice(methods.as_bytes());
+                out.extend_from_slice(b"\r\nAccess-Control-Allow-Headers: ");
+                out.extend_from_slice(CORS_ALLOWED_HEADERS.as_bytes());
+                out.extend_from_slice(b"\r\nAccess-Control-Max-Age: ");
+                out.extend_from_slice(digits.format(max_age).as_bytes());
+            }
+            None => {
+                out.extend_from_slice(b"\r\nAccess-Control-Expose-Headers: ");
+                out.extend_from_slice(CORS_EXPOSED_HEADERS.as_bytes());
+            }
+        }
     }
     out.extend_from_slice(if fields.keep_alive {
         b"\r\nConnection: keep-alive\r\n\r\n"
@@ -153,6 +189,8 @@ mod tests {
             retry_after_seconds: Some(1),
             allow: None,
             rate_limit: Some(("events", 100, 3)),
+            cors_origin: Some(b"https://app.example.com"),
+            preflight: None,
         };
         write_head(&mut out, 503, &fields);
         let text = String::from_utf8(out).unwrap();
@@ -163,6 +201,9 @@ mod tests {
         assert!(text.contains("RateLimit-Policy: \"events\";q=100;w=1\r\n"));
         assert!(text.contains("RateLimit: \"events\";r=0;t=3\r\n"));
         assert!(text.contains("Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"));
+        assert!(text
+            .contains("Access-Control-Allow-Origin: https://app.example.com\r\nVary: Origin\r\n"));
+        assert!(text.contains("Access-Control-Expose-Headers: Retry-After"));
         assert!(text.ends_with("Connection: close\r\n\r\n"));
     }
 }

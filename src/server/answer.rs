@@ -20,6 +20,8 @@ pub struct Reply {
     pub keep_alive: bool,
     request_id: [u8; REQUEST_ID_BYTES_MAX],
     request_id_bytes: usize,
+    /// The browser origin, when it is an allowed one (CORS headers).
+    pub cors: Option<crate::cors::Allowed>,
 }
 
 impl Default for Reply {
@@ -30,6 +32,7 @@ impl Default for Reply {
             keep_alive: false,
             request_id: [0; REQUEST_ID_BYTES_MAX],
             request_id_bytes: 0,
+            cors: None,
         }
     }
 }
@@ -40,6 +43,7 @@ impl Reply {
         self.route = Route::Other;
         self.head_only = false;
         self.keep_alive = false;
+        self.cors = None;
         self.new_request_id(core);
     }
 
@@ -56,6 +60,10 @@ impl Reply {
             }
             None => self.new_request_id(core),
         }
+        self.cors = head
+            .origin
+            .as_ref()
+            .and_then(|span| core.shared.cors.allowed(&input[span.clone()]));
     }
 
     fn new_request_id(&mut self, core: &Core) {
@@ -79,6 +87,8 @@ pub struct Extra {
     pub close: bool,
     /// A 429's policy, quota per second and seconds to wait.
     pub rate_limit: Option<(&'static str, u64, u64)>,
+    /// A CORS preflight answer: the allowed methods.
+    pub preflight: Option<&'static str>,
 }
 
 /// Writes one whole response and counts it.
@@ -101,6 +111,12 @@ pub fn write_response(
         retry_after_seconds: extra.retry_after_seconds,
         allow: extra.allow,
         rate_limit: extra.rate_limit,
+        cors_origin: reply
+            .cors
+            .map(|allowed| core.shared.cors.header_value(allowed)),
+        preflight: extra
+            .preflight
+            .map(|methods| (methods, core.shared.cors.max_age_seconds)),
     };
     write_head(output, status, &fields);
     if !reply.head_only {
@@ -137,6 +153,7 @@ pub fn write_error(
                 refusal.retry_after_seconds,
             )
         }),
+        preflight: None,
     };
     write_response(core, output, reply, error.status, JSON, &body, extra);
     core.scratch.borrow_mut().body = body;
@@ -170,6 +187,19 @@ pub fn write_accepted(
     if status == 400 {
         log_failure(core, reply, status, "invalid_event", Some(tenant));
     }
+}
+
+/// The answer to a CORS preflight (`OPTIONS`): 204, with the
+/// Access-Control-* headers when the origin is allowed and none otherwise,
+/// so the browser's own check refuses a disallowed page.
+pub fn write_preflight(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
+    let methods = reply.route.allowed_methods();
+    let extra = Extra {
+        allow: Some(methods),
+        preflight: Some(methods),
+        ..Extra::default()
+    };
+    write_response(core, output, reply, 204, JSON, b"", extra);
 }
 
 /// `/healthz`, `/readyz` and `/metrics`.

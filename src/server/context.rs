@@ -39,6 +39,8 @@ pub struct Shared {
     pub topic: Arc<str>,
     pub dead_letter_topic: Arc<str>,
     pub shutdown: Shutdown,
+    /// Which browser origins may send (`cors.allowed_origins`).
+    pub cors: crate::cors::Cors,
 }
 
 /// Per-core state shared by the core's tasks (single-threaded).
@@ -79,6 +81,8 @@ pub struct Scratch {
     pub spans: Vec<std::ops::Range<usize>>,
     pub inflated: Vec<u8>,
     pub body: Vec<u8>,
+    /// A key from the query string, percent-decoded (`auth.query_key`).
+    pub query_key: Vec<u8>,
 }
 
 impl Core {

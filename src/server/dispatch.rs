@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use subtle::ConstantTimeEq as _;
 
-use super::answer::{write_accepted, write_error, write_probe, Reply};
+use super::answer::{write_accepted, write_error, write_preflight, write_probe, Reply};
 use super::context::Core;
 use super::framing::{read_body, ReadError};
 use super::inflight::Delivery;
 use super::ingest::{ingest, Handed};
 use super::wire::Wire;
-use crate::auth::{presented_key, AuthError, Grant, Snapshot};
+use crate::auth::{presented_key, query_key, AuthError, Grant, Snapshot};
 use crate::config::AckMode;
 use crate::error::ApiError;
 use crate::http::request::{trim, Framing, Head, Method};
@@ -102,6 +102,11 @@ impl<'a> Exchange<'a> {
             panic!("SLUICE_DEBUG_PANIC_TARGET requested");
         }
         let route = self.reply.route;
+        if head.method == Method::Options && route != Route::Other {
+            return self.answer_from_head(head, false, |exchange| {
+                write_preflight(exchange.core, &mut exchange.wire.output, &exchange.reply)
+            });
+        }
         let (kind, check) = if route.ingests() {
             let kind = self.body_kind(route, head);
             (Some(kind), self.check_ingest(head, kind).map(Some))
@@ -162,6 +167,20 @@ impl<'a> Exchange<'a> {
     /// body. A body already whole in the buffer (a small request) is
     /// skipped and the connection kept; otherwise the answer says close.
     fn refuse_from_head(&mut self, head: &Head, error: &ApiError) -> Next {
+        self.answer_from_head(head, error.close, |exchange| {
+            exchange.write_error(error, None)
+        })
+    }
+
+    /// Answers (with `write`) a request whose body is not needed: a body
+    /// already whole in the buffer is skipped and the connection kept;
+    /// otherwise (or with `close`) the answer says close.
+    fn answer_from_head(
+        &mut self,
+        head: &Head,
+        close: bool,
+        write: impl FnOnce(&mut Self),
+    ) -> Next {
         let in_hand = match head.framing {
             Framing::None => Some(head.head_bytes),
             Framing::Length(length) => head
@@ -171,14 +190,14 @@ impl<'a> Exchange<'a> {
             Framing::Chunked => None,
         };
         match in_hand {
-            Some(end) if !error.close && !head.expect_continue => {
-                self.write_error(error, None);
+            Some(end) if !close && !head.expect_continue => {
+                write(self);
                 self.wire.input.drain(..end);
                 self.next()
             }
             _ => {
                 self.reply.keep_alive = false;
-                self.write_error(error, None);
+                write(self);
                 Next::CloseLingering
             }
         }
@@ -218,11 +237,19 @@ impl<'a> Exchange<'a> {
         if head.framing == Framing::None {
             return Err(FramingError::LengthRequired.into());
         }
-        self.authenticate(head)?;
+        let from_query = self.authenticate(head)?;
         let input = &self.wire.input;
+        // A key in a URL can be sent by any page (a beacon needs no
+        // preflight): only the allowed origins' pages may use one.
+        if from_query && head.origin.is_some() && self.reply.cors.is_none() {
+            return Err(ApiError::origin_not_allowed());
+        }
         let media_ok = match header(input, &head.content_type).map(media_type) {
             None => true,
             Some(media) if media.eq_ignore_ascii_case(b"application/json") => true,
+            // sendBeacon sends a string body as text/plain; it is read as
+            // JSON (or NDJSON on the batch route with that type).
+            Some(media) if from_query && media.eq_ignore_ascii_case(b"text/plain") => true,
             Some(_) => kind == BodyKind::Ndjson,
         };
         let encoding_ok = header(input, &head.content_encoding)
@@ -242,12 +269,23 @@ impl<'a> Exchange<'a> {
     /// Finds the grant of the presented key: from `cached_key` when this
     /// connection sent the same key under the current snapshot, else by
     /// hashing and looking it up (and remembering it).
-    fn authenticate(&mut self, head: &Head) -> Result<(), ApiError> {
+    /// Returns whether the key came from the query (`auth.query_key`).
+    fn authenticate(&mut self, head: &Head) -> Result<bool, ApiError> {
         let input = &self.wire.input;
-        let key = presented_key(
+        let mut key = presented_key(
             header(input, &head.api_key),
             header(input, &head.authorization),
         );
+        // Held to the end: `key` may point into it.
+        let mut scratch = None;
+        let mut from_query = false;
+        if key.is_empty() && self.core.shared.config.auth.query_key {
+            let decoded = scratch.insert(self.core.scratch.borrow_mut());
+            if query_key(&input[head.path.clone()], &mut decoded.query_key) {
+                key = &decoded.query_key;
+                from_query = true;
+            }
+        }
         let snapshot = self.core.shared.keys.load();
         let now_ms = self.core.now_ms();
         if !key.is_empty() {
@@ -255,7 +293,7 @@ impl<'a> Exchange<'a> {
                 if cached.matches(&snapshot, key) {
                     // Expiry and revocation hold from their instant, reload or not.
                     return if cached.grant.valid_at(now_ms) {
-                        Ok(())
+                        Ok(from_query)
                     } else {
                         Err(ApiError::invalid_api_key())
                     };
@@ -292,7 +330,7 @@ impl<'a> Exchange<'a> {
             cached.key_bytes = key.len();
         }
         self.cached_key = Some(cached);
-        Ok(())
+        Ok(from_query)
     }
 
     async fn answer_ingest(

@@ -115,6 +115,7 @@ pub fn run(
     let shared = Arc::new(Shared {
         topic: config.kafka.topic.as_str().into(),
         dead_letter_topic: config.kafka.dlq_topic.as_str().into(),
+        cors: crate::cors::Cors::new(&config.cors.allowed_origins, config.cors.max_age_seconds),
         config,
         keys,
         metrics,
@@ -315,7 +316,9 @@ fn start_control_plane(
         let pg_config = crate::pg_keys::parse_url(shared.config.auth.postgres_url.expose())?;
         let loader_shared = shared.clone();
         let loader_stop = stop.clone();
-        threads.push(
+        // Not joined at shutdown: a query to a hung server waits as long as
+        // the server's statement timeout, and nothing of it must be flushed.
+        drop(
             std::thread::Builder::new()
                 .name("sluice-postgres".into())
                 .spawn(move || {

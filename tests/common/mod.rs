@@ -286,14 +286,20 @@ impl Sluice {
     /// Starts sluice against `brokers`, or with `--dev` when `None`.
     pub fn start(options: Options) -> Sluice {
         let dir = TempDir::new("sluice");
-        let keys = dir.file("keys.toml", &options.keys);
         let config = dir.file("sluice.toml", &options.extra_config);
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.arg("--config").arg(&config);
+        // Empty keys: no keys file at all (it names one that does not exist).
+        if options.keys.is_empty() {
+            command
+                .arg("--keys-file")
+                .arg(dir.0.join("absent-keys.toml"));
+        } else {
+            command
+                .arg("--keys-file")
+                .arg(dir.file("keys.toml", &options.keys));
+        }
         command
-            .arg("--config")
-            .arg(&config)
-            .arg("--keys-file")
-            .arg(&keys)
             .args(["--listen", "127.0.0.1:0", "--cores"])
             .arg(options.cores.to_string())
             .args(&options.args)
