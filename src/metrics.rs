@@ -27,6 +27,28 @@ fn status_index(status: u16) -> usize {
         .unwrap_or(STATUSES.len() - 1)
 }
 
+/// Writes one unlabelled metric: its HELP and TYPE lines and its value.
+fn write_metric(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    value: impl std::fmt::Display,
+) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// Writes a counter split by `result="ok"` and `result="error"`.
+fn write_by_result(out: &mut String, name: &str, help: &str, ok: u64, error: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{result=\"ok\"}} {ok}\n{name}{{result=\"error\"}} {error}"
+    );
+}
+
 /// A per-core gauge: name, help, and the field it reads.
 type Gauge = (&'static str, &'static str, fn(&CoreMetrics) -> &AtomicU64);
 
@@ -240,16 +262,14 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            write_metric(&mut out, name, help, "counter", value);
         }
-        let _ = writeln!(
-            out,
-            "# HELP sluice_key_reloads_total Keys file reloads by result.\n# TYPE sluice_key_reloads_total counter\nsluice_key_reloads_total{{result=\"ok\"}} {}\nsluice_key_reloads_total{{result=\"error\"}} {}",
+        write_by_result(
+            &mut out,
+            "sluice_key_reloads_total",
+            "Keys file reloads by result.",
             self.key_reloads.load(Relaxed),
-            self.key_reload_failures.load(Relaxed)
+            self.key_reload_failures.load(Relaxed),
         );
         self.render_postgres_keys(&mut out);
         self.render_fleet(&mut out);
@@ -284,7 +304,13 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP sluice_ready Whether /readyz answers 200.\n# TYPE sluice_ready gauge\nsluice_ready {}", u8::from(ready));
+        write_metric(
+            &mut out,
+            "sluice_ready",
+            "Whether /readyz answers 200.",
+            "gauge",
+            u8::from(ready),
+        );
         out
     }
 
@@ -293,35 +319,51 @@ impl Metrics {
         if !pg.configured.load(Relaxed) {
             return;
         }
-        let _ = writeln!(
+        write_metric(
             out,
-            "# HELP sluice_api_keys_postgres_up Whether the PostgreSQL key source is connected and loaded.\n# TYPE sluice_api_keys_postgres_up gauge\nsluice_api_keys_postgres_up {}",
-            u8::from(pg.up.load(Relaxed))
+            "sluice_api_keys_postgres_up",
+            "Whether the PostgreSQL key source is connected and loaded.",
+            "gauge",
+            u8::from(pg.up.load(Relaxed)),
         );
         // -1 until the first load: the snapshot holds no PostgreSQL keys.
         let age = pg
             .snapshot_age_seconds(crate::clock::now_ms())
             .unwrap_or(-1.0);
-        let _ = writeln!(
+        write_metric(
             out,
-            "# HELP sluice_api_keys_snapshot_age_seconds Seconds since the API-key snapshot was last known to match PostgreSQL (-1: never loaded).\n# TYPE sluice_api_keys_snapshot_age_seconds gauge\nsluice_api_keys_snapshot_age_seconds {age:.3}"
+            "sluice_api_keys_snapshot_age_seconds",
+            "Seconds since the API-key snapshot was last known to match PostgreSQL (-1: never loaded).",
+            "gauge",
+            format_args!("{age:.3}"),
         );
-        let _ = writeln!(
+        write_metric(
             out,
-            "# HELP sluice_api_keys_postgres_keys Usable keys in the last PostgreSQL load.\n# TYPE sluice_api_keys_postgres_keys gauge\nsluice_api_keys_postgres_keys {}\n# HELP sluice_api_keys_postgres_rows_skipped Rows of the last load that were not usable keys.\n# TYPE sluice_api_keys_postgres_rows_skipped gauge\nsluice_api_keys_postgres_rows_skipped {}",
+            "sluice_api_keys_postgres_keys",
+            "Usable keys in the last PostgreSQL load.",
+            "gauge",
             pg.keys.load(Relaxed),
-            pg.rows_skipped.load(Relaxed)
         );
-        let _ = writeln!(
+        write_metric(
             out,
-            "# HELP sluice_api_keys_postgres_loads_total Full loads from PostgreSQL by result.\n# TYPE sluice_api_keys_postgres_loads_total counter\nsluice_api_keys_postgres_loads_total{{result=\"ok\"}} {}\nsluice_api_keys_postgres_loads_total{{result=\"error\"}} {}",
+            "sluice_api_keys_postgres_rows_skipped",
+            "Rows of the last load that were not usable keys.",
+            "gauge",
+            pg.rows_skipped.load(Relaxed),
+        );
+        write_by_result(
+            out,
+            "sluice_api_keys_postgres_loads_total",
+            "Full loads from PostgreSQL by result.",
             pg.loads.load(Relaxed),
-            pg.load_failures.load(Relaxed)
+            pg.load_failures.load(Relaxed),
         );
-        let _ = writeln!(
+        write_metric(
             out,
-            "# HELP sluice_api_keys_postgres_load_seconds Duration of the last full load.\n# TYPE sluice_api_keys_postgres_load_seconds gauge\nsluice_api_keys_postgres_load_seconds {:.6}",
-            pg.last_load_us.load(Relaxed) as f64 / 1e6
+            "sluice_api_keys_postgres_load_seconds",
+            "Duration of the last full load.",
+            "gauge",
+            format_args!("{:.6}", pg.last_load_us.load(Relaxed) as f64 / 1e6),
         );
     }
 
@@ -330,22 +372,33 @@ impl Metrics {
         if !fleet.configured.load(Relaxed) {
             return;
         }
-        let _ = writeln!(
+        write_metric(
             out,
-            "# HELP sluice_rate_limit_redis_up Whether rate limits are shared through Redis (0: each instance limits alone).\n# TYPE sluice_rate_limit_redis_up gauge\nsluice_rate_limit_redis_up {}",
-            u8::from(fleet.up.load(Relaxed))
+            "sluice_rate_limit_redis_up",
+            "Whether rate limits are shared through Redis (0: each instance limits alone).",
+            "gauge",
+            u8::from(fleet.up.load(Relaxed)),
         );
-        let _ = writeln!(
+        write_by_result(
             out,
-            "# HELP sluice_rate_limit_redis_syncs_total Usage exchanges with Redis by result.\n# TYPE sluice_rate_limit_redis_syncs_total counter\nsluice_rate_limit_redis_syncs_total{{result=\"ok\"}} {}\nsluice_rate_limit_redis_syncs_total{{result=\"error\"}} {}",
+            "sluice_rate_limit_redis_syncs_total",
+            "Usage exchanges with Redis by result.",
             fleet.syncs.load(Relaxed),
-            fleet.sync_failures.load(Relaxed)
+            fleet.sync_failures.load(Relaxed),
         );
-        let _ = writeln!(
+        write_metric(
             out,
-            "# HELP sluice_rate_limit_redis_keys_synced Keys exchanged in the last sync.\n# TYPE sluice_rate_limit_redis_keys_synced gauge\nsluice_rate_limit_redis_keys_synced {}\n# HELP sluice_rate_limit_redis_sync_seconds Duration of the last sync.\n# TYPE sluice_rate_limit_redis_sync_seconds gauge\nsluice_rate_limit_redis_sync_seconds {:.6}",
+            "sluice_rate_limit_redis_keys_synced",
+            "Keys exchanged in the last sync.",
+            "gauge",
             fleet.keys_synced.load(Relaxed),
-            fleet.last_sync_us.load(Relaxed) as f64 / 1e6
+        );
+        write_metric(
+            out,
+            "sluice_rate_limit_redis_sync_seconds",
+            "Duration of the last sync.",
+            "gauge",
+            format_args!("{:.6}", fleet.last_sync_us.load(Relaxed) as f64 / 1e6),
         );
     }
 
