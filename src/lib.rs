@@ -32,6 +32,7 @@ pub mod pg_keys;
 pub mod rate;
 pub mod route;
 pub mod secret;
+pub mod segment;
 pub mod server;
 pub mod shutdown;
 pub mod split;

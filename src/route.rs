@@ -6,6 +6,11 @@
 pub enum Route {
     Events,
     EventsBatch,
+    /// Segment's batch endpoint, `/v1/batch`.
+    SegmentBatch,
+    /// Segment's single calls, `/v1/track`, `/v1/identify`, ...
+    SegmentCall,
+    OpenApi,
     Healthz,
     Readyz,
     Metrics,
@@ -14,9 +19,12 @@ pub enum Route {
 
 impl Route {
     /// Every route, in metrics order.
-    pub const ALL: [Route; 6] = [
+    pub const ALL: [Route; 9] = [
         Route::Events,
         Route::EventsBatch,
+        Route::SegmentBatch,
+        Route::SegmentCall,
+        Route::OpenApi,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -29,6 +37,9 @@ impl Route {
         match path_of(target) {
             b"/v1/events" | b"/events" => Route::Events,
             b"/v1/events/batch" => Route::EventsBatch,
+            b"/v1/batch" => Route::SegmentBatch,
+            b"/openapi.json" => Route::OpenApi,
+            path if SegmentCall::of_path(path).is_some() => Route::SegmentCall,
             b"/healthz" => Route::Healthz,
             b"/readyz" => Route::Readyz,
             b"/metrics" => Route::Metrics,
@@ -41,6 +52,9 @@ impl Route {
         match self {
             Route::Events => "/v1/events",
             Route::EventsBatch => "/v1/events/batch",
+            Route::SegmentBatch => "/v1/batch",
+            Route::SegmentCall => "/v1/{segment call}",
+            Route::OpenApi => "/openapi.json",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -50,7 +64,15 @@ impl Route {
 
     /// Whether events are posted to this route.
     pub fn ingests(self) -> bool {
-        matches!(self, Route::Events | Route::EventsBatch)
+        matches!(
+            self,
+            Route::Events | Route::EventsBatch | Route::SegmentBatch | Route::SegmentCall
+        )
+    }
+
+    /// Whether the route speaks Segment's wire format.
+    pub fn is_segment(self) -> bool {
+        matches!(self, Route::SegmentBatch | Route::SegmentCall)
     }
 
     /// The `Allow` header of a 405 on this route.
@@ -60,6 +82,57 @@ impl Route {
         } else {
             "GET, HEAD, OPTIONS"
         }
+    }
+}
+
+/// Segment's call types, each with its own endpoint (`/v1/<type>`) and
+/// named by a batch member's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentCall {
+    Track,
+    Identify,
+    Page,
+    Screen,
+    Group,
+    Alias,
+}
+
+impl SegmentCall {
+    pub const ALL: [SegmentCall; 6] = [
+        SegmentCall::Track,
+        SegmentCall::Identify,
+        SegmentCall::Page,
+        SegmentCall::Screen,
+        SegmentCall::Group,
+        SegmentCall::Alias,
+    ];
+
+    /// The type's name, as in `"type"` and the endpoint's path.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegmentCall::Track => "track",
+            SegmentCall::Identify => "identify",
+            SegmentCall::Page => "page",
+            SegmentCall::Screen => "screen",
+            SegmentCall::Group => "group",
+            SegmentCall::Alias => "alias",
+        }
+    }
+
+    pub fn of_name(name: &[u8]) -> Option<SegmentCall> {
+        SegmentCall::ALL
+            .into_iter()
+            .find(|call| call.name().as_bytes() == name)
+    }
+
+    /// The call type of an endpoint path, `/v1/track` and so on.
+    pub fn of_path(path: &[u8]) -> Option<SegmentCall> {
+        path.strip_prefix(b"/v1/").and_then(SegmentCall::of_name)
+    }
+
+    /// The call type of a request target.
+    pub fn of_target(target: &[u8]) -> Option<SegmentCall> {
+        SegmentCall::of_path(path_of(target))
     }
 }
 
@@ -108,5 +181,18 @@ mod tests {
         assert_eq!(Route::of(b"http://h/healthz"), Route::Healthz);
         assert_eq!(Route::of(b"/v1/events/"), Route::Other);
         assert_eq!(Route::of(b"*"), Route::Other);
+    }
+
+    #[test]
+    fn segment_endpoints_route_by_call_type() {
+        assert_eq!(Route::of(b"/v1/batch"), Route::SegmentBatch);
+        for call in SegmentCall::ALL {
+            let path = format!("/v1/{}?x", call.name());
+            assert_eq!(Route::of(path.as_bytes()), Route::SegmentCall, "{path}");
+            assert_eq!(SegmentCall::of_target(path.as_bytes()), Some(call));
+        }
+        assert_eq!(Route::of(b"/v1/trackx"), Route::Other);
+        assert_eq!(Route::of(b"/v1/"), Route::Other);
+        assert_eq!(SegmentCall::of_target(b"/v1/events"), None);
     }
 }

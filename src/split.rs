@@ -8,6 +8,7 @@
 use std::ops::Range;
 
 use crate::error::ApiError;
+use crate::route::SegmentCall;
 
 /// Body shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,20 +16,35 @@ pub enum BodyKind {
     Single,
     JsonBatch,
     Ndjson,
+    /// A Segment batch, `{"batch": [ ... ], "context": {..}, ...}`.
+    SegmentBatch,
+    /// One Segment call whose type is the route's (`/v1/track`, ...).
+    SegmentCall(SegmentCall),
 }
 
-/// Fills `spans` with the byte range of every event in `body`.
+impl BodyKind {
+    /// Whether the body holds one event (an invalid one fails the request)
+    /// rather than a batch (invalid events are rejected one by one).
+    pub fn is_single(self) -> bool {
+        matches!(self, BodyKind::Single | BodyKind::SegmentCall(_))
+    }
+}
+
+/// Fills `spans` with the byte range of every event in `body`. Returns the
+/// range of a Segment batch's shared `context`, if it has one.
 pub fn event_spans(
     kind: BodyKind,
     body: &[u8],
     spans: &mut Vec<Range<usize>>,
     events_max: usize,
-) -> Result<(), ApiError> {
+) -> Result<Option<Range<usize>>, ApiError> {
     spans.clear();
+    let mut shared_context = None;
     match kind {
-        BodyKind::Single => spans.push(0..body.len()),
+        BodyKind::Single | BodyKind::SegmentCall(_) => spans.push(0..body.len()),
         BodyKind::JsonBatch => json_batch(body, spans, events_max)?,
         BodyKind::Ndjson => ndjson(body, spans, events_max)?,
+        BodyKind::SegmentBatch => shared_context = segment_batch(body, spans, events_max)?,
     }
     if spans.is_empty() {
         return Err(ApiError::new(
@@ -37,7 +53,7 @@ pub fn event_spans(
             "the batch holds no events",
         ));
     }
-    Ok(())
+    Ok(shared_context)
 }
 
 fn ndjson(body: &[u8], spans: &mut Vec<Range<usize>>, events_max: usize) -> Result<(), ApiError> {
@@ -67,51 +83,76 @@ fn batch_shape_error() -> ApiError {
     )
 }
 
+fn segment_shape_error() -> ApiError {
+    ApiError::new(
+        400,
+        "invalid_json",
+        "a Segment batch body must be an object with \"batch\": [ ... ]",
+    )
+}
+
 fn json_batch(
     body: &[u8],
     spans: &mut Vec<Range<usize>>,
     events_max: usize,
 ) -> Result<(), ApiError> {
-    let mut scanner = Scanner { body, position: 0 };
+    let mut scanner = Scanner::new(body, batch_shape_error);
     scanner.expect(b"{")?;
     scanner.expect(b"\"events\"")?;
     scanner.expect(b":")?;
-    scanner.expect(b"[")?;
-    scanner.skip_whitespace();
-    if scanner.peek() == Some(b']') {
-        scanner.position += 1;
-    } else {
-        loop {
-            let element = scanner.element()?;
-            if spans.len() == events_max {
-                return Err(ApiError::batch_too_large(events_max));
-            }
-            spans.push(element);
-            match scanner.next_byte() {
-                Some(b',') => continue,
-                Some(b']') => break,
-                _ => return Err(batch_shape_error()),
-            }
+    scanner.array_elements(spans, events_max)?;
+    scanner.expect(b"}")?;
+    scanner.end()
+}
+
+/// A Segment batch: an object whose `batch` member is the array of calls,
+/// in any member order. `context` is returned; `writeKey`, `sentAt` and
+/// other members are not part of any event.
+fn segment_batch(
+    body: &[u8],
+    spans: &mut Vec<Range<usize>>,
+    events_max: usize,
+) -> Result<Option<Range<usize>>, ApiError> {
+    let mut scanner = Scanner::new(body, segment_shape_error);
+    let mut found_batch = false;
+    let mut shared_context = None;
+    scanner.members(|scanner, key| match key {
+        b"batch" if !found_batch => {
+            found_batch = true;
+            scanner.array_elements(spans, events_max)
+        }
+        b"batch" => Err(segment_shape_error()),
+        b"context" => {
+            shared_context = Some(scanner.value(b'}')?);
+            Ok(())
+        }
+        _ => scanner.value(b'}').map(|_| ()),
+    })?;
+    scanner.end()?;
+    if !found_batch {
+        return Err(segment_shape_error());
+    }
+    Ok(shared_context)
+}
+
+/// A forward scan over JSON text that finds the boundaries of values, not
+/// their contents: strings and nesting are tracked, nothing is decoded.
+/// The values it delimits are parsed in full later.
+pub struct Scanner<'a> {
+    body: &'a [u8],
+    pub position: usize,
+    shape_error: fn() -> ApiError,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(body: &'a [u8], shape_error: fn() -> ApiError) -> Self {
+        Scanner {
+            body,
+            position: 0,
+            shape_error,
         }
     }
-    scanner.expect(b"}")?;
-    scanner.skip_whitespace();
-    if scanner.position != body.len() {
-        return Err(ApiError::new(
-            400,
-            "invalid_json",
-            "trailing bytes after the batch object",
-        ));
-    }
-    Ok(())
-}
 
-struct Scanner<'a> {
-    body: &'a [u8],
-    position: usize,
-}
-
-impl Scanner<'_> {
     fn skip_whitespace(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\r' | b'\n')) {
             self.position += 1;
@@ -135,50 +176,136 @@ impl Scanner<'_> {
             self.position += token.len();
             Ok(())
         } else {
-            Err(batch_shape_error())
+            Err((self.shape_error)())
         }
     }
 
-    /// Scans one array element up to (not including) the `,` or `]` that
-    /// ends it, tracking strings and nesting only.
-    fn element(&mut self) -> Result<Range<usize>, ApiError> {
+    /// Only whitespace is left.
+    pub fn end(&mut self) -> Result<(), ApiError> {
+        self.skip_whitespace();
+        if self.position != self.body.len() {
+            return Err(ApiError::new(
+                400,
+                "invalid_json",
+                "trailing bytes after the body's object",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An array, `[` to `]`: pushes each element's range to `spans`.
+    fn array_elements(
+        &mut self,
+        spans: &mut Vec<Range<usize>>,
+        events_max: usize,
+    ) -> Result<(), ApiError> {
+        self.expect(b"[")?;
+        self.skip_whitespace();
+        if self.peek() == Some(b']') {
+            self.position += 1;
+            return Ok(());
+        }
+        loop {
+            let element = self.value(b']')?;
+            if spans.len() == events_max {
+                return Err(ApiError::batch_too_large(events_max));
+            }
+            spans.push(element);
+            match self.next_byte() {
+                Some(b',') => continue,
+                Some(b']') => return Ok(()),
+                _ => return Err((self.shape_error)()),
+            }
+        }
+    }
+
+    /// An object, `{` to `}`: calls `each` with the scanner placed after
+    /// each member's `:` and the key's raw bytes (between the quotes,
+    /// escapes left as sent); `each` must consume the member's value.
+    pub fn members(
+        &mut self,
+        mut each: impl FnMut(&mut Self, &'a [u8]) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        self.expect(b"{")?;
+        self.skip_whitespace();
+        if self.peek() == Some(b'}') {
+            self.position += 1;
+            return Ok(());
+        }
+        loop {
+            let key = self.string()?;
+            let key = &self.body[key.start + 1..key.end - 1];
+            self.expect(b":")?;
+            each(self, key)?;
+            match self.next_byte() {
+                Some(b',') => continue,
+                Some(b'}') => return Ok(()),
+                _ => return Err((self.shape_error)()),
+            }
+        }
+    }
+
+    /// A string token, quotes included.
+    fn string(&mut self) -> Result<Range<usize>, ApiError> {
+        self.skip_whitespace();
+        if self.peek() != Some(b'"') {
+            return Err((self.shape_error)());
+        }
+        let start = self.position;
+        self.position += 1;
+        self.skip_string_body()?;
+        Ok(start..self.position)
+    }
+
+    /// From inside a string to just after its closing quote. Most of an
+    /// event's bytes are inside strings: jump to the next quote or
+    /// backslash instead of looking at each byte.
+    fn skip_string_body(&mut self) -> Result<(), ApiError> {
+        loop {
+            let rest = self.body.get(self.position..).unwrap_or_default();
+            let Some(offset) = memchr::memchr2(b'"', b'\\', rest) else {
+                return Err((self.shape_error)());
+            };
+            self.position += offset;
+            if self.body[self.position] == b'\\' {
+                self.position += 2;
+            } else {
+                self.position += 1;
+                return Ok(());
+            }
+        }
+    }
+
+    /// One value up to (not including) the `,` or `close` that ends it,
+    /// trimmed of whitespace.
+    pub fn value(&mut self, close: u8) -> Result<Range<usize>, ApiError> {
         self.skip_whitespace();
         let start = self.position;
         let mut depth = 0usize;
-        let mut in_string = false;
         while let Some(byte) = self.peek() {
-            if in_string {
-                // Most of an event's bytes are inside strings: jump to the
-                // next quote or backslash instead of looking at each byte.
-                let Some(offset) = memchr::memchr2(b'"', b'\\', &self.body[self.position..]) else {
-                    return Err(batch_shape_error());
-                };
-                self.position += offset;
-                if self.body[self.position] == b'\\' {
+            match byte {
+                b'"' => {
                     self.position += 1;
-                } else {
-                    in_string = false;
+                    self.skip_string_body()?;
+                    continue;
                 }
-            } else {
-                match byte {
-                    b'"' => in_string = true,
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' if depth > 0 => depth -= 1,
-                    b',' | b']' if depth == 0 => break,
-                    b'}' => return Err(batch_shape_error()),
-                    _ => {}
-                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth > 0 => depth -= 1,
+                b',' if depth == 0 => break,
+                byte if byte == close && depth == 0 => break,
+                b'}' | b']' => return Err((self.shape_error)()),
+                _ => {}
             }
             self.position += 1;
         }
         if self.position >= self.body.len() {
-            return Err(batch_shape_error());
+            return Err((self.shape_error)());
         }
-        let element = trim_range(self.body, start..self.position);
-        if element.is_empty() {
-            return Err(batch_shape_error());
+        let value = trim_range(self.body, start..self.position);
+        if value.is_empty() {
+            return Err((self.shape_error)());
         }
-        Ok(element)
+        Ok(value)
     }
 }
 

@@ -11,6 +11,8 @@ use crate::route::Route;
 
 const JSON: &str = "application/json";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
+/// The API's description, `GET /openapi.json` (SPEC §11).
+pub const OPENAPI: &[u8] = include_bytes!("../../api/openapi.json");
 
 /// What every response to the request in hand shares.
 pub struct Reply {
@@ -160,8 +162,9 @@ pub fn write_error(
     log_failure(core, reply, error.status, error.code, tenant);
 }
 
-/// `202 {"accepted": N}`, with `rejected` on the batch route; a batch with
-/// nothing accepted is a 400 with the same body.
+/// `202 {"accepted": N}`, with `rejected` on the batch routes; a batch with
+/// nothing accepted is a 400 with the same body. Segment's routes answer
+/// 200 `{"success": true, "accepted": N}`.
 pub fn write_accepted(
     core: &Core,
     output: &mut Vec<u8>,
@@ -173,15 +176,26 @@ pub fn write_accepted(
     let mut scratch = core.scratch.borrow_mut();
     let body = &mut scratch.body;
     body.clear();
-    body.extend_from_slice(b"{\"accepted\":");
+    // Segment's endpoints answer as Segment does, 200 with `success`:
+    // SDK versions that take only 200 as success would otherwise resend.
+    let segment = reply.route.is_segment();
+    body.extend_from_slice(if segment {
+        b"{\"success\":true,\"accepted\":".as_slice()
+    } else {
+        b"{\"accepted\":"
+    });
     body.extend_from_slice(itoa::Buffer::new().format(accepted).as_bytes());
-    if reply.route == Route::EventsBatch {
+    if matches!(reply.route, Route::EventsBatch | Route::SegmentBatch) {
         body.extend_from_slice(b",\"rejected\":[");
         body.extend_from_slice(rejected_json);
         body.push(b']');
     }
     body.push(b'}');
-    let status = if accepted == 0 { 400 } else { 202 };
+    let status = match (accepted, segment) {
+        (0, _) => 400,
+        (_, true) => 200,
+        (_, false) => 202,
+    };
     write_response(core, output, reply, status, JSON, body, Extra::default());
     drop(scratch);
     if status == 400 {
@@ -202,12 +216,13 @@ pub fn write_preflight(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
     write_response(core, output, reply, 204, JSON, b"", extra);
 }
 
-/// `/healthz`, `/readyz` and `/metrics`.
+/// `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
 pub fn write_probe(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
     let shared = &core.shared;
     let readiness = shared.readiness.status(core.now_ms());
     let (status, content_type, body): (u16, &str, Vec<u8>) = match reply.route {
         Route::Healthz => (200, JSON, b"{\"status\":\"ok\"}".to_vec()),
+        Route::OpenApi => (200, JSON, OPENAPI.to_vec()),
         Route::Readyz => match &readiness {
             Ok(()) => (200, JSON, b"{\"status\":\"ready\"}".to_vec()),
             Err(reason) => {

@@ -83,6 +83,8 @@ pub struct Scratch {
     pub body: Vec<u8>,
     /// A key from the query string, percent-decoded (`auth.query_key`).
     pub query_key: Vec<u8>,
+    /// A Segment call rewritten as a native event.
+    pub translated: Vec<u8>,
 }
 
 impl Core {

@@ -15,13 +15,13 @@ use super::framing::{read_body, ReadError};
 use super::inflight::Delivery;
 use super::ingest::{ingest, Handed};
 use super::wire::Wire;
-use crate::auth::{presented_key, query_key, AuthError, Grant, Snapshot};
+use crate::auth::{basic_user, presented_key, query_key, AuthError, Grant, Snapshot};
 use crate::config::AckMode;
 use crate::error::ApiError;
 use crate::http::request::{trim, Framing, Head, Method};
 use crate::http::response::CONTINUE;
 use crate::http::{gzip, FramingError};
-use crate::route::Route;
+use crate::route::{Route, SegmentCall};
 use crate::split::BodyKind;
 
 /// Whether the connection goes on after a request, and how it ends.
@@ -224,6 +224,9 @@ impl<'a> Exchange<'a> {
         match (route, ndjson) {
             (Route::EventsBatch, true) => BodyKind::Ndjson,
             (Route::EventsBatch, false) => BodyKind::JsonBatch,
+            (Route::SegmentBatch, _) => BodyKind::SegmentBatch,
+            (Route::SegmentCall, _) => SegmentCall::of_target(&self.wire.input[head.path.clone()])
+                .map_or(BodyKind::Single, BodyKind::SegmentCall),
             _ => BodyKind::Single,
         }
     }
@@ -279,10 +282,15 @@ impl<'a> Exchange<'a> {
         // Held to the end: `key` may point into it.
         let mut scratch = None;
         let mut from_query = false;
-        if key.is_empty() && self.core.shared.config.auth.query_key {
-            let decoded = scratch.insert(self.core.scratch.borrow_mut());
-            if query_key(&input[head.path.clone()], &mut decoded.query_key) {
-                key = &decoded.query_key;
+        if key.is_empty() {
+            let decoded = &mut scratch.insert(self.core.scratch.borrow_mut()).query_key;
+            // Segment's SDKs send the write key as the Basic user name.
+            if header(input, &head.authorization).is_some_and(|value| basic_user(value, decoded)) {
+                key = decoded;
+            } else if self.core.shared.config.auth.query_key
+                && query_key(&input[head.path.clone()], decoded)
+            {
+                key = decoded;
                 from_query = true;
             }
         }

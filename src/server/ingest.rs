@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use crossbeam_channel::TrySendError;
 
-use super::context::Core;
+use super::context::{Core, Scratch};
 use crate::auth::Grant;
 use crate::error::ApiError;
 use crate::event::{write_dead_letter, write_error_fields, Enrichment};
 use crate::kafka::handoff::{Batch, Record, Ticket};
+use crate::segment::translate;
 use crate::split::{event_spans, BodyKind};
 
 /// Events handed to a producer.
@@ -74,24 +75,48 @@ fn fill_batch(
 ) -> Result<usize, ApiError> {
     let limits = &core.shared.config.limits;
     let mut scratch = core.scratch.borrow_mut();
-    event_spans(kind, body, &mut scratch.spans, limits.batch_events_max)?;
+    let Scratch {
+        spans, translated, ..
+    } = &mut *scratch;
+    let shared_context = event_spans(kind, body, spans, limits.batch_events_max)?;
     let enrichment = Enrichment {
         tenant_id: &grant.tenant_id,
         project_id: grant.project_id.as_deref(),
         received_at_ms: core.now_ms(),
     };
+    let segment_call = match kind {
+        BodyKind::SegmentCall(call) => Some(Some(call)),
+        BodyKind::SegmentBatch => Some(None),
+        _ => None,
+    };
     let mut validator = core.validator.borrow_mut();
     let mut rejected = 0;
-    for (index, span) in scratch.spans.iter().enumerate() {
+    for (index, span) in spans.iter().enumerate() {
         let raw = &body[span.clone()];
-        match validator.validate_into(raw, &enrichment, &mut batch.data) {
+        let validated = match segment_call {
+            None => validator.validate_into(raw, &enrichment, &mut batch.data),
+            Some(call) => {
+                let context = shared_context.clone().map(|range| &body[range]);
+                translate(raw, call, context, enrichment.received_at_ms, translated).and_then(
+                    |()| {
+                        validator.validate_sized(
+                            translated,
+                            raw.len(),
+                            &enrichment,
+                            &mut batch.data,
+                        )
+                    },
+                )
+            }
+        };
+        match validated {
             Ok(spans) => batch.records.push(Record {
                 dead_letter: false,
                 key: spans.key,
                 value: spans.value,
                 event_type: spans.event_type,
             }),
-            Err(error) if kind == BodyKind::Single => return Err(error),
+            Err(error) if kind.is_single() => return Err(error),
             Err(error) => {
                 rejected += 1;
                 describe_rejection(rejected_json, index, &error);
@@ -110,6 +135,9 @@ fn fill_batch(
                 });
             }
         }
+    }
+    if translated.capacity() > super::context::POOLED_BUFFER_BYTES_MAX {
+        *translated = Vec::new();
     }
     Ok(rejected)
 }

@@ -1,0 +1,469 @@
+//! Segment's wire format (`/v1/batch`, `/v1/track`, ...) mapped onto the
+//! event of SPEC §1, so that analytics SDKs send to sluice unchanged.
+//!
+//! A Segment call is rewritten into a native event that keeps every member
+//! the client sent (`writeKey` aside: it is the API key) and adds the
+//! schema's fields:
+//!
+//! | native field | from the Segment call |
+//! | --- | --- |
+//! | `event_type` | `event` for a track call, else `type` (`identify`, `page`, ...) |
+//! | `user_id` | `userId`, else `anonymousId` (either may be null) |
+//! | `event_time` | `timestamp` (RFC 3339 / ISO 8601), else the time received |
+//! | `event_id` | `messageId` when it is a UUID; otherwise a UUIDv8 from its SHA-256 |
+//!
+//! The result then goes through the native validator, so Segment calls get
+//! the same validation, limits and dead-lettering as native events. The
+//! rewrite is a copy of byte ranges found by [`Scanner`]; nothing is
+//! decoded but the timestamp.
+
+use std::ops::Range;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::route::SegmentCall;
+use crate::split::Scanner;
+
+/// What a call's members map from, as byte ranges of the call.
+#[derive(Default)]
+struct Mapped {
+    call_type: Option<Range<usize>>,
+    event: Option<Range<usize>>,
+    user_id: Option<Range<usize>>,
+    anonymous_id: Option<Range<usize>>,
+    message_id: Option<Range<usize>>,
+    timestamp: Option<Range<usize>>,
+    has_context: bool,
+}
+
+fn invalid(field: &'static str, message: &'static str) -> ApiError {
+    ApiError {
+        field: Some(field),
+        ..ApiError::new(400, "invalid_event", message)
+    }
+}
+
+fn call_shape_error() -> ApiError {
+    ApiError::new(400, "invalid_json", "a Segment call must be a JSON object")
+}
+
+/// Rewrites the Segment call `raw` into a native event in `out` (cleared
+/// first). `call` is the endpoint's type (`None` for a batch member, whose
+/// `type` then names it); `shared_context` is a batch's `context`, used by
+/// members that have none; `received_at_ms` stands in for a missing
+/// `timestamp`.
+pub fn translate(
+    raw: &[u8],
+    call: Option<SegmentCall>,
+    shared_context: Option<&[u8]>,
+    received_at_ms: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), ApiError> {
+    out.clear();
+    out.push(b'{');
+    let mut mapped = Mapped::default();
+    let mut scanner = Scanner::new(raw, call_shape_error);
+    scanner.members(|scanner, key| {
+        let value = scanner.value(b'}')?;
+        let slot = match key {
+            b"writeKey" => return Ok(()),
+            b"type" => Some(&mut mapped.call_type),
+            b"event" => Some(&mut mapped.event),
+            b"userId" => Some(&mut mapped.user_id),
+            b"anonymousId" => Some(&mut mapped.anonymous_id),
+            b"messageId" => Some(&mut mapped.message_id),
+            b"timestamp" => Some(&mut mapped.timestamp),
+            b"context" => {
+                mapped.has_context = true;
+                None
+            }
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            if slot.replace(value.clone()).is_some() {
+                return Err(ApiError::new(
+                    400,
+                    "invalid_event",
+                    "a Segment call names a member twice",
+                ));
+            }
+        }
+        // Every member is kept, its key as sent (escapes included).
+        write_member(out, key, &raw[value]);
+        Ok(())
+    })?;
+    scanner.end()?;
+    let text = |range: &Option<Range<usize>>| range.clone().map(|range| &raw[range]);
+    let call = resolve_call(call, text(&mapped.call_type), out)?;
+    if !mapped.has_context {
+        if let Some(context) = shared_context {
+            write_member(out, b"context", context);
+        }
+    }
+    write_member(out, b"event_type", b"");
+    match call {
+        SegmentCall::Track => match text(&mapped.event) {
+            Some(event) if event.first() == Some(&b'"') => out.extend_from_slice(event),
+            _ => return Err(invalid("event", "a track call needs an event name string")),
+        },
+        other => {
+            out.push(b'"');
+            out.extend_from_slice(other.name().as_bytes());
+            out.push(b'"');
+        }
+    }
+    let user = [text(&mapped.user_id), text(&mapped.anonymous_id)]
+        .into_iter()
+        .flatten()
+        .find(|value| *value != b"null");
+    match user {
+        Some(user) => write_member(out, b"user_id", user),
+        None => {
+            return Err(invalid(
+                "userId",
+                "a Segment call needs a userId or an anonymousId",
+            ))
+        }
+    }
+    let event_time = match text(&mapped.timestamp).filter(|value| *value != b"null") {
+        None => i64::try_from(received_at_ms).unwrap_or(i64::MAX),
+        Some(value) => string_contents(value)
+            .and_then(parse_timestamp)
+            .ok_or_else(|| {
+                invalid(
+                    "timestamp",
+                    "timestamp must be an RFC 3339 date-time, such as 2026-11-26T10:00:00.000Z",
+                )
+            })?,
+    };
+    write_member(
+        out,
+        b"event_time",
+        itoa::Buffer::new().format(event_time).as_bytes(),
+    );
+    match text(&mapped.message_id).filter(|value| *value != b"null") {
+        None => {}
+        Some(value) => {
+            let Some(contents) = string_contents(value) else {
+                return Err(invalid("messageId", "messageId must be a string"));
+            };
+            if uuid::Uuid::try_parse_ascii(contents).is_ok() {
+                write_member(out, b"event_id", value);
+            } else {
+                let id = event_id_of(contents);
+                let mut buffer = uuid::Uuid::encode_buffer();
+                out.extend_from_slice(b",\"event_id\":\"");
+                out.extend_from_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
+                out.push(b'"');
+            }
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// The call's type: the endpoint's, or a batch member's `type`. A member
+/// without one gets the endpoint's written in.
+fn resolve_call(
+    endpoint: Option<SegmentCall>,
+    sent: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Result<SegmentCall, ApiError> {
+    let named = sent
+        .and_then(string_contents)
+        .and_then(SegmentCall::of_name);
+    match (endpoint, named) {
+        (Some(call), _) => {
+            if sent.is_none() {
+                let mut name = Vec::with_capacity(8);
+                name.push(b'"');
+                name.extend_from_slice(call.name().as_bytes());
+                name.push(b'"');
+                write_member(out, b"type", &name);
+            }
+            Ok(call)
+        }
+        (None, Some(call)) => Ok(call),
+        (None, None) => Err(invalid(
+            "type",
+            "type must be one of track, identify, page, screen, group, alias",
+        )),
+    }
+}
+
+/// Appends `,"key":value` (no comma after the opening brace).
+fn write_member(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(key);
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value);
+}
+
+/// A JSON string token's contents, when it has no escapes.
+fn string_contents(token: &[u8]) -> Option<&[u8]> {
+    let contents = token.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    (!contents.contains(&b'\\')).then_some(contents)
+}
+
+/// A stable event id for a `messageId` that is not a UUID: the same
+/// message sent again (a retry) gets the same id, so `event_id` stays the
+/// idempotency key downstream.
+fn event_id_of(message_id: &[u8]) -> uuid::Uuid {
+    let digest = Sha256::new()
+        .chain_update(b"sluice segment messageId\0")
+        .chain_update(message_id)
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 date-time:
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`. `t` or a space may separate
+/// date and time, and a missing offset is read as UTC (Python's
+/// `isoformat()` of a naive datetime). Fractions finer than a millisecond
+/// are truncated.
+pub fn parse_timestamp(text: &[u8]) -> Option<i64> {
+    let digits = |range: Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        part.iter().try_fold(0i64, |value, &byte| {
+            byte.is_ascii_digit()
+                .then(|| value * 10 + i64::from(byte - b'0'))
+        })
+    };
+    let year = digits(0..4)?;
+    let month = digits(5..7)?;
+    let day = digits(8..10)?;
+    let hour = digits(11..13)?;
+    let minute = digits(14..16)?;
+    let second = digits(17..19)?;
+    if text.get(4) != Some(&b'-')
+        || text.get(7) != Some(&b'-')
+        || !matches!(text.get(10), Some(b'T' | b't' | b' '))
+        || text.get(13) != Some(&b':')
+        || text.get(16) != Some(&b':')
+    {
+        return None;
+    }
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut position = 19;
+    let mut millis = 0;
+    if text.get(position) == Some(&b'.') {
+        position += 1;
+        let start = position;
+        while text.get(position).is_some_and(u8::is_ascii_digit) {
+            if position - start < 3 {
+                millis = millis * 10 + i64::from(text[position] - b'0');
+            }
+            position += 1;
+        }
+        if position == start {
+            return None;
+        }
+        for _ in (position - start)..3 {
+            millis *= 10;
+        }
+    }
+    let offset_minutes = match text.get(position) {
+        None => 0,
+        Some(b'Z' | b'z') if position + 1 == text.len() => 0,
+        Some(&sign @ (b'+' | b'-')) if position + 6 == text.len() => {
+            if text[position + 3] != b':' {
+                return None;
+            }
+            let hours = digits(position + 1..position + 3)?;
+            let minutes = digits(position + 4..position + 6)?;
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let offset = hours * 60 + minutes;
+            if sign == b'-' {
+                -offset
+            } else {
+                offset
+            }
+        }
+        Some(_) => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
+    Some(seconds * 1_000 + millis)
+}
+
+fn is_leap(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_index = (month + 9) % 12;
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translated(raw: &str, call: Option<SegmentCall>) -> Result<serde_json::Value, ApiError> {
+        let mut out = Vec::new();
+        translate(
+            raw.as_bytes(),
+            call,
+            Some(br#"{"shared":1}"#),
+            1_000,
+            &mut out,
+        )?;
+        Ok(serde_json::from_slice(&out).expect("the rewrite is JSON"))
+    }
+
+    #[test]
+    fn timestamps_parse_as_rfc_3339() {
+        let cases: [(&str, i64); 8] = [
+            ("1970-01-01T00:00:00Z", 0),
+            ("1970-01-01T00:00:00.5Z", 500),
+            ("2026-11-26T10:00:00.123Z", 1_795_687_200_123),
+            ("2026-11-26T10:00:00.123456+00:00", 1_795_687_200_123),
+            ("2026-11-26T12:30:00.123+02:30", 1_795_687_200_123),
+            ("2026-11-26 10:00:00.123", 1_795_687_200_123),
+            ("2024-02-29T00:00:00-00:00", 1_709_164_800_000),
+            ("1969-12-31T23:59:59.999Z", -1),
+        ];
+        for (text, millis) in cases {
+            assert_eq!(parse_timestamp(text.as_bytes()), Some(millis), "{text}");
+        }
+        for text in [
+            "2026-11-26",
+            "2026-13-01T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2026-11-26T24:00:00Z",
+            "2026-11-26T10:00:00.Z",
+            "2026-11-26T10:00:00+0200",
+            "2026-11-26T10:00:00Zjunk",
+            "2026-11-26T10:00:00+02:60",
+            "２026-11-26T10:00:00Z",
+            "",
+        ] {
+            assert_eq!(parse_timestamp(text.as_bytes()), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn calls_map_onto_the_native_fields_and_keep_theirs() {
+        let track = r#"{"type":"track","event":"Order Completed","userId":"u1",
+            "anonymousId":"a1","properties":{"total":3},"context":{"ip":"1.2.3.4"},
+            "timestamp":"2026-11-26T10:00:00.123Z","writeKey":"secret",
+            "messageId":"0f8fad5b-d9cb-469f-a165-70867728950e"}"#;
+        let event = translated(track, None).unwrap();
+        assert_eq!(event["event_type"], "Order Completed");
+        assert_eq!(event["user_id"], "u1");
+        assert_eq!(event["anonymousId"], "a1");
+        assert_eq!(event["event_time"], 1_795_687_200_123i64);
+        assert_eq!(event["event_id"], "0f8fad5b-d9cb-469f-a165-70867728950e");
+        assert_eq!(event["properties"]["total"], 3);
+        assert_eq!(event["context"]["ip"], "1.2.3.4");
+        assert!(event.get("writeKey").is_none(), "the write key is dropped");
+
+        let identify =
+            r#"{"type":"identify","userId":null,"anonymousId":"a2","traits":{"plan":"pro"}}"#;
+        let event = translated(identify, None).unwrap();
+        assert_eq!(event["event_type"], "identify");
+        assert_eq!(event["user_id"], "a2");
+        assert_eq!(event["traits"]["plan"], "pro");
+        assert_eq!(
+            event["event_time"], 1_000,
+            "no timestamp: the time received"
+        );
+        assert_eq!(event["context"]["shared"], 1, "the batch's context");
+        assert!(event.get("event_id").is_none(), "assigned by the validator");
+    }
+
+    #[test]
+    fn the_endpoint_names_the_type_of_a_single_call() {
+        let event = translated(r#"{"userId":"u","name":"Home"}"#, Some(SegmentCall::Page)).unwrap();
+        assert_eq!(event["event_type"], "page");
+        assert_eq!(event["type"], "page");
+        assert_eq!(event["name"], "Home");
+    }
+
+    #[test]
+    fn message_ids_that_are_not_uuids_give_stable_event_ids() {
+        let call = |id: &str| {
+            translated(
+                &format!(r#"{{"type":"screen","userId":"u","messageId":"{id}"}}"#),
+                None,
+            )
+            .unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let first = call("node-next-1764151200000-abc");
+        assert_eq!(first, call("node-next-1764151200000-abc"));
+        assert_ne!(first, call("node-next-1764151200000-abd"));
+        assert_eq!(uuid::Uuid::parse_str(&first).unwrap().get_version_num(), 8);
+    }
+
+    #[test]
+    fn calls_missing_what_the_record_needs_are_refused_by_field() {
+        for (raw, field) in [
+            (r#"{"type":"track","userId":"u"}"#, "event"),
+            (r#"{"type":"track","event":7,"userId":"u"}"#, "event"),
+            (r#"{"type":"track","event":"e"}"#, "userId"),
+            (
+                r#"{"type":"track","event":"e","userId":null,"anonymousId":null}"#,
+                "userId",
+            ),
+            (r#"{"type":"launch","userId":"u"}"#, "type"),
+            (r#"{"userId":"u"}"#, "type"),
+            (
+                r#"{"type":"page","userId":"u","timestamp":"yesterday"}"#,
+                "timestamp",
+            ),
+            (r#"{"type":"page","userId":"u","messageId":5}"#, "messageId"),
+        ] {
+            let error = translated(raw, None).unwrap_err();
+            assert_eq!((error.status, error.field), (400, Some(field)), "{raw}");
+        }
+        for raw in [
+            r#"[1]"#,
+            r#"{"type":"page""#,
+            r#"{"type":"page"} x"#,
+            r#"{"a":}"#,
+        ] {
+            assert_eq!(
+                translated(raw, None).unwrap_err().code,
+                "invalid_json",
+                "{raw}"
+            );
+        }
+        let twice = r#"{"type":"page","userId":"u","userId":"v"}"#;
+        assert_eq!(translated(twice, None).unwrap_err().status, 400);
+    }
+}
