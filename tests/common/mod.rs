@@ -882,3 +882,24 @@ pub fn missing_users(
     }
     wanted.into_iter().map(str::to_string).collect()
 }
+
+/// The client tools `scripts/install-client-tools` installs (idempotent;
+/// quick once cached): the Python virtual environment and the Node project
+/// directory.
+pub fn client_tools() -> (PathBuf, PathBuf) {
+    let output = output_within(
+        &mut Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/install-client-tools"
+        )),
+        Duration::from_secs(600),
+    );
+    assert!(
+        output.status.success(),
+        "scripts/install-client-tools failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let mut lines = stdout.lines().map(PathBuf::from);
+    (lines.next().unwrap(), lines.next().unwrap())
+}
