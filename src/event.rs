@@ -445,7 +445,8 @@ fn bounded_string<'a>(
 fn check_event_time(node: &Node<'_>, limits: &EventLimits, now_ms: u64) -> Result<i64, ApiError> {
     let millis = match *node {
         Node::Static(StaticNode::I64(value)) => value,
-        Node::Static(StaticNode::U64(value)) => i64::try_from(value).unwrap_or(i64::MAX),
+        // Past i64::MAX is no time in milliseconds (292 million years).
+        Node::Static(StaticNode::U64(value)) => i64::try_from(value).unwrap_or(-1),
         _ => {
             return Err(invalid(
                 "event_time",
@@ -453,6 +454,13 @@ fn check_event_time(node: &Node<'_>, limits: &EventLimits, now_ms: u64) -> Resul
             ))
         }
     };
+    // Before 1970 is no event's time, whatever the window allows.
+    if millis < 0 {
+        return Err(invalid(
+            "event_time",
+            "event_time must be Unix epoch milliseconds from 0 to 2^63-1",
+        ));
+    }
     let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
     let earliest = now.saturating_sub(i64::try_from(limits.event_time_past_ms).unwrap_or(i64::MAX));
     let latest = now.saturating_add(i64::try_from(limits.event_time_future_ms).unwrap_or(i64::MAX));
@@ -523,6 +531,32 @@ mod tests {
             },
             7,
         )
+    }
+
+    #[test]
+    fn event_times_before_1970_or_past_i64_are_refused_whatever_the_window() {
+        let mut validator = Validator::new(
+            EventLimits {
+                event_bytes_max: 4096,
+                properties_depth_max: 3,
+                event_time_past_ms: u64::MAX,
+                event_time_future_ms: u64::MAX,
+            },
+            7,
+        );
+        let mut out = Vec::new();
+        for (time, ok) in [
+            ("0", true),
+            ("9223372036854775807", true),
+            ("9223372036854775808", false),
+            ("18446744073709551615", false),
+            ("-1", false),
+            ("-9223372036854775808", false),
+        ] {
+            let raw = format!(r#"{{"user_id":"u","event_type":"t","event_time":{time}}}"#);
+            let result = validator.validate_into(raw.as_bytes(), &enrichment(), &mut out);
+            assert_eq!(result.is_ok(), ok, "{time}: {result:?}");
+        }
     }
 
     fn enrichment() -> Enrichment<'static> {

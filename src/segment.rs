@@ -22,6 +22,7 @@ use std::ops::Range;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::event::USER_ID_BYTES_MAX;
 use crate::route::SegmentCall;
 use crate::split::Scanner;
 
@@ -41,6 +42,19 @@ fn invalid(field: &'static str, message: &'static str) -> ApiError {
     ApiError {
         field: Some(field),
         ..ApiError::new(400, "invalid_event", message)
+    }
+}
+
+fn not_an_object(key: &[u8]) -> ApiError {
+    let field = match key {
+        b"context" => "context",
+        b"traits" => "traits",
+        b"integrations" => "integrations",
+        _ => "properties",
+    };
+    ApiError {
+        field: Some(field),
+        ..ApiError::new(400, "invalid_event", format!("{field} must be an object"))
     }
 }
 
@@ -74,8 +88,11 @@ pub fn translate(
             b"anonymousId" => Some(&mut mapped.anonymous_id),
             b"messageId" => Some(&mut mapped.message_id),
             b"timestamp" => Some(&mut mapped.timestamp),
-            b"context" => {
-                mapped.has_context = true;
+            b"context" | b"traits" | b"integrations" | b"properties" => {
+                mapped.has_context |= key == b"context";
+                if raw[value.start] != b'{' {
+                    return Err(not_an_object(key));
+                }
                 None
             }
             _ => None,
@@ -113,6 +130,14 @@ pub fn translate(
             out.push(b'"');
         }
     }
+    for (field, value) in [
+        ("userId", &mapped.user_id),
+        ("anonymousId", &mapped.anonymous_id),
+    ] {
+        if let Some(value) = text(value).filter(|value| *value != b"null") {
+            check_id(field, value)?;
+        }
+    }
     let user = [text(&mapped.user_id), text(&mapped.anonymous_id)]
         .into_iter()
         .flatten()
@@ -145,8 +170,12 @@ pub fn translate(
     match text(&mapped.message_id).filter(|value| *value != b"null") {
         None => {}
         Some(value) => {
-            let Some(contents) = string_contents(value) else {
-                return Err(invalid("messageId", "messageId must be a string"));
+            // An empty id would give every such call the same event_id.
+            let Some(contents) = string_contents(value).filter(|id| !id.is_empty()) else {
+                return Err(invalid(
+                    "messageId",
+                    "messageId must be a non-empty string without escapes",
+                ));
             };
             if uuid::Uuid::try_parse_ascii(contents).is_ok() {
                 write_member(out, b"event_id", value);
@@ -174,6 +203,10 @@ fn resolve_call(
         .and_then(string_contents)
         .and_then(SegmentCall::of_name);
     match (endpoint, named) {
+        (Some(call), _) if sent.is_some() && named != Some(call) => Err(invalid(
+            "type",
+            "type, when sent to a call's own endpoint, must name that call",
+        )),
         (Some(call), _) => {
             if sent.is_none() {
                 let mut name = Vec::with_capacity(8);
@@ -190,6 +223,51 @@ fn resolve_call(
             "type must be one of track, identify, page, screen, group, alias",
         )),
     }
+}
+
+/// `userId` and `anonymousId`, either of which may become `user_id`:
+/// strings of 1 to [`USER_ID_BYTES_MAX`] bytes once unescaped.
+fn check_id(field: &'static str, token: &[u8]) -> Result<(), ApiError> {
+    let bytes = token
+        .strip_prefix(b"\"")
+        .and_then(|rest| rest.strip_suffix(b"\""))
+        .map(unescaped_bytes);
+    match bytes {
+        Some(1..=USER_ID_BYTES_MAX) => Ok(()),
+        _ => Err(invalid(field, "must be a string of 1 to 256 bytes")),
+    }
+}
+
+/// How many bytes a JSON string's contents take once unescaped (each half
+/// of a surrogate pair counts 2 of the pair's 4). Only a bound is needed:
+/// the text is parsed in full later.
+fn unescaped_bytes(contents: &[u8]) -> usize {
+    let mut bytes = 0;
+    let mut index = 0;
+    while index < contents.len() {
+        if contents[index] != b'\\' {
+            bytes += 1;
+            index += 1;
+            continue;
+        }
+        if contents.get(index + 1) == Some(&b'u') {
+            let code = contents
+                .get(index + 2..index + 6)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                .unwrap_or(0);
+            bytes += match code {
+                0..=0x7f => 1,
+                0x80..=0x7ff | 0xd800..=0xdfff => 2,
+                _ => 3,
+            };
+            index += 6;
+        } else {
+            bytes += 1;
+            index += 2;
+        }
+    }
+    bytes
 }
 
 /// Appends `,"key":value` (no comma after the opening brace).
@@ -406,6 +484,8 @@ mod tests {
 
     #[test]
     fn the_endpoint_names_the_type_of_a_single_call() {
+        let mismatch = translated(r#"{"type":"track","userId":"u"}"#, Some(SegmentCall::Page));
+        assert_eq!(mismatch.unwrap_err().field, Some("type"));
         let event = translated(r#"{"userId":"u","name":"Home"}"#, Some(SegmentCall::Page)).unwrap();
         assert_eq!(event["event_type"], "page");
         assert_eq!(event["type"], "page");
@@ -432,7 +512,12 @@ mod tests {
 
     #[test]
     fn calls_missing_what_the_record_needs_are_refused_by_field() {
-        for (raw, field) in [
+        let long_anonymous = format!(
+            r#"{{"type":"page","userId":"u","anonymousId":"{}"}}"#,
+            "é".repeat(129)
+        );
+        let long_escaped = format!(r#"{{"type":"page","userId":"{}"}}"#, "\\u00e9".repeat(129));
+        let cases: [(&str, &str); 16] = [
             (r#"{"type":"track","userId":"u"}"#, "event"),
             (r#"{"type":"track","event":7,"userId":"u"}"#, "event"),
             (r#"{"type":"track","event":"e"}"#, "userId"),
@@ -447,7 +532,25 @@ mod tests {
                 "timestamp",
             ),
             (r#"{"type":"page","userId":"u","messageId":5}"#, "messageId"),
-        ] {
+            (
+                r#"{"type":"page","userId":"u","messageId":""}"#,
+                "messageId",
+            ),
+            (
+                r#"{"type":"page","userId":"u","anonymousId":""}"#,
+                "anonymousId",
+            ),
+            (r#"{"type":"page","userId":7}"#, "userId"),
+            (&long_anonymous, "anonymousId"),
+            (&long_escaped, "userId"),
+            (r#"{"type":"page","userId":"u","context":[]}"#, "context"),
+            (r#"{"type":"identify","userId":"u","traits":"x"}"#, "traits"),
+            (
+                r#"{"type":"page","userId":"u","integrations":null}"#,
+                "integrations",
+            ),
+        ];
+        for (raw, field) in cases {
             let error = translated(raw, None).unwrap_err();
             assert_eq!((error.status, error.field), (400, Some(field)), "{raw}");
         }

@@ -123,7 +123,14 @@ fn segment_batch(
         }
         b"batch" => Err(segment_shape_error()),
         b"context" => {
-            shared_context = Some(scanner.value(b'}')?);
+            let context = scanner.value(b'}')?;
+            if body[context.start] != b'{' {
+                return Err(ApiError {
+                    field: Some("context"),
+                    ..ApiError::new(400, "invalid_json", "a batch's context must be an object")
+                });
+            }
+            shared_context = Some(context);
             Ok(())
         }
         _ => scanner.value(b'}').map(|_| ()),

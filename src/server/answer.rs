@@ -179,10 +179,10 @@ pub fn write_accepted(
     // Segment's endpoints answer as Segment does, 200 with `success`:
     // SDK versions that take only 200 as success would otherwise resend.
     let segment = reply.route.is_segment();
-    body.extend_from_slice(if segment {
-        b"{\"success\":true,\"accepted\":".as_slice()
-    } else {
-        b"{\"accepted\":"
+    body.extend_from_slice(match (segment, accepted) {
+        (false, _) => b"{\"accepted\":".as_slice(),
+        (true, 0) => b"{\"success\":false,\"accepted\":",
+        (true, _) => b"{\"success\":true,\"accepted\":",
     });
     body.extend_from_slice(itoa::Buffer::new().format(accepted).as_bytes());
     if matches!(reply.route, Route::EventsBatch | Route::SegmentBatch) {
