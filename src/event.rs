@@ -447,6 +447,13 @@ fn check_event_time(node: &Node<'_>, limits: &EventLimits, now_ms: u64) -> Resul
         Node::Static(StaticNode::I64(value)) => value,
         // Past i64::MAX is no time in milliseconds (292 million years).
         Node::Static(StaticNode::U64(value)) => i64::try_from(value).unwrap_or(-1),
+        // A whole number written with a fraction or exponent (`1.71e12`)
+        // is an integer to JSON Schema and JavaScript; its text is kept.
+        Node::Static(StaticNode::F64(value))
+            if value.fract() == 0.0 && (0.0..9.223_372_036_854_775e18).contains(&value) =>
+        {
+            value as i64
+        }
         _ => {
             return Err(invalid(
                 "event_time",
@@ -552,6 +559,11 @@ mod tests {
             ("18446744073709551615", false),
             ("-1", false),
             ("-9223372036854775808", false),
+            ("1710000000000.0", true),
+            ("1.71e12", true),
+            ("1710000000000.5", false),
+            ("1e19", false),
+            ("123456789012345678901234567890", false),
         ] {
             let raw = format!(r#"{{"user_id":"u","event_type":"t","event_time":{time}}}"#);
             let result = validator.validate_into(raw.as_bytes(), &enrichment(), &mut out);

@@ -171,11 +171,13 @@ pub fn translate(
         None => {}
         Some(value) => {
             // An empty id would give every such call the same event_id.
-            let Some(contents) = string_contents(value).filter(|id| !id.is_empty()) else {
-                return Err(invalid(
-                    "messageId",
-                    "messageId must be a non-empty string without escapes",
-                ));
+            // Escapes are kept: a retry sends the same bytes.
+            let Some(contents) = value
+                .strip_prefix(b"\"")
+                .and_then(|rest| rest.strip_suffix(b"\""))
+                .filter(|id| !id.is_empty())
+            else {
+                return Err(invalid("messageId", "messageId must be a non-empty string"));
             };
             if uuid::Uuid::try_parse_ascii(contents).is_ok() {
                 write_member(out, b"event_id", value);
@@ -507,6 +509,11 @@ mod tests {
         let first = call("node-next-1764151200000-abc");
         assert_eq!(first, call("node-next-1764151200000-abc"));
         assert_ne!(first, call("node-next-1764151200000-abd"));
+        assert_eq!(
+            call("\\u00e9t\\u00e9"),
+            call("\\u00e9t\\u00e9"),
+            "escapes are kept"
+        );
         assert_eq!(uuid::Uuid::parse_str(&first).unwrap().get_version_num(), 8);
     }
 
