@@ -65,7 +65,7 @@ impl ApiError {
         Self::new(
             401,
             "missing_api_key",
-            "send the API key in X-CS-API-Key or Authorization: Bearer",
+            "send the API key in X-CS-API-Key, Authorization: Bearer, or as the Basic user name",
         )
     }
 

@@ -54,7 +54,16 @@ fn plain_hashed_bearer_missing_unknown_and_disabled_keys() {
         (response.status, response.code().as_str()),
         (401, "missing_api_key")
     );
+    // Basic auth carries a key as its user name (Segment's convention):
+    // "user:pass" presents the unknown key "user".
     let response = post_with(&sluice, &[("Authorization", "Basic dXNlcjpwYXNz")]);
+    assert_eq!(
+        (response.status, response.code().as_str()),
+        (401, "invalid_api_key")
+    );
+    let basic = format!("Basic {}", "Y3NfbGl2ZV90ZXN0X2tleV8xOg==");
+    assert_eq!(post_with(&sluice, &[("Authorization", &basic)]).status, 202);
+    let response = post_with(&sluice, &[("Authorization", "Basic Og==")]);
     assert_eq!(
         (response.status, response.code().as_str()),
         (401, "missing_api_key")
