@@ -432,9 +432,10 @@ fn json_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "invalid_json",
         ),
         (
+            // Valid JSON (read as a double), but no time in milliseconds.
             "huge event_time",
             br#"{"user_id":"u","event_type":"t","event_time":99999999999999999999999}"#.to_vec(),
-            "invalid_json",
+            "invalid_event",
         ),
         ("NaN", valid(r#","properties":{"n":NaN}"#), "invalid_json"),
         (
