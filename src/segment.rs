@@ -111,8 +111,16 @@ pub fn translate(
         Ok(())
     })?;
     scanner.end()?;
-    let text = |range: &Option<Range<usize>>| range.clone().map(|range| &raw[range]);
-    let call = resolve_call(call, text(&mapped.call_type), out)?;
+    // A member's value; a null one counts as absent.
+    let text = |range: &Option<Range<usize>>| {
+        range
+            .clone()
+            .map(|range| &raw[range])
+            .filter(|value| *value != b"null")
+    };
+    // `type` as sent, null included: a null type is no call type.
+    let sent_type = mapped.call_type.clone().map(|range| &raw[range]);
+    let call = resolve_call(call, sent_type, out)?;
     if !mapped.has_context {
         if let Some(context) = shared_context {
             write_member(out, b"context", context);
@@ -124,24 +132,17 @@ pub fn translate(
             Some(event) if event.first() == Some(&b'"') => out.extend_from_slice(event),
             _ => return Err(invalid("event", "a track call needs an event name string")),
         },
-        other => {
-            out.push(b'"');
-            out.extend_from_slice(other.name().as_bytes());
-            out.push(b'"');
-        }
+        other => write_quoted(out, other.name()),
     }
     for (field, value) in [
         ("userId", &mapped.user_id),
         ("anonymousId", &mapped.anonymous_id),
     ] {
-        if let Some(value) = text(value).filter(|value| *value != b"null") {
+        if let Some(value) = text(value) {
             check_id(field, value)?;
         }
     }
-    let user = [text(&mapped.user_id), text(&mapped.anonymous_id)]
-        .into_iter()
-        .flatten()
-        .find(|value| *value != b"null");
+    let user = text(&mapped.user_id).or_else(|| text(&mapped.anonymous_id));
     match user {
         Some(user) => write_member(out, b"user_id", user),
         None => {
@@ -151,7 +152,7 @@ pub fn translate(
             ))
         }
     }
-    let event_time = match text(&mapped.timestamp).filter(|value| *value != b"null") {
+    let event_time = match text(&mapped.timestamp) {
         None => i64::try_from(received_at_ms).unwrap_or(i64::MAX),
         Some(value) => string_contents(value)
             .and_then(parse_timestamp)
@@ -167,16 +168,12 @@ pub fn translate(
         b"event_time",
         itoa::Buffer::new().format(event_time).as_bytes(),
     );
-    match text(&mapped.message_id).filter(|value| *value != b"null") {
+    match text(&mapped.message_id) {
         None => {}
         Some(value) => {
             // An empty id would give every such call the same event_id.
             // Escapes are kept: a retry sends the same bytes.
-            let Some(contents) = value
-                .strip_prefix(b"\"")
-                .and_then(|rest| rest.strip_suffix(b"\""))
-                .filter(|id| !id.is_empty())
-            else {
+            let Some(contents) = token_contents(value).filter(|id| !id.is_empty()) else {
                 return Err(invalid("messageId", "messageId must be a non-empty string"));
             };
             if uuid::Uuid::try_parse_ascii(contents).is_ok() {
@@ -211,11 +208,8 @@ fn resolve_call(
         )),
         (Some(call), _) => {
             if sent.is_none() {
-                let mut name = Vec::with_capacity(8);
-                name.push(b'"');
-                name.extend_from_slice(call.name().as_bytes());
-                name.push(b'"');
-                write_member(out, b"type", &name);
+                write_member(out, b"type", b"");
+                write_quoted(out, call.name());
             }
             Ok(call)
         }
@@ -230,10 +224,7 @@ fn resolve_call(
 /// `userId` and `anonymousId`, either of which may become `user_id`:
 /// strings of 1 to [`USER_ID_BYTES_MAX`] bytes once unescaped.
 fn check_id(field: &'static str, token: &[u8]) -> Result<(), ApiError> {
-    let bytes = token
-        .strip_prefix(b"\"")
-        .and_then(|rest| rest.strip_suffix(b"\""))
-        .map(unescaped_bytes);
+    let bytes = token_contents(token).map(unescaped_bytes);
     match bytes {
         Some(1..=USER_ID_BYTES_MAX) => Ok(()),
         _ => Err(invalid(field, "must be a string of 1 to 256 bytes")),
@@ -272,7 +263,8 @@ fn unescaped_bytes(contents: &[u8]) -> usize {
     bytes
 }
 
-/// Appends `,"key":value` (no comma after the opening brace).
+/// Appends `,"key":value` (no comma after the opening brace); with an
+/// empty `value`, the caller writes the value next.
 fn write_member(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     if out.len() > 1 {
         out.push(b',');
@@ -283,10 +275,22 @@ fn write_member(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     out.extend_from_slice(value);
 }
 
+/// A JSON string token's contents as sent (escapes kept); `None` when the
+/// token is not a string.
+fn token_contents(token: &[u8]) -> Option<&[u8]> {
+    token.strip_prefix(b"\"")?.strip_suffix(b"\"")
+}
+
 /// A JSON string token's contents, when it has no escapes.
 fn string_contents(token: &[u8]) -> Option<&[u8]> {
-    let contents = token.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    (!contents.contains(&b'\\')).then_some(contents)
+    token_contents(token).filter(|contents| !contents.contains(&b'\\'))
+}
+
+/// Appends `"name"`.
+fn write_quoted(out: &mut Vec<u8>, name: &str) {
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'"');
 }
 
 /// A stable event id for a `messageId` that is not a UUID: the same
@@ -488,6 +492,8 @@ mod tests {
     fn the_endpoint_names_the_type_of_a_single_call() {
         let mismatch = translated(r#"{"type":"track","userId":"u"}"#, Some(SegmentCall::Page));
         assert_eq!(mismatch.unwrap_err().field, Some("type"));
+        let null = translated(r#"{"type":null,"userId":"u"}"#, Some(SegmentCall::Page));
+        assert_eq!(null.unwrap_err().field, Some("type"), "not written twice");
         let event = translated(r#"{"userId":"u","name":"Home"}"#, Some(SegmentCall::Page)).unwrap();
         assert_eq!(event["event_type"], "page");
         assert_eq!(event["type"], "page");

@@ -2,6 +2,8 @@
 //! writes every response head, so each carries `Date`, `X-Request-Id` and
 //! the right `Connection`, and no response to `HEAD` carries a body.
 
+use std::borrow::Cow;
+
 use super::context::Core;
 use crate::error::ApiError;
 use crate::event::write_error_object;
@@ -220,22 +222,24 @@ pub fn write_preflight(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
 pub fn write_probe(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
     let shared = &core.shared;
     let readiness = shared.readiness.status(core.now_ms());
-    let (status, content_type, body): (u16, &str, Vec<u8>) = match reply.route {
-        Route::Healthz => (200, JSON, b"{\"status\":\"ok\"}".to_vec()),
-        Route::OpenApi => (200, JSON, OPENAPI.to_vec()),
+    // Fixed bodies are sent from where they are: a load balancer polls
+    // /readyz, and the API document is 90 KB.
+    let (status, content_type, body): (u16, &str, Cow<'static, [u8]>) = match reply.route {
+        Route::Healthz => (200, JSON, Cow::Borrowed(b"{\"status\":\"ok\"}")),
+        Route::OpenApi => (200, JSON, Cow::Borrowed(OPENAPI)),
         Route::Readyz => match &readiness {
-            Ok(()) => (200, JSON, b"{\"status\":\"ready\"}".to_vec()),
+            Ok(()) => (200, JSON, Cow::Borrowed(b"{\"status\":\"ready\"}")),
             Err(reason) => {
                 let mut body = b"{\"status\":\"not_ready\",\"reason\":".to_vec();
                 write_json_string(&mut body, reason.as_bytes());
                 body.push(b'}');
-                (503, JSON, body)
+                (503, JSON, Cow::Owned(body))
             }
         },
         _ => (
             200,
             PROMETHEUS_TEXT,
-            shared.metrics.render(readiness.is_ok()).into_bytes(),
+            Cow::Owned(shared.metrics.render(readiness.is_ok()).into_bytes()),
         ),
     };
     let extra = Extra {

@@ -81,8 +81,9 @@ pub struct Scratch {
     pub spans: Vec<std::ops::Range<usize>>,
     pub inflated: Vec<u8>,
     pub body: Vec<u8>,
-    /// A key from the query string, percent-decoded (`auth.query_key`).
-    pub query_key: Vec<u8>,
+    /// A key decoded from the request: a Basic user name, or the query
+    /// string's `api_key` (`auth.query_key`).
+    pub decoded_key: Vec<u8>,
     /// A Segment call rewritten as a native event.
     pub translated: Vec<u8>,
 }

@@ -283,7 +283,7 @@ impl<'a> Exchange<'a> {
         let mut scratch = None;
         let mut from_query = false;
         if key.is_empty() {
-            let decoded = &mut scratch.insert(self.core.scratch.borrow_mut()).query_key;
+            let decoded = &mut scratch.insert(self.core.scratch.borrow_mut()).decoded_key;
             // Segment's SDKs send the write key as the Basic user name.
             if header(input, &head.authorization).is_some_and(|value| basic_user(value, decoded)) {
                 key = decoded;
