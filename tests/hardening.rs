@@ -370,19 +370,33 @@ fn hole7_a_half_sent_head_does_not_hold_shutdown() {
     assert!(is_closed(&mut stream, Duration::from_secs(1)));
 }
 
+/// The harness probes Kafka every 200 ms; these tests need a probe that
+/// does not run again while they hold the broker stopped.
+fn once_a_minute_probe() -> Vec<(String, String)> {
+    vec![("SLUICE_KAFKA_HEALTH_INTERVAL_MS".into(), "60000".into())]
+}
+
 // Hole 7b: shutdown could take twice the drain timeout (cores drained for
 // it, then producers flushed for it again).
+//
+// The readiness probe runs once a minute here: at the harness's 200 ms it
+// sees the hung broker within 0.7 s and later requests are refused 503 at once
+// (as they should be), so on a loaded CI machine the stuck requests never
+// got in flight and the test failed waiting for them. The pause after
+// SIGSTOP, longer than such a probe round, keeps that case in the test.
 #[test]
 fn hole7_shutdown_is_bounded_by_the_drain_timeout() {
     let broker = Broker::start();
     let mut sluice = Sluice::start(Options {
         brokers: Some(broker.address.clone()),
         extra_config: "[server]\ndrain_timeout_ms = 2000\ndelivery_timeout_ms = 30000\n".into(),
+        env: once_a_minute_probe(),
         ..Default::default()
     });
     sluice.wait_ready(200, Duration::from_secs(20));
     assert_eq!(sluice.post_json("/v1/events", &valid_event()).status, 202);
     broker.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2_500));
     // Requests stuck waiting on the hung broker.
     let address = sluice.address;
     let stuck: Vec<_> = (0..4)
@@ -416,6 +430,35 @@ fn hole7_shutdown_is_bounded_by_the_drain_timeout() {
         // Answered 503 at the drain deadline, or cut when the process ended.
         assert_ne!(thread.join().unwrap(), Some(202));
     }
+}
+
+// A readiness probe waiting on a hung broker held shutdown for as long as
+// the probe interval (its metadata timeout was the interval): with
+// health_interval_ms = 60000, a minute past the drain deadline.
+#[test]
+fn hole7_a_probe_on_a_hung_broker_does_not_hold_shutdown() {
+    let broker = Broker::start();
+    broker.signal(libc::SIGSTOP);
+    let mut sluice = Sluice::start(Options {
+        brokers: Some(broker.address.clone()),
+        extra_config: "[server]\ndrain_timeout_ms = 1000\n".into(),
+        env: once_a_minute_probe(),
+        ..Default::default()
+    });
+    sluice.wait_ready(503, Duration::from_secs(20));
+    // Long enough for the first probe to be waiting on the broker.
+    std::thread::sleep(Duration::from_millis(1_000));
+    let signalled = Instant::now();
+    sluice.signal(libc::SIGTERM);
+    let status = sluice.wait_status(Duration::from_secs(30));
+    let took = signalled.elapsed();
+    broker.signal(libc::SIGCONT);
+    println!("exit {status:?} after {took:?}");
+    assert!(status.is_some(), "still running 30 s after SIGTERM");
+    assert!(
+        took <= Duration::from_secs(5),
+        "shutdown took {took:?} with the probe waiting on a hung broker"
+    );
 }
 
 // Hole 7c: a panic on a core thread left a process that listened with a
