@@ -265,6 +265,37 @@ fn unescaped_bytes(contents: &[u8]) -> usize {
 
 /// Appends `,"key":value` (no comma after the opening brace); with an
 /// empty `value`, the caller writes the value next.
+/// A Segment call as the dead-letter topic shows it: `raw` without its
+/// `writeKey` member, which is an API key (SDKs send it at batch level, but
+/// a hand-made call may carry one). A call that names none, the common
+/// case, is returned as it is; one that does is copied into `out` without
+/// it; one too malformed to copy is withheld (empty), since its key cannot
+/// be told from the rest.
+pub fn dead_letter_raw<'a>(raw: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
+    if memchr::memmem::find(raw, b"writeKey").is_none() {
+        return raw;
+    }
+    out.clear();
+    out.push(b'{');
+    let mut scanner = Scanner::new(raw, call_shape_error);
+    let copied = scanner
+        .members(|scanner, key| {
+            let value = scanner.value(b'}')?;
+            if key != b"writeKey" {
+                write_member(out, key, &raw[value]);
+            }
+            Ok(())
+        })
+        .and_then(|()| scanner.end());
+    match copied {
+        Ok(()) => {
+            out.push(b'}');
+            out
+        }
+        Err(_) => b"",
+    }
+}
+
 fn write_member(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     if out.len() > 1 {
         out.push(b',');
@@ -414,6 +445,22 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_lettered_call_loses_its_write_key() {
+        let mut out = Vec::new();
+        let plain = br#"{"type":"track","userId":"u"}"#;
+        assert_eq!(
+            dead_letter_raw(plain, &mut out),
+            plain,
+            "no copy without a key"
+        );
+        let keyed = br#"{"type":"track", "writeKey" : "secret","userId":"u"}"#;
+        let shown = dead_letter_raw(keyed, &mut out).to_vec();
+        assert_eq!(shown, br#"{"type":"track","userId":"u"}"#);
+        let broken = br#"{"type":"track","writeKey":"secret","#;
+        assert_eq!(dead_letter_raw(broken, &mut out), b"", "withheld");
+    }
 
     fn translated(raw: &str, call: Option<SegmentCall>) -> Result<serde_json::Value, ApiError> {
         let mut out = Vec::new();

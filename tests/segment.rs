@@ -195,7 +195,7 @@ fn an_invalid_call_in_a_batch_is_dead_lettered_and_the_rest_published() {
     let body = format!(
         r#"{{"batch":[
             {{"type":"track","event":"Signed Up","userId":"{tag}_ok"}},
-            {{"type":"track","userId":"{tag}_no_event"}},
+            {{"type":"track","userId":"{tag}_no_event","writeKey":"{KEY}"}},
             {{"type":"identify","anonymousId":"{tag}_anon","messageId":"m-1"}},
             {{"type":"page","userId":"{tag}_old","timestamp":"2001-01-01T00:00:00Z"}}
         ],"context":{{"library":{{"name":"raw"}}}},"writeKey":"{KEY}","sentAt":"2026-01-01T00:00:00Z"}}"#
@@ -251,6 +251,10 @@ fn an_invalid_call_in_a_batch_is_dead_lettered_and_the_rest_published() {
         })
         .expect("the invalid call is dead-lettered");
     assert_eq!(dead.value["error"]["field"], "event");
+    // The call carried its own writeKey: an API key, kept out of the topic.
+    let raw = dead.value["raw"].as_str().unwrap();
+    assert!(!raw.contains(KEY), "the write key was dead-lettered: {raw}");
+    assert!(raw.contains("\"type\":\"track\""), "{raw}");
 }
 
 #[test]

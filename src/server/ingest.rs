@@ -11,7 +11,7 @@ use crate::auth::Grant;
 use crate::error::ApiError;
 use crate::event::{write_dead_letter, write_error_fields, Enrichment};
 use crate::kafka::handoff::{Batch, Record, Ticket};
-use crate::segment::translate;
+use crate::segment::{dead_letter_raw, translate};
 use crate::split::{event_spans, BodyKind};
 
 /// Events handed to a producer.
@@ -120,8 +120,13 @@ fn fill_batch(
             Err(error) => {
                 rejected += 1;
                 describe_rejection(rejected_json, index, &error);
+                // A Segment call's writeKey is an API key: never dead-lettered.
+                let shown = match segment_call {
+                    Some(_) => dead_letter_raw(raw, translated),
+                    None => raw,
+                };
                 let (key, value) = write_dead_letter(
-                    raw,
+                    shown,
                     &error,
                     &enrichment,
                     limits.dlq_raw_bytes_max,
