@@ -645,6 +645,9 @@ fn hole10_delivery_failures_are_logged_with_the_error_name() {
         brokers: Some(broker.address.clone()),
         extra_config: "[server]\ndelivery_timeout_ms = 1500\n[kafka]\nmessage_timeout_ms = 1500\n"
             .into(),
+        // A probe seeing the hung broker first would refuse the request
+        // before it was produced, and no delivery would fail (as in hole 7b).
+        env: once_a_minute_probe(),
         ..Default::default()
     });
     sluice.wait_ready(200, Duration::from_secs(20));
