@@ -1,6 +1,7 @@
 //! Criterion benches of the per-request hot path, piece by piece:
 //! HTTP head parsing, chunked decoding, event validation (simd-json, with a
-//! serde_json baseline), key lookup, and batch encoding for the producer.
+//! serde_json baseline), a Segment call's rewrite and validation beside the
+//! native event's, key lookup, and batch encoding for the producer.
 //!
 //! `cargo bench --bench hot_path`; numbers and hardware go in BENCHMARKS.md.
 
@@ -11,6 +12,8 @@ use sluice::auth::Snapshot;
 use sluice::event::{Enrichment, EventLimits, Validator};
 use sluice::http::body::{ChunkedDecoder, Progress};
 use sluice::http::request::{parse_head, Parsed};
+use sluice::route::SegmentCall;
+use sluice::segment::translate;
 use sluice::split::{event_spans, BodyKind};
 
 const NOW_MS: u64 = 1_710_000_000_000;
@@ -168,6 +171,51 @@ fn batch_encoding(c: &mut Criterion) {
     group.finish();
 }
 
+/// A track call as analytics-node sends it: the same content as `event`,
+/// in Segment's member names, with an RFC 3339 timestamp and the SDK's
+/// context.
+fn segment_track(index: usize) -> String {
+    format!(
+        r#"{{"type":"track","event":"page_view","userId":"user_{index}","messageId":"0f8fad5b-d9cb-469f-a165-{index:012x}","timestamp":"2024-03-09T16:00:00.000Z","properties":{{"page":"/products/{index}","referrer":"https://www.example.com/search?q=running+shoes","session_id":"9f86d081884c7d65","value":19.99,"items":[3,14,15],"experiment_id":"exp_42","variant":"A"}},"context":{{"library":{{"name":"@segment/analytics-node","version":"3.1.0"}}}},"_metadata":{{"jsonRuntime":"node"}}}}"#
+    )
+}
+
+/// A Segment call costs its rewrite (`segment::translate`) plus the native
+/// validation of the result; `native` is the native event alone, for the
+/// ratio.
+fn segment_calls(c: &mut Criterion) {
+    let native = event(7);
+    let call = segment_track(7);
+    let mut group = c.benchmark_group("segment_call");
+    group.throughput(Throughput::Elements(1));
+    let mut validator = Validator::new(limits(), 1);
+    let mut out = Vec::with_capacity(4096);
+    let mut translated = Vec::with_capacity(4096);
+    group.bench_function("native_validate_and_enrich", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(
+                validator
+                    .validate_into(black_box(native.as_bytes()), &enrichment(), &mut out)
+                    .unwrap(),
+            );
+        })
+    });
+    group.bench_function("translate_validate_and_enrich", |b| {
+        b.iter(|| {
+            out.clear();
+            let raw = black_box(call.as_bytes());
+            translate(raw, Some(SegmentCall::Track), None, NOW_MS, &mut translated).unwrap();
+            black_box(
+                validator
+                    .validate_sized(&translated, raw.len(), &enrichment(), &mut out)
+                    .unwrap(),
+            );
+        })
+    });
+    group.finish();
+}
+
 /// One key's limiter admitting a single-event request, as each core does
 /// per request with limits on (never refusing here: the admitted path).
 fn rate_limiting(c: &mut Criterion) {
@@ -193,6 +241,7 @@ criterion_group!(
     benches,
     head_parsing,
     validation,
+    segment_calls,
     key_lookup,
     batch_encoding,
     rate_limiting
