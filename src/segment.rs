@@ -263,8 +263,6 @@ fn unescaped_bytes(contents: &[u8]) -> usize {
     bytes
 }
 
-/// Appends `,"key":value` (no comma after the opening brace); with an
-/// empty `value`, the caller writes the value next.
 /// A Segment call as the dead-letter topic shows it: `raw` without its
 /// `writeKey` member, which is an API key (SDKs send it at batch level, but
 /// a hand-made call may carry one). A call that names none, the common
@@ -296,6 +294,8 @@ pub fn dead_letter_raw<'a>(raw: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
     }
 }
 
+/// Appends `,"key":value` (no comma after the opening brace); with an
+/// empty `value`, the caller writes the value next.
 fn write_member(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     if out.len() > 1 {
         out.push(b',');
