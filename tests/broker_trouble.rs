@@ -56,7 +56,7 @@ fn broker_hang_under_load() {
     });
     let rss_before = rss_bytes(sluice.pid());
 
-    broker.signal(libc::SIGSTOP);
+    broker.hang();
     let stopped_at = Instant::now();
     let mut rss_max = rss_before;
     let mut readyz_refused = false;

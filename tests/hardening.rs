@@ -395,7 +395,7 @@ fn hole7_shutdown_is_bounded_by_the_drain_timeout() {
     });
     sluice.wait_ready(200, Duration::from_secs(20));
     assert_eq!(sluice.post_json("/v1/events", &valid_event()).status, 202);
-    broker.signal(libc::SIGSTOP);
+    broker.hang();
     std::thread::sleep(Duration::from_millis(2_500));
     // Requests stuck waiting on the hung broker.
     let address = sluice.address;
@@ -438,7 +438,7 @@ fn hole7_shutdown_is_bounded_by_the_drain_timeout() {
 #[test]
 fn hole7_a_probe_on_a_hung_broker_does_not_hold_shutdown() {
     let broker = Broker::start();
-    broker.signal(libc::SIGSTOP);
+    broker.hang();
     let mut sluice = Sluice::start(Options {
         brokers: Some(broker.address.clone()),
         extra_config: "[server]\ndrain_timeout_ms = 1000\n".into(),
@@ -652,7 +652,7 @@ fn hole10_delivery_failures_are_logged_with_the_error_name() {
     });
     sluice.wait_ready(200, Duration::from_secs(20));
     assert_eq!(sluice.post_json("/v1/events", &valid_event()).status, 202);
-    broker.signal(libc::SIGSTOP);
+    broker.hang();
     let response = sluice.post_json("/v1/events", &valid_event());
     assert_eq!(response.status, 503);
     wait_until(

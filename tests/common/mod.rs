@@ -198,6 +198,35 @@ impl Broker {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.pid(), signal) };
     }
+
+    /// Hangs the broker (SIGSTOP) and returns once every thread of it has
+    /// stopped: kill(2) returns before a thread running on the other CPU
+    /// has taken the signal, and on a loaded machine the broker still
+    /// answered a request sent right after (CI: hole10 got a 202).
+    pub fn hang(&self) {
+        self.signal(libc::SIGSTOP);
+        wait_until(
+            "the broker's threads stopped",
+            Duration::from_secs(5),
+            || all_threads_stopped(self.pid()),
+        );
+    }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in
+/// /proc/PID/task/TID/stat; stat(5)).
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            let state = stat
+                .rfind(')')
+                .and_then(|end| stat[end + 1..].trim_start().chars().next());
+            matches!(state, Some('T' | 't'))
+        })
+    })
 }
 
 impl Drop for Broker {
