@@ -12,6 +12,8 @@ use sluice::event::{write_dead_letter, Enrichment, EventLimits, Validator};
 use sluice::http::body::{ChunkedDecoder, Progress};
 use sluice::http::gzip::{inflate, GzipError};
 use sluice::http::request::{parse_head, Framing, Parsed};
+use sluice::route::SegmentCall;
+use sluice::segment::{dead_letter_raw, translate};
 use sluice::split::{event_spans, BodyKind};
 
 const HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -168,6 +170,87 @@ pub fn events(data: &[u8]) {
                     assert_eq!(out.len(), before, "a refused event left bytes behind");
                     assert!((400..500).contains(&error.status));
                     let (_, value) = write_dead_letter(raw, &error, &enrichment, 1024, &mut out);
+                    let letter: serde_json::Value = serde_json::from_slice(&out[value])
+                        .unwrap_or_else(|error| panic!("dead letter is invalid JSON: {error}"));
+                    assert_eq!(letter["error"]["code"], error.code);
+                }
+            }
+        }
+    });
+}
+
+/// Segment bodies: the first byte picks a batch or one of the six call
+/// routes. Every span and the shared context lie inside the body; a call
+/// the validator accepts after its rewrite is a record with the server's
+/// fields, a user and no `writeKey`; every refused call's dead letter is
+/// valid JSON, and when the call was a JSON object its `raw` is that
+/// object less `writeKey`.
+pub fn segment(data: &[u8]) {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let kind = match usize::from(selector) % 7 {
+        6 => BodyKind::SegmentBatch,
+        index => BodyKind::SegmentCall(SegmentCall::ALL[index]),
+    };
+    let endpoint = match kind {
+        BodyKind::SegmentCall(call) => Some(call),
+        _ => None,
+    };
+    let mut spans = Vec::new();
+    let Ok(shared_context) = event_spans(kind, body, &mut spans, BATCH_EVENTS_MAX) else {
+        return;
+    };
+    assert!(!spans.is_empty() && spans.len() <= BATCH_EVENTS_MAX);
+    let context = shared_context.map(|range| {
+        assert!(range.start <= range.end && range.end <= body.len());
+        &body[range]
+    });
+    let enrichment = Enrichment {
+        tenant_id: "tenant_fuzz",
+        project_id: None,
+        received_at_ms: RECEIVED_AT_MS,
+    };
+    let (mut translated, mut out, mut shown) = (Vec::new(), Vec::new(), Vec::new());
+    VALIDATOR.with_borrow_mut(|validator| {
+        for span in spans {
+            assert!(span.start <= span.end && span.end <= body.len());
+            let raw = &body[span];
+            // Member names are matched as sent: a key spelt with escapes
+            // is not `writeKey` to sluice, so those checks skip such input.
+            let escapes = raw.contains(&b'\\');
+            let result = translate(raw, endpoint, context, RECEIVED_AT_MS, &mut translated)
+                .and_then(|()| {
+                    out.clear();
+                    validator.validate_sized(&translated, raw.len(), &enrichment, &mut out)
+                });
+            match result {
+                Ok(record) => {
+                    let value: serde_json::Value = serde_json::from_slice(&out[record.value])
+                        .unwrap_or_else(|error| {
+                            panic!("accepted call became invalid JSON: {error}")
+                        });
+                    assert_eq!(value["tenant_id"], "tenant_fuzz");
+                    assert!(value["user_id"].is_string() && value["event_type"].is_string());
+                    assert!(
+                        escapes || value.get("writeKey").is_none(),
+                        "writeKey published"
+                    );
+                }
+                Err(error) => {
+                    assert!((400..500).contains(&error.status));
+                    let dead = dead_letter_raw(raw, &mut shown);
+                    let sent = serde_json::from_slice::<serde_json::Value>(raw);
+                    if let (Ok(serde_json::Value::Object(mut members)), false) = (sent, escapes) {
+                        members.remove("writeKey");
+                        let kept: serde_json::Value =
+                            serde_json::from_slice(dead).unwrap_or_else(|error| {
+                                panic!("dead-letter raw is invalid JSON: {error}")
+                            });
+                        assert_eq!(kept, serde_json::Value::Object(members));
+                    }
+                    out.clear();
+                    let (_, value) = write_dead_letter(dead, &error, &enrichment, 1024, &mut out);
                     let letter: serde_json::Value = serde_json::from_slice(&out[value])
                         .unwrap_or_else(|error| panic!("dead letter is invalid JSON: {error}"));
                     assert_eq!(letter["error"]["code"], error.code);

@@ -42,3 +42,8 @@ fn gzip_body_corpus() {
 fn events_corpus() {
     replay("events", harness::events);
 }
+
+#[test]
+fn segment_corpus() {
+    replay("segment", harness::segment);
+}
