@@ -13,7 +13,7 @@ use sluice::event::{Enrichment, EventLimits, Validator};
 use sluice::http::body::{ChunkedDecoder, Progress};
 use sluice::http::request::{parse_head, Parsed};
 use sluice::route::SegmentCall;
-use sluice::segment::translate;
+use sluice::segment::{translate, Envelope};
 use sluice::split::{event_spans, BodyKind};
 
 const NOW_MS: u64 = 1_710_000_000_000;
@@ -205,7 +205,12 @@ fn segment_calls(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             let raw = black_box(call.as_bytes());
-            translate(raw, Some(SegmentCall::Track), None, NOW_MS, &mut translated).unwrap();
+            let envelope = Envelope {
+                endpoint: Some(SegmentCall::Track),
+                received_at_ms: NOW_MS,
+                ..Envelope::default()
+            };
+            translate(raw, &envelope, &mut translated).unwrap();
             black_box(
                 validator
                     .validate_sized(&translated, raw.len(), &enrichment(), &mut out)

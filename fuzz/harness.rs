@@ -13,7 +13,7 @@ use sluice::http::body::{ChunkedDecoder, Progress};
 use sluice::http::gzip::{inflate, GzipError};
 use sluice::http::request::{parse_head, Framing, Parsed};
 use sluice::route::SegmentCall;
-use sluice::segment::{dead_letter_raw, translate};
+use sluice::segment::{dead_letter_raw, translate, Envelope};
 use sluice::split::{event_spans, BodyKind};
 
 const HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -198,14 +198,20 @@ pub fn segment(data: &[u8]) {
         _ => None,
     };
     let mut spans = Vec::new();
-    let Ok(shared_context) = event_spans(kind, body, &mut spans, BATCH_EVENTS_MAX) else {
+    let Ok(shared) = event_spans(kind, body, &mut spans, BATCH_EVENTS_MAX) else {
         return;
     };
     assert!(!spans.is_empty() && spans.len() <= BATCH_EVENTS_MAX);
-    let context = shared_context.map(|range| {
+    let inside = |range: std::ops::Range<usize>| {
         assert!(range.start <= range.end && range.end <= body.len());
         &body[range]
-    });
+    };
+    let envelope = Envelope {
+        endpoint,
+        context: shared.context.map(inside),
+        sent_at: shared.sent_at.map(inside),
+        received_at_ms: RECEIVED_AT_MS,
+    };
     let enrichment = Enrichment {
         tenant_id: "tenant_fuzz",
         project_id: None,
@@ -219,11 +225,10 @@ pub fn segment(data: &[u8]) {
             // Member names are matched as sent: a key spelt with escapes
             // is not `writeKey` to sluice, so those checks skip such input.
             let escapes = raw.contains(&b'\\');
-            let result = translate(raw, endpoint, context, RECEIVED_AT_MS, &mut translated)
-                .and_then(|()| {
-                    out.clear();
-                    validator.validate_sized(&translated, raw.len(), &enrichment, &mut out)
-                });
+            let result = translate(raw, &envelope, &mut translated).and_then(|()| {
+                out.clear();
+                validator.validate_sized(&translated, raw.len(), &enrichment, &mut out)
+            });
             match result {
                 Ok(record) => {
                     let value: serde_json::Value = serde_json::from_slice(&out[record.value])

@@ -9,7 +9,7 @@
 //! | --- | --- |
 //! | `event_type` | `event` for a track call, else `type` (`identify`, `page`, ...) |
 //! | `user_id` | `userId`, else `anonymousId` (either may be null) |
-//! | `event_time` | `timestamp` (RFC 3339 / ISO 8601), else the time received |
+//! | `event_time` | `timestamp` (RFC 3339 / ISO 8601) corrected for the device's clock by `sentAt`, else the time received |
 //! | `event_id` | `messageId` when it is a UUID; otherwise a UUIDv8 from its SHA-256 |
 //!
 //! The result then goes through the native validator, so Segment calls get
@@ -35,7 +35,22 @@ struct Mapped {
     anonymous_id: Option<Range<usize>>,
     message_id: Option<Range<usize>>,
     timestamp: Option<Range<usize>>,
+    sent_at: Option<Range<usize>>,
     has_context: bool,
+}
+
+/// What a call takes from around it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Envelope<'a> {
+    /// The endpoint's type; `None` for a batch member, whose `type` names it.
+    pub endpoint: Option<SegmentCall>,
+    /// A batch's `context`, for members that have none.
+    pub context: Option<&'a [u8]>,
+    /// A batch's `sentAt`, for members that have none.
+    pub sent_at: Option<&'a [u8]>,
+    /// When sluice received the call (epoch ms): the clock `sentAt` is
+    /// compared with, and the time of a call without `timestamp`.
+    pub received_at_ms: u64,
 }
 
 fn invalid(field: &'static str, message: &'static str) -> ApiError {
@@ -62,18 +77,9 @@ fn call_shape_error() -> ApiError {
     ApiError::new(400, "invalid_json", "a Segment call must be a JSON object")
 }
 
-/// Rewrites the Segment call `raw` into a native event in `out` (cleared
-/// first). `call` is the endpoint's type (`None` for a batch member, whose
-/// `type` then names it); `shared_context` is a batch's `context`, used by
-/// members that have none; `received_at_ms` stands in for a missing
-/// `timestamp`.
-pub fn translate(
-    raw: &[u8],
-    call: Option<SegmentCall>,
-    shared_context: Option<&[u8]>,
-    received_at_ms: u64,
-    out: &mut Vec<u8>,
-) -> Result<(), ApiError> {
+/// Rewrites the Segment call `raw`, sent in `envelope`, into a native
+/// event in `out` (cleared first).
+pub fn translate(raw: &[u8], envelope: &Envelope<'_>, out: &mut Vec<u8>) -> Result<(), ApiError> {
     out.clear();
     out.push(b'{');
     let mut mapped = Mapped::default();
@@ -88,6 +94,7 @@ pub fn translate(
             b"anonymousId" => Some(&mut mapped.anonymous_id),
             b"messageId" => Some(&mut mapped.message_id),
             b"timestamp" => Some(&mut mapped.timestamp),
+            b"sentAt" => Some(&mut mapped.sent_at),
             b"context" | b"traits" | b"integrations" | b"properties" => {
                 mapped.has_context |= key == b"context";
                 if raw[value.start] != b'{' {
@@ -120,9 +127,9 @@ pub fn translate(
     };
     // `type` as sent, null included: a null type is no call type.
     let sent_type = mapped.call_type.clone().map(|range| &raw[range]);
-    let call = resolve_call(call, sent_type, out)?;
+    let call = resolve_call(envelope.endpoint, sent_type, out)?;
     if !mapped.has_context {
-        if let Some(context) = shared_context {
+        if let Some(context) = envelope.context {
             write_member(out, b"context", context);
         }
     }
@@ -152,16 +159,30 @@ pub fn translate(
             ))
         }
     }
+    let received_at_ms = i64::try_from(envelope.received_at_ms).unwrap_or(i64::MAX);
     let event_time = match text(&mapped.timestamp) {
-        None => i64::try_from(received_at_ms).unwrap_or(i64::MAX),
-        Some(value) => string_contents(value)
-            .and_then(parse_timestamp)
-            .ok_or_else(|| {
-                invalid(
-                    "timestamp",
-                    "timestamp must be an RFC 3339 date-time, such as 2026-11-26T10:00:00.000Z",
-                )
-            })?,
+        None => received_at_ms,
+        Some(value) => {
+            let timestamp_ms = string_contents(value)
+                .and_then(parse_timestamp)
+                .ok_or_else(|| {
+                    invalid(
+                        "timestamp",
+                        "timestamp must be an RFC 3339 date-time, such as 2026-11-26T10:00:00.000Z",
+                    )
+                })?;
+            // sentAt is the SDK's transport metadata, not the event's: one
+            // that is not a date-time leaves the timestamp as sent rather
+            // than costing the call.
+            let sent_at_ms = text(&mapped.sent_at)
+                .or_else(|| envelope.sent_at.filter(|value| *value != b"null"))
+                .and_then(string_contents)
+                .and_then(parse_timestamp);
+            match sent_at_ms {
+                None => timestamp_ms,
+                Some(sent_at_ms) => skew_corrected(timestamp_ms, sent_at_ms, received_at_ms),
+            }
+        }
     };
     write_member(
         out,
@@ -189,6 +210,13 @@ pub fn translate(
     }
     out.push(b'}');
     Ok(())
+}
+
+/// Segment's clock-skew correction: the call happened `sent_at -
+/// timestamp` before the device sent it, and it was sent (near enough)
+/// when it was received, so a device clock that is off moves neither.
+pub fn skew_corrected(timestamp_ms: i64, sent_at_ms: i64, received_at_ms: i64) -> i64 {
+    received_at_ms.saturating_sub(sent_at_ms.saturating_sub(timestamp_ms))
 }
 
 /// The call's type: the endpoint's, or a batch member's `type`. A member
@@ -464,14 +492,74 @@ mod tests {
 
     fn translated(raw: &str, call: Option<SegmentCall>) -> Result<serde_json::Value, ApiError> {
         let mut out = Vec::new();
-        translate(
-            raw.as_bytes(),
-            call,
-            Some(br#"{"shared":1}"#),
-            1_000,
-            &mut out,
-        )?;
+        let envelope = Envelope {
+            endpoint: call,
+            context: Some(br#"{"shared":1}"#),
+            sent_at: None,
+            received_at_ms: 1_000,
+        };
+        translate(raw.as_bytes(), &envelope, &mut out)?;
         Ok(serde_json::from_slice(&out).expect("the rewrite is JSON"))
+    }
+
+    /// 2026-01-15T08:00:00Z, as epoch ms.
+    const JAN_15_MS: i64 = 1_768_464_000_000;
+
+    fn event_time(
+        raw: &str,
+        batch_sent_at: Option<&str>,
+        received_at_ms: u64,
+    ) -> Result<i64, ApiError> {
+        let mut out = Vec::new();
+        let envelope = Envelope {
+            endpoint: None,
+            context: None,
+            sent_at: batch_sent_at.map(str::as_bytes),
+            received_at_ms,
+        };
+        translate(raw.as_bytes(), &envelope, &mut out)?;
+        let event: serde_json::Value = serde_json::from_slice(&out).expect("the rewrite is JSON");
+        Ok(event["event_time"].as_i64().expect("event_time"))
+    }
+
+    #[test]
+    fn sent_at_corrects_a_device_clock_that_is_off() {
+        let received = JAN_15_MS as u64;
+        // The device's clock runs 2 h fast; the call happened 5 s before it was sent.
+        let call =
+            r#"{"type":"track","event":"e","userId":"u","timestamp":"2026-01-15T09:59:55Z"}"#;
+        let batch_sent_at = Some(r#""2026-01-15T10:00:00Z""#);
+        assert_eq!(
+            event_time(call, batch_sent_at, received).unwrap(),
+            JAN_15_MS - 5_000
+        );
+        // Without sentAt the timestamp is taken as sent.
+        assert_eq!(
+            event_time(call, None, received).unwrap(),
+            JAN_15_MS + 7_195_000
+        );
+        // A call's own sentAt comes before the batch's.
+        let own = r#"{"type":"track","event":"e","userId":"u","timestamp":"2026-01-15T09:59:55Z","sentAt":"2026-01-15T09:59:56Z"}"#;
+        assert_eq!(
+            event_time(own, batch_sent_at, received).unwrap(),
+            JAN_15_MS - 1_000
+        );
+        // No timestamp: the time received, whatever sentAt says.
+        let bare = r#"{"type":"track","event":"e","userId":"u"}"#;
+        assert_eq!(
+            event_time(bare, batch_sent_at, received).unwrap(),
+            JAN_15_MS
+        );
+        // A null sentAt, or one that is no date-time, corrects nothing.
+        for sent_at in ["null", r#""yesterday""#, "17"] {
+            let time = event_time(call, Some(sent_at), received).unwrap();
+            assert_eq!(time, JAN_15_MS + 7_195_000, "{sent_at}");
+        }
+        assert_eq!(
+            skew_corrected(i64::MIN, i64::MAX, 0),
+            -i64::MAX,
+            "saturates"
+        );
     }
 
     #[test]

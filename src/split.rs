@@ -30,21 +30,31 @@ impl BodyKind {
     }
 }
 
-/// Fills `spans` with the byte range of every event in `body`. Returns the
-/// range of a Segment batch's shared `context`, if it has one.
+/// The members of a Segment batch that its calls share, as byte ranges of
+/// the body (none for other bodies).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shared {
+    /// `context`, for calls that have none.
+    pub context: Option<Range<usize>>,
+    /// `sentAt`, the device's clock when it sent the batch.
+    pub sent_at: Option<Range<usize>>,
+}
+
+/// Fills `spans` with the byte range of every event in `body`. Returns
+/// what a Segment batch's calls share.
 pub fn event_spans(
     kind: BodyKind,
     body: &[u8],
     spans: &mut Vec<Range<usize>>,
     events_max: usize,
-) -> Result<Option<Range<usize>>, ApiError> {
+) -> Result<Shared, ApiError> {
     spans.clear();
-    let mut shared_context = None;
+    let mut shared = Shared::default();
     match kind {
         BodyKind::Single | BodyKind::SegmentCall(_) => spans.push(0..body.len()),
         BodyKind::JsonBatch => json_batch(body, spans, events_max)?,
         BodyKind::Ndjson => ndjson(body, spans, events_max)?,
-        BodyKind::SegmentBatch => shared_context = segment_batch(body, spans, events_max)?,
+        BodyKind::SegmentBatch => shared = segment_batch(body, spans, events_max)?,
     }
     if spans.is_empty() {
         return Err(ApiError::new(
@@ -53,7 +63,7 @@ pub fn event_spans(
             "the batch holds no events",
         ));
     }
-    Ok(shared_context)
+    Ok(shared)
 }
 
 fn ndjson(body: &[u8], spans: &mut Vec<Range<usize>>, events_max: usize) -> Result<(), ApiError> {
@@ -106,16 +116,16 @@ fn json_batch(
 }
 
 /// A Segment batch: an object whose `batch` member is the array of calls,
-/// in any member order. `context` is returned; `writeKey`, `sentAt` and
-/// other members are not part of any event.
+/// in any member order. `context` and `sentAt` are returned; `writeKey`
+/// and other members are not part of any event.
 fn segment_batch(
     body: &[u8],
     spans: &mut Vec<Range<usize>>,
     events_max: usize,
-) -> Result<Option<Range<usize>>, ApiError> {
+) -> Result<Shared, ApiError> {
     let mut scanner = Scanner::new(body, segment_shape_error);
     let mut found_batch = false;
-    let mut shared_context = None;
+    let mut shared = Shared::default();
     scanner.members(|scanner, key| match key {
         b"batch" if !found_batch => {
             found_batch = true;
@@ -130,7 +140,11 @@ fn segment_batch(
                     ..ApiError::new(400, "invalid_json", "a batch's context must be an object")
                 });
             }
-            shared_context = Some(context);
+            shared.context = Some(context);
+            Ok(())
+        }
+        b"sentAt" => {
+            shared.sent_at = Some(scanner.value(b'}')?);
             Ok(())
         }
         _ => scanner.value(b'}').map(|_| ()),
@@ -139,7 +153,7 @@ fn segment_batch(
     if !found_batch {
         return Err(segment_shape_error());
     }
-    Ok(shared_context)
+    Ok(shared)
 }
 
 /// A forward scan over JSON text that finds the boundaries of values, not

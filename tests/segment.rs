@@ -257,6 +257,66 @@ fn an_invalid_call_in_a_batch_is_dead_lettered_and_the_rest_published() {
     assert!(raw.contains("\"type\":\"track\""), "{raw}");
 }
 
+/// `ms` (epoch milliseconds) as an RFC 3339 UTC date-time, as the SDKs
+/// write it (days to civil date: Howard Hinnant's algorithm).
+fn rfc3339(ms: u64) -> String {
+    let (days, rest) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (hour, minute, second, milli) = (
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1_000 % 60,
+        rest % 1_000,
+    );
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{milli:03}Z")
+}
+
+/// A device whose clock runs two hours fast: its calls' timestamps are
+/// outside the event-time window as sent, and Segment's correction by the
+/// batch's `sentAt` puts them back at when they happened. Without the
+/// correction the call was refused (`event_time` out of the window).
+#[test]
+fn sent_at_corrects_a_device_clock_running_two_hours_fast() {
+    let (broker, sluice) = start();
+    let tag = format!("skew_{}", now_ms());
+    let fast_ms = 2 * 3_600_000;
+    let before = now_ms();
+    let device_now = before + fast_ms;
+    let timestamp = rfc3339(device_now - 5_000);
+    let body = format!(
+        r#"{{"batch":[{{"type":"track","event":"Skewed","userId":"{tag}","timestamp":"{timestamp}"}}],"sentAt":"{}"}}"#,
+        rfc3339(device_now)
+    );
+    let auth = basic(KEY);
+    let response = sluice.post(
+        "/v1/batch",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    let after = now_ms();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["accepted"], 1, "{}", response.text());
+    let records = tagged(&broker, &tag, 1);
+    let event_time = records[0]["event_time"].as_u64().expect("event_time");
+    assert!(
+        (before - 5_000..=after - 5_000).contains(&event_time),
+        "event_time {event_time}: not 5 s before it was received ({before}..{after})"
+    );
+    assert_eq!(records[0]["timestamp"], timestamp.as_str(), "kept as sent");
+}
+
 #[test]
 fn single_call_routes_keys_and_refusals() {
     let (broker, sluice) = start();

@@ -11,7 +11,7 @@ use crate::auth::Grant;
 use crate::error::ApiError;
 use crate::event::{write_dead_letter, write_error_fields, Enrichment};
 use crate::kafka::handoff::{Batch, Record, Ticket};
-use crate::segment::{dead_letter_raw, translate};
+use crate::segment::{dead_letter_raw, translate, Envelope};
 use crate::split::{event_spans, BodyKind};
 
 /// Events handed to a producer.
@@ -78,7 +78,7 @@ fn fill_batch(
     let Scratch {
         spans, translated, ..
     } = &mut *scratch;
-    let shared_context = event_spans(kind, body, spans, limits.batch_events_max)?;
+    let shared = event_spans(kind, body, spans, limits.batch_events_max)?;
     let enrichment = Enrichment {
         tenant_id: &grant.tenant_id,
         project_id: grant.project_id.as_deref(),
@@ -96,17 +96,15 @@ fn fill_batch(
         let validated = match segment_call {
             None => validator.validate_into(raw, &enrichment, &mut batch.data),
             Some(call) => {
-                let context = shared_context.clone().map(|range| &body[range]);
-                translate(raw, call, context, enrichment.received_at_ms, translated).and_then(
-                    |()| {
-                        validator.validate_sized(
-                            translated,
-                            raw.len(),
-                            &enrichment,
-                            &mut batch.data,
-                        )
-                    },
-                )
+                let envelope = Envelope {
+                    endpoint: call,
+                    context: shared.context.clone().map(|range| &body[range]),
+                    sent_at: shared.sent_at.clone().map(|range| &body[range]),
+                    received_at_ms: enrichment.received_at_ms,
+                };
+                translate(raw, &envelope, translated).and_then(|()| {
+                    validator.validate_sized(translated, raw.len(), &enrichment, &mut batch.data)
+                })
             }
         };
         match validated {
