@@ -33,6 +33,16 @@ fn basic(key: &str) -> String {
     format!("Basic {out}")
 }
 
+/// POSTs a Segment JSON body with the test key as the Basic user name.
+fn post_segment(sluice: &Sluice, path: &str, body: &str) -> Response {
+    let auth = basic(KEY);
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    sluice.post(path, &headers, body.as_bytes())
+}
+
 fn start() -> (Broker, Sluice) {
     let broker = Broker::start();
     let sluice = Sluice::start(Options {
@@ -200,15 +210,7 @@ fn an_invalid_call_in_a_batch_is_dead_lettered_and_the_rest_published() {
             {{"type":"page","userId":"{tag}_old","timestamp":"2001-01-01T00:00:00Z"}}
         ],"context":{{"library":{{"name":"raw"}}}},"writeKey":"{KEY}","sentAt":"2026-01-01T00:00:00Z"}}"#
     );
-    let auth = basic(KEY);
-    let response = sluice.post(
-        "/v1/batch",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    );
+    let response = post_segment(&sluice, "/v1/batch", &body);
     let json = response.json();
     assert_eq!(response.status, 200, "{json}");
     assert_eq!(json["success"], true);
@@ -296,15 +298,7 @@ fn sent_at_corrects_a_device_clock_running_two_hours_fast() {
         r#"{{"batch":[{{"type":"track","event":"Skewed","userId":"{tag}","timestamp":"{timestamp}"}}],"sentAt":"{}"}}"#,
         rfc3339(device_now)
     );
-    let auth = basic(KEY);
-    let response = sluice.post(
-        "/v1/batch",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    );
+    let response = post_segment(&sluice, "/v1/batch", &body);
     let after = now_ms();
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["accepted"], 1, "{}", response.text());
