@@ -202,14 +202,14 @@ fn segment_calls(c: &mut Criterion) {
         })
     });
     group.bench_function("translate_validate_and_enrich", |b| {
+        let envelope = Envelope {
+            endpoint: Some(SegmentCall::Track),
+            received_at_ms: NOW_MS,
+            ..Envelope::default()
+        };
         b.iter(|| {
             out.clear();
             let raw = black_box(call.as_bytes());
-            let envelope = Envelope {
-                endpoint: Some(SegmentCall::Track),
-                received_at_ms: NOW_MS,
-                ..Envelope::default()
-            };
             translate(raw, &envelope, &mut translated).unwrap();
             black_box(
                 validator

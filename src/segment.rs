@@ -490,16 +490,20 @@ mod tests {
         assert_eq!(dead_letter_raw(broken, &mut out), b"", "withheld");
     }
 
-    fn translated(raw: &str, call: Option<SegmentCall>) -> Result<serde_json::Value, ApiError> {
+    fn rewritten(raw: &str, envelope: &Envelope<'_>) -> Result<serde_json::Value, ApiError> {
         let mut out = Vec::new();
+        translate(raw.as_bytes(), envelope, &mut out)?;
+        Ok(serde_json::from_slice(&out).expect("the rewrite is JSON"))
+    }
+
+    fn translated(raw: &str, call: Option<SegmentCall>) -> Result<serde_json::Value, ApiError> {
         let envelope = Envelope {
             endpoint: call,
             context: Some(br#"{"shared":1}"#),
             sent_at: None,
             received_at_ms: 1_000,
         };
-        translate(raw.as_bytes(), &envelope, &mut out)?;
-        Ok(serde_json::from_slice(&out).expect("the rewrite is JSON"))
+        rewritten(raw, &envelope)
     }
 
     /// 2026-01-15T08:00:00Z, as epoch ms.
@@ -510,15 +514,13 @@ mod tests {
         batch_sent_at: Option<&str>,
         received_at_ms: u64,
     ) -> Result<i64, ApiError> {
-        let mut out = Vec::new();
         let envelope = Envelope {
             endpoint: None,
             context: None,
             sent_at: batch_sent_at.map(str::as_bytes),
             received_at_ms,
         };
-        translate(raw.as_bytes(), &envelope, &mut out)?;
-        let event: serde_json::Value = serde_json::from_slice(&out).expect("the rewrite is JSON");
+        let event = rewritten(raw, &envelope)?;
         Ok(event["event_time"].as_i64().expect("event_time"))
     }
 

@@ -84,28 +84,27 @@ fn fill_batch(
         project_id: grant.project_id.as_deref(),
         received_at_ms: core.now_ms(),
     };
-    let segment_call = match kind {
-        BodyKind::SegmentCall(call) => Some(Some(call)),
-        BodyKind::SegmentBatch => Some(None),
+    // A Segment body's calls share one envelope, built once per request.
+    let segment_envelope = |endpoint| Envelope {
+        endpoint,
+        context: shared.context.clone().map(|range| &body[range]),
+        sent_at: shared.sent_at.clone().map(|range| &body[range]),
+        received_at_ms: enrichment.received_at_ms,
+    };
+    let segment = match kind {
+        BodyKind::SegmentCall(call) => Some(segment_envelope(Some(call))),
+        BodyKind::SegmentBatch => Some(segment_envelope(None)),
         _ => None,
     };
     let mut validator = core.validator.borrow_mut();
     let mut rejected = 0;
     for (index, span) in spans.iter().enumerate() {
         let raw = &body[span.clone()];
-        let validated = match segment_call {
+        let validated = match &segment {
             None => validator.validate_into(raw, &enrichment, &mut batch.data),
-            Some(call) => {
-                let envelope = Envelope {
-                    endpoint: call,
-                    context: shared.context.clone().map(|range| &body[range]),
-                    sent_at: shared.sent_at.clone().map(|range| &body[range]),
-                    received_at_ms: enrichment.received_at_ms,
-                };
-                translate(raw, &envelope, translated).and_then(|()| {
-                    validator.validate_sized(translated, raw.len(), &enrichment, &mut batch.data)
-                })
-            }
+            Some(envelope) => translate(raw, envelope, translated).and_then(|()| {
+                validator.validate_sized(translated, raw.len(), &enrichment, &mut batch.data)
+            }),
         };
         match validated {
             Ok(spans) => batch.records.push(Record {
@@ -119,7 +118,7 @@ fn fill_batch(
                 rejected += 1;
                 describe_rejection(rejected_json, index, &error);
                 // A Segment call's writeKey is an API key: never dead-lettered.
-                let shown = match segment_call {
+                let shown = match segment {
                     Some(_) => dead_letter_raw(raw, translated),
                     None => raw,
                 };
