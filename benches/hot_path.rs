@@ -8,13 +8,13 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sluice::auth::Snapshot;
-use sluice::event::{Enrichment, EventLimits, Validator};
+use sluice::events::segment::{translate, Envelope};
+use sluice::events::split::{event_spans, BodyKind};
+use sluice::events::validate::{Enrichment, EventLimits, Validator};
 use sluice::http::body::{ChunkedDecoder, Progress};
 use sluice::http::request::{parse_head, Parsed};
 use sluice::route::SegmentCall;
-use sluice::segment::{translate, Envelope};
-use sluice::split::{event_spans, BodyKind};
+use sluice::tenancy::keys::Snapshot;
 
 const NOW_MS: u64 = 1_710_000_000_000;
 
@@ -224,7 +224,7 @@ fn segment_calls(c: &mut Criterion) {
 /// One key's limiter admitting a single-event request, as each core does
 /// per request with limits on (never refusing here: the admitted path).
 fn rate_limiting(c: &mut Criterion) {
-    use sluice::rate::{KeyLimiter, Limits};
+    use sluice::tenancy::rate::{KeyLimiter, Limits};
     let limiter = KeyLimiter::new(Limits {
         events_per_second: 1_000_000_000,
         burst_events: 1_000_000_000,
@@ -236,7 +236,7 @@ fn rate_limiting(c: &mut Criterion) {
         b.iter(|| black_box(limiter.admit(black_box(1), black_box(300), now)))
     });
     // With limits.redis_url set, admissions are also counted for the sync.
-    sluice::rate::count_admissions_for_fleet();
+    sluice::tenancy::rate::count_admissions_for_fleet();
     c.bench_function("rate_limiter_admit_one_event_fleet_counting", |b| {
         b.iter(|| black_box(limiter.admit(black_box(1), black_box(300), now)))
     });

@@ -8,13 +8,13 @@
 
 use std::cell::RefCell;
 
-use sluice::event::{write_dead_letter, Enrichment, EventLimits, Validator};
+use sluice::events::segment::{dead_letter_raw, translate, Envelope};
+use sluice::events::split::{event_spans, BodyKind};
+use sluice::events::validate::{write_dead_letter, Enrichment, EventLimits, Validator};
 use sluice::http::body::{ChunkedDecoder, Progress};
 use sluice::http::gzip::{inflate, GzipError};
 use sluice::http::request::{parse_head, Framing, Parsed};
 use sluice::route::SegmentCall;
-use sluice::segment::{dead_letter_raw, translate, Envelope};
-use sluice::split::{event_spans, BodyKind};
 
 const HEAD_BYTES_MAX: usize = 8 * 1024;
 const BODY_BYTES_MAX: usize = 64 * 1024;

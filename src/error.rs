@@ -17,7 +17,7 @@ pub struct ApiError {
     /// the request's framing, and so the next request's start, is unknown.
     pub close: bool,
     /// For 429: which limit refused and how long to wait.
-    pub rate_limit: Option<crate::rate::Refusal>,
+    pub rate_limit: Option<crate::tenancy::rate::Refusal>,
 }
 
 impl ApiError {
@@ -33,7 +33,7 @@ impl ApiError {
     }
 
     /// 429: the key is over one of its rate limits.
-    pub fn rate_limited(refusal: crate::rate::Refusal) -> Self {
+    pub fn rate_limited(refusal: crate::tenancy::rate::Refusal) -> Self {
         let message = format!(
             "this API key is over its limit of {} {} per second; retry after {} s",
             refusal.quota_per_second, refusal.dimension, refusal.retry_after_seconds

@@ -131,9 +131,9 @@ pub struct Metrics {
     key_reload_failures: AtomicU64,
     producers_replaced: AtomicU64,
     /// The PostgreSQL key loader's state (rendered when configured).
-    pub keys_postgres: crate::pg_keys::PgKeyMetrics,
+    pub keys_postgres: crate::tenancy::postgres::PgKeyMetrics,
     /// The fleet-wide limit sync's state (rendered when configured).
-    pub fleet: crate::fleet::FleetMetrics,
+    pub fleet: crate::tenancy::fleet::FleetMetrics,
     /// Log lines the non-blocking log writer dropped because its queue was
     /// full (a slow log pipe); read at scrape time.
     log_lines_dropped: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,

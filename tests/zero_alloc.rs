@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice::auth::KeyStore;
 use sluice::config::Config;
 use sluice::health::Readiness;
 use sluice::kafka::handoff::{Batch, Completion, Mailbox, Opaque};
@@ -24,6 +23,7 @@ use sluice::server::core::{self, CoreSetup};
 use sluice::server::inflight::Inflight;
 use sluice::server::Shared;
 use sluice::shutdown::Shutdown;
+use sluice::tenancy::keys::KeyStore;
 
 struct Counting;
 
@@ -81,7 +81,7 @@ fn start_core() -> std::net::SocketAddr {
         keys: KeyStore::open(
             None,
             Some((KEY.into(), "tenant_a".into())),
-            sluice::rate::Limits {
+            sluice::tenancy::rate::Limits {
                 events_per_second: 1_000_000_000,
                 burst_events: 1_000_000_000,
                 bytes_per_second: 1 << 50,

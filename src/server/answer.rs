@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use super::context::Core;
 use crate::error::ApiError;
-use crate::event::write_error_object;
+use crate::events::validate::write_error_object;
 use crate::http::request::{Head, REQUEST_ID_BYTES_MAX};
 use crate::http::response::{write_head, write_json_string, HeadFields, RETRY_AFTER_SECONDS};
 use crate::route::Route;

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::inflight::Inflight;
-use crate::auth::KeyStore;
 use crate::clock::{DateCache, HTTP_DATE_BYTES};
 use crate::config::Config;
-use crate::event::{EventLimits, Validator};
+use crate::events::validate::{EventLimits, Validator};
 use crate::health::Readiness;
 use crate::kafka::handoff::{Batch, Mailbox};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::shutdown::Shutdown;
+use crate::tenancy::keys::KeyStore;
 
 /// Bytes a connection buffer starts with.
 pub const CONNECTION_BUFFER_BYTES: usize = 8 * 1024;

@@ -15,14 +15,15 @@ use super::framing::{read_body, ReadError};
 use super::inflight::Delivery;
 use super::ingest::{ingest, Handed};
 use super::wire::Wire;
-use crate::auth::{basic_user, presented_key, query_key, AuthError, Grant, Snapshot};
 use crate::config::AckMode;
 use crate::error::ApiError;
+use crate::events::split::BodyKind;
 use crate::http::request::{trim, Framing, Head, Method};
 use crate::http::response::CONTINUE;
 use crate::http::{gzip, FramingError};
 use crate::route::{Route, SegmentCall};
-use crate::split::BodyKind;
+use crate::tenancy::credentials::{basic_user, presented_key, query_key};
+use crate::tenancy::keys::{AuthError, Grant, Snapshot};
 
 /// Whether the connection goes on after a request, and how it ends.
 #[derive(Debug, PartialEq, Eq)]

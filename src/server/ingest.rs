@@ -7,12 +7,12 @@ use std::sync::Arc;
 use crossbeam_channel::TrySendError;
 
 use super::context::{Core, Scratch};
-use crate::auth::Grant;
 use crate::error::ApiError;
-use crate::event::{write_dead_letter, write_error_fields, Enrichment};
+use crate::events::segment::{dead_letter_raw, translate, Envelope};
+use crate::events::split::{event_spans, BodyKind};
+use crate::events::validate::{write_dead_letter, write_error_fields, Enrichment};
 use crate::kafka::handoff::{Batch, Record, Ticket};
-use crate::segment::{dead_letter_raw, translate, Envelope};
-use crate::split::{event_spans, BodyKind};
+use crate::tenancy::keys::Grant;
 
 /// Events handed to a producer.
 #[derive(Debug)]

@@ -25,7 +25,6 @@ use anyhow::Context as _;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use self::inflight::Inflight;
-use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::health::Readiness;
 use crate::kafka::dev::DevCluster;
@@ -33,6 +32,7 @@ use crate::kafka::handoff::{Mailbox, CORES_MAX};
 use crate::kafka::producer::ProducerPool;
 use crate::metrics::Metrics;
 use crate::shutdown::{ControlStop, Shutdown};
+use crate::tenancy::keys::KeyStore;
 
 /// The number of event-loop cores: as configured, or `default_cores` (one
 /// per usable CPU, see [`crate::cpus::event_loop_cpus`]). More than a
@@ -313,7 +313,8 @@ fn start_control_plane(
     );
 
     if !shared.config.auth.postgres_url.is_empty() {
-        let pg_config = crate::pg_keys::parse_url(shared.config.auth.postgres_url.expose())?;
+        let pg_config =
+            crate::tenancy::postgres::parse_url(shared.config.auth.postgres_url.expose())?;
         let loader_shared = shared.clone();
         let loader_stop = stop.clone();
         // Not joined at shutdown: a query to a hung server waits as long as
@@ -323,7 +324,7 @@ fn start_control_plane(
                 .name("sluice-postgres".into())
                 .spawn(move || {
                     let shared = &loader_shared;
-                    crate::pg_keys::Loader {
+                    crate::tenancy::postgres::Loader {
                         config: pg_config,
                         reload_interval: Duration::from_millis(
                             shared.config.auth.postgres_reload_interval_ms,
@@ -339,7 +340,7 @@ fn start_control_plane(
     }
 
     if !shared.config.limits.redis_url.is_empty() {
-        let client = crate::fleet::parse_url(shared.config.limits.redis_url.expose())?;
+        let client = crate::tenancy::fleet::parse_url(shared.config.limits.redis_url.expose())?;
         let sync_shared = shared.clone();
         let sync_stop = stop.clone();
         threads.push(
@@ -347,7 +348,7 @@ fn start_control_plane(
                 .name("sluice-fleet".into())
                 .spawn(move || {
                     let shared = &sync_shared;
-                    crate::fleet::Sync {
+                    crate::tenancy::fleet::Sync {
                         client,
                         interval: Duration::from_millis(
                             shared.config.limits.redis_sync_interval_ms,

@@ -4,7 +4,6 @@
 //! Precedence, lowest first: built-in defaults, the file, the environment, flags.
 //! Every bound carries its unit in its name (`_ms`, `_bytes`, `_max`).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,37 +11,17 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
+mod auth;
+mod cors;
+mod kafka;
+mod limits;
+mod server;
 
-/// When a request is answered `202 Accepted`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AckMode {
-    /// After Kafka acknowledged every event with `acks=all`.
-    Durable,
-    /// Once the events are handed to the producer queue; lost if the process dies.
-    Enqueued,
-}
-
-/// The event loops' I/O driver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IoDriver {
-    /// io_uring, falling back to epoll where the kernel lacks it: cheapest
-    /// per request when a loop is busy.
-    IoUring,
-    /// epoll: cheaper per request when a loop is mostly waiting (durable
-    /// mode at moderate load).
-    Epoll,
-}
-
-/// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use auth::AuthConfig;
+pub use cors::CorsConfig;
+pub use kafka::KafkaConfig;
+pub use limits::LimitsConfig;
+pub use server::{AckMode, IoDriver, LogFormat, ServerConfig};
 
 /// The whole configuration, as read from TOML.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -55,270 +34,6 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Run with librdkafka's in-process mock cluster and a generated dev key.
     pub dev: bool,
-}
-
-/// Cross-origin requests from browsers (SPEC §11).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CorsConfig {
-    /// Origins (`https://app.example.com`) whose pages may send events, or
-    /// `["*"]` for any; empty: no CORS headers at all.
-    pub allowed_origins: Vec<String>,
-    /// How long a browser may cache a preflight answer.
-    pub max_age_seconds: u64,
-}
-
-impl Default for CorsConfig {
-    fn default() -> Self {
-        CorsConfig {
-            allowed_origins: Vec::new(),
-            max_age_seconds: 600,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Address every core listens on (SO_REUSEPORT).
-    pub listen: String,
-    /// Event-loop cores; 0 means one per available CPU.
-    pub cores: usize,
-    /// Pin each event loop to its own CPU.
-    pub pin_cores: bool,
-    /// `io_uring` (falls back to epoll when unavailable) or `epoll`.
-    pub io_driver: IoDriver,
-    /// CPUs the event loops run on, as a list like `0-3,8` (loop N on the
-    /// N-th CPU of the list, pinned); empty: every CPU the process may use.
-    pub cpus: String,
-    /// Open connections per core; beyond it new connections get 503 and are closed.
-    pub connections_per_core_max: usize,
-    pub ack_mode: AckMode,
-    /// How long a request waits for Kafka's acknowledgements; past it the
-    /// client gets 503 + Retry-After (its events may still be stored later,
-    /// within `kafka.message_timeout_ms`).
-    pub delivery_timeout_ms: u64,
-    /// Time allowed on SIGTERM for in-flight requests and producer flushes.
-    pub drain_timeout_ms: u64,
-    /// From the first byte of a request until its head is complete (else 408).
-    pub header_read_timeout_ms: u64,
-    /// From the end of the head until the body is complete (else 408).
-    pub body_read_timeout_ms: u64,
-    /// Idle keep-alive connection lifetime between requests.
-    pub idle_timeout_ms: u64,
-    /// A connection whose socket takes no response bytes for this long is
-    /// closed (a client that sends and never reads).
-    pub write_timeout_ms: u64,
-    pub log_format: LogFormat,
-    /// Failed-request log lines per second per core; the rest are counted, not logged.
-    pub error_logs_per_second_max: u32,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// TOML file of API keys; reloaded on change and on SIGHUP.
-    pub keys_file: PathBuf,
-    /// How often the keys file is checked for changes.
-    pub reload_interval_ms: u64,
-    /// PostgreSQL holding the `api_keys` table (SPEC §8), e.g.
-    /// `postgresql://sluice@db.internal/sluice`; empty: keys come only from
-    /// the file. Masked wherever it is shown: it may hold a password.
-    pub postgres_url: Secret,
-    /// Full reload from PostgreSQL this often, besides LISTEN/NOTIFY.
-    pub postgres_reload_interval_ms: u64,
-    /// Accept the key as the `api_key` query parameter of the event routes
-    /// (for `navigator.sendBeacon`, which cannot set headers). Off by
-    /// default: a key in a URL ends up in access logs.
-    pub query_key: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Request line plus headers (431 beyond).
-    pub header_bytes_max: usize,
-    /// Body bytes on the wire (413 beyond).
-    pub body_bytes_max: usize,
-    /// Body bytes after gzip decompression (413 beyond).
-    pub decompressed_body_bytes_max: usize,
-    /// Events in one batch request (413 beyond).
-    pub batch_events_max: usize,
-    /// Bytes of one event as sent (413 beyond); below Kafka's message.max.bytes.
-    pub event_bytes_max: usize,
-    /// Nesting depth allowed inside `properties`.
-    pub properties_depth_max: usize,
-    /// How far in the past `event_time` may be.
-    pub event_time_past_ms: u64,
-    /// How far in the future `event_time` may be.
-    pub event_time_future_ms: u64,
-    /// Event bytes awaiting Kafka per core; beyond it requests get 503.
-    pub inflight_bytes_per_core_max: usize,
-    /// Requests awaiting Kafka per core; beyond it requests get 503.
-    pub inflight_requests_per_core_max: usize,
-    /// Kafka records (events and dead letters) awaiting delivery per core;
-    /// beyond it requests get 503. Sizes each core's completion queue.
-    pub inflight_events_per_core_max: usize,
-    /// Bytes of an invalid event copied into its dead-letter record.
-    pub dlq_raw_bytes_max: usize,
-    /// Events per second per key, for keys that set none; 0: unlimited.
-    pub default_rate_events_per_sec: u64,
-    /// Events a key may send at once from idle; 0: one second's worth.
-    pub default_burst_events: u64,
-    /// Body bytes per second per key, for keys that set none; 0: unlimited.
-    pub default_rate_bytes_per_sec: u64,
-    /// Bytes a key may send at once from idle; 0: one second's worth.
-    pub default_burst_bytes: u64,
-    /// Redis shared by the instances for fleet-wide per-key limits, e.g.
-    /// `redis://redis.internal:6379/`; empty: each instance limits alone.
-    /// Masked wherever it is shown: it may hold a password.
-    pub redis_url: Secret,
-    /// How often usage is exchanged with Redis (10..=250 ms).
-    pub redis_sync_interval_ms: u64,
-}
-
-// Debug is written by hand: it must mask secret properties.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Comma-separated bootstrap brokers.
-    pub brokers: String,
-    pub topic: String,
-    pub dlq_topic: String,
-    /// Dedicated producer threads (each owns one librdkafka producer).
-    pub producer_threads: usize,
-    /// CPUs for the producer threads (thread N pinned to the N-th CPU of
-    /// the list) and librdkafka's own threads (the whole list), e.g. `4-5`;
-    /// empty: not pinned.
-    pub producer_cpus: String,
-    pub linger_ms: u64,
-    /// librdkafka `batch.size`.
-    pub batch_bytes: usize,
-    /// none, gzip, snappy, lz4 or zstd.
-    pub compression: String,
-    /// How long librdkafka keeps retrying a record (`message.timeout.ms`),
-    /// through leader elections and short outages; at least
-    /// `server.delivery_timeout_ms`. In-flight slots are held until then.
-    pub message_timeout_ms: u64,
-    /// librdkafka `partitioner`: `murmur2_random` (the default) places a
-    /// key on the partition Java clients and Kafka Streams choose.
-    pub partitioner: String,
-    /// Request batches queued between the cores and the producer threads.
-    pub queue_batches_max: usize,
-    /// How often Kafka metadata is fetched for readiness.
-    pub health_interval_ms: u64,
-    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
-    pub security_protocol: String,
-    /// With SASL: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER`.
-    pub sasl_mechanism: String,
-    pub sasl_username: String,
-    /// Never logged or shown; prefer `sasl_password_file`.
-    pub sasl_password: Secret,
-    /// A file holding the SASL password (read at start; wins over
-    /// `sasl_password`; a trailing newline is dropped).
-    pub sasl_password_file: String,
-    /// CA certificates (PEM) the brokers' certificates must chain to;
-    /// empty: the system's trust store.
-    pub ssl_ca_file: String,
-    /// Client certificate (PEM) for mutual TLS.
-    pub ssl_certificate_file: String,
-    /// Client private key (PEM) for mutual TLS.
-    pub ssl_key_file: String,
-    /// Password of `ssl_key_file`, if it is encrypted; never shown.
-    pub ssl_key_password: Secret,
-    /// A file holding `ssl_key_password` (wins over it).
-    pub ssl_key_password_file: String,
-    /// librdkafka properties passed through verbatim; they win over ours.
-    pub properties: BTreeMap<String, String>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: "0.0.0.0:8080".into(),
-            cores: 0,
-            pin_cores: true,
-            io_driver: IoDriver::IoUring,
-            cpus: String::new(),
-            connections_per_core_max: 20_000,
-            ack_mode: AckMode::Durable,
-            delivery_timeout_ms: 5_000,
-            drain_timeout_ms: 10_000,
-            header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: 30_000,
-            idle_timeout_ms: 60_000,
-            write_timeout_ms: 10_000,
-            log_format: LogFormat::Text,
-            error_logs_per_second_max: 20,
-        }
-    }
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            keys_file: PathBuf::from("keys.toml"),
-            reload_interval_ms: 1_000,
-            postgres_url: Secret::default(),
-            postgres_reload_interval_ms: 60_000,
-            query_key: false,
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            header_bytes_max: 16 * 1024,
-            body_bytes_max: 4 * 1024 * 1024,
-            decompressed_body_bytes_max: 16 * 1024 * 1024,
-            batch_events_max: 1_000,
-            event_bytes_max: 512 * 1024,
-            properties_depth_max: 16,
-            event_time_past_ms: 7 * 24 * 3_600_000,
-            event_time_future_ms: 10 * 60_000,
-            inflight_bytes_per_core_max: 64 * 1024 * 1024,
-            inflight_requests_per_core_max: 16_384,
-            inflight_events_per_core_max: 262_144,
-            dlq_raw_bytes_max: 8 * 1024,
-            default_rate_events_per_sec: 0,
-            default_burst_events: 0,
-            default_rate_bytes_per_sec: 0,
-            default_burst_bytes: 0,
-            redis_url: Secret::default(),
-            redis_sync_interval_ms: 100,
-        }
-    }
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: "127.0.0.1:9092".into(),
-            topic: "events_raw".into(),
-            dlq_topic: "events_dlq".into(),
-            producer_threads: 1,
-            producer_cpus: String::new(),
-            linger_ms: 1,
-            batch_bytes: 1_000_000,
-            compression: "lz4".into(),
-            partitioner: "murmur2_random".into(),
-            message_timeout_ms: 30_000,
-            queue_batches_max: 8_192,
-            health_interval_ms: 1_000,
-            security_protocol: "plaintext".into(),
-            sasl_mechanism: String::new(),
-            sasl_username: String::new(),
-            sasl_password: Secret::default(),
-            sasl_password_file: String::new(),
-            ssl_ca_file: String::new(),
-            ssl_certificate_file: String::new(),
-            ssl_key_file: String::new(),
-            ssl_key_password: Secret::default(),
-            ssl_key_password_file: String::new(),
-            properties: BTreeMap::new(),
-        }
-    }
 }
 
 /// Flags given on the command line; `None` leaves the key as configured.
@@ -344,132 +59,6 @@ pub const ENV_PREFIX: &str = "SLUICE_";
 /// sets `ssl.endpoint.identification.algorithm` (lower case, `_` → `.`;
 /// librdkafka's property names have no underscores).
 pub const PROPERTY_ENV_PREFIX: &str = "SLUICE_KAFKA_PROPERTIES__";
-
-impl LimitsConfig {
-    /// The rate limits of keys that set none of their own.
-    pub fn default_key_limits(&self) -> crate::rate::Limits {
-        crate::rate::Limits {
-            events_per_second: self.default_rate_events_per_sec,
-            burst_events: self.default_burst_events,
-            bytes_per_second: self.default_rate_bytes_per_sec,
-            burst_bytes: self.default_burst_bytes,
-        }
-    }
-}
-
-impl std::fmt::Debug for KafkaConfig {
-    /// The masked configuration, as TOML: no secret property or password.
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = toml::to_string(&self.masked()).unwrap_or_default();
-        formatter.write_str(&text)
-    }
-}
-
-impl KafkaConfig {
-    /// A copy with secret-looking properties masked (named secrets are
-    /// `Secret`s and mask themselves).
-    fn masked(&self) -> KafkaConfig {
-        let mut copy = self.clone();
-        for (name, value) in copy.properties.iter_mut() {
-            if is_secret_property(name) {
-                *value = crate::secret::MASK.into();
-            }
-        }
-        copy
-    }
-
-    /// Reads the `*_file` secrets into their values. A missing or
-    /// unreadable file is an error naming its key (never its contents).
-    fn read_secret_files(&mut self) -> anyhow::Result<()> {
-        for (key, path, secret) in [
-            (
-                "kafka.sasl_password_file",
-                &self.sasl_password_file,
-                &mut self.sasl_password,
-            ),
-            (
-                "kafka.ssl_key_password_file",
-                &self.ssl_key_password_file,
-                &mut self.ssl_key_password,
-            ),
-        ] {
-            if path.is_empty() {
-                continue;
-            }
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("{key}: cannot read {path}"))?;
-            *secret = Secret::new(text.trim_end_matches(['\r', '\n']));
-        }
-        Ok(())
-    }
-
-    /// The security settings are consistent and their files readable.
-    fn check_security(&self) -> anyhow::Result<()> {
-        let sasl = match self.security_protocol.as_str() {
-            "plaintext" | "ssl" => false,
-            "sasl_plaintext" | "sasl_ssl" => true,
-            other => bail!(
-                "kafka.security_protocol {other:?} is not one of plaintext, ssl, sasl_plaintext, sasl_ssl"
-            ),
-        };
-        if sasl {
-            match self.sasl_mechanism.as_str() {
-                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => {
-                    if self.sasl_username.is_empty() || self.sasl_password.is_empty() {
-                        bail!(
-                            "kafka.sasl_mechanism {} needs kafka.sasl_username and kafka.sasl_password (or kafka.sasl_password_file)",
-                            self.sasl_mechanism
-                        );
-                    }
-                }
-                "OAUTHBEARER" => {}
-                other => bail!(
-                    "kafka.sasl_mechanism {other:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER"
-                ),
-            }
-        }
-        for (key, path) in [
-            ("kafka.ssl_ca_file", &self.ssl_ca_file),
-            ("kafka.ssl_certificate_file", &self.ssl_certificate_file),
-            ("kafka.ssl_key_file", &self.ssl_key_file),
-        ] {
-            if !path.is_empty() {
-                std::fs::File::open(path).with_context(|| format!("{key}: cannot read {path}"))?;
-            }
-        }
-        if self.ssl_certificate_file.is_empty() != self.ssl_key_file.is_empty() {
-            bail!("kafka.ssl_certificate_file and kafka.ssl_key_file go together (mutual TLS)");
-        }
-        Ok(())
-    }
-
-    /// librdkafka properties for the named security keys; `[kafka.properties]`
-    /// is applied after them and wins.
-    pub fn security_properties(&self) -> Vec<(&'static str, &str)> {
-        let mut properties = vec![("security.protocol", self.security_protocol.as_str())];
-        let named = [
-            ("sasl.mechanism", self.sasl_mechanism.as_str()),
-            ("sasl.username", self.sasl_username.as_str()),
-            ("sasl.password", self.sasl_password.expose()),
-            ("ssl.ca.location", self.ssl_ca_file.as_str()),
-            (
-                "ssl.certificate.location",
-                self.ssl_certificate_file.as_str(),
-            ),
-            ("ssl.key.location", self.ssl_key_file.as_str()),
-            ("ssl.key.password", self.ssl_key_password.expose()),
-        ];
-        properties.extend(named.into_iter().filter(|(_, value)| !value.is_empty()));
-        // OpenSSL is vendored, so its built-in CA directory is not the
-        // system's: without a CA file, let librdkafka find the system trust
-        // store (a managed cluster's public CA).
-        let tls = matches!(self.security_protocol.as_str(), "ssl" | "sasl_ssl");
-        if tls && self.ssl_ca_file.is_empty() {
-            properties.push(("ssl.ca.location", "probe"));
-        }
-        properties
-    }
-}
 
 impl Config {
     /// The `SLUICE_*` variables among `names` that set nothing: neither a
@@ -636,13 +225,13 @@ impl Config {
             crate::cors::check_origin(origin)?;
         }
         if !self.limits.redis_url.is_empty() {
-            crate::fleet::parse_url(self.limits.redis_url.expose())?;
+            crate::tenancy::fleet::parse_url(self.limits.redis_url.expose())?;
             if !(10..=250).contains(&self.limits.redis_sync_interval_ms) {
                 bail!("limits.redis_sync_interval_ms must be 10..=250");
             }
         }
         if !self.auth.postgres_url.is_empty() {
-            crate::pg_keys::parse_url(self.auth.postgres_url.expose())?;
+            crate::tenancy::postgres::parse_url(self.auth.postgres_url.expose())?;
             if self.auth.postgres_reload_interval_ms < 1_000 {
                 bail!("auth.postgres_reload_interval_ms must be at least 1000");
             }
@@ -694,13 +283,6 @@ impl Config {
             .collect::<Vec<_>>()
             .join("; ")
     }
-}
-
-fn is_secret_property(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    ["password", "secret", "key", "token", "jaas"]
-        .iter()
-        .any(|s| lower.contains(s))
 }
 
 fn env_name(section: &str, key: &str) -> String {
@@ -839,7 +421,7 @@ mod tests {
 
     #[test]
     fn the_example_file_shows_the_defaults() {
-        let example: Config = toml::from_str(include_str!("../sluice.example.toml")).unwrap();
+        let example: Config = toml::from_str(include_str!("../../sluice.example.toml")).unwrap();
         assert_eq!(
             toml::to_string(&example).unwrap(),
             toml::to_string(&Config::default()).unwrap()
@@ -860,9 +442,11 @@ mod tests {
 
     #[test]
     fn the_example_keys_file_parses() {
-        let snapshot =
-            crate::auth::Snapshot::parse(include_str!("../keys.example.toml"), Default::default())
-                .unwrap();
+        let snapshot = crate::tenancy::keys::Snapshot::parse(
+            include_str!("../../keys.example.toml"),
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(snapshot.len(), 3);
     }
 

@@ -17,16 +17,16 @@
 //! limits alone, `sluice_rate_limit_redis_up` is 0 and a warn line says so;
 //! requests are served on. Usage from the outage is not sent afterwards.
 //!
-//! [`KeyLimiter::align_to_fleet`]: crate::rate::KeyLimiter::align_to_fleet
+//! [`KeyLimiter::align_to_fleet`]: crate::tenancy::rate::KeyLimiter::align_to_fleet
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
-use crate::auth::KeyStore;
-use crate::rate::FleetView;
 use crate::shutdown::ControlStop;
+use crate::tenancy::keys::KeyStore;
+use crate::tenancy::rate::FleetView;
 
 /// Deadline of every Redis call (connect, read, write).
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -95,7 +95,7 @@ struct Session {
 
 impl Sync<'_> {
     pub fn run(&self) {
-        crate::rate::count_admissions_for_fleet();
+        crate::tenancy::rate::count_admissions_for_fleet();
         self.metrics.configured.store(true, Relaxed);
         let mut session: Option<Session> = None;
         let mut last_attempt: Option<Instant> = None;

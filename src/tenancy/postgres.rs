@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::auth::{KeySpec, KeyStore};
 use crate::health::Readiness;
 use crate::shutdown::ControlStop;
+use crate::tenancy::keys::{KeySpec, KeyStore};
 
 /// The channel the `sql/` trigger notifies.
 pub const CHANNEL: &str = "sluice_api_keys";

@@ -22,9 +22,9 @@ use std::ops::Range;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::event::USER_ID_BYTES_MAX;
+use crate::events::split::Scanner;
+use crate::events::validate::USER_ID_BYTES_MAX;
 use crate::route::SegmentCall;
-use crate::split::Scanner;
 
 /// What a call's members map from, as byte ranges of the call.
 #[derive(Default)]
