@@ -69,6 +69,17 @@ impl ApiError {
         )
     }
 
+    /// Two credentials in one request (`what` names the headers, or the
+    /// one header sent twice): permanent, the client must send one.
+    pub fn ambiguous_credentials(what: &'static str) -> Self {
+        let message = if what.contains(" and ") {
+            format!("{what} carry different keys: send one credential")
+        } else {
+            format!("the {what} header is sent more than once: send one credential")
+        };
+        ApiError::new(400, "ambiguous_credentials", message)
+    }
+
     pub fn invalid_api_key() -> Self {
         Self::new(401, "invalid_api_key", "unknown or disabled API key")
     }

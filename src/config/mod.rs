@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 mod auth;
+pub mod bounds;
 mod cors;
 mod kafka;
 mod limits;
@@ -194,21 +195,31 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.listen_address()?;
+        let table = toml::Table::try_from(self).context("configuration")?;
+        bounds::check(&table)?;
         let limits = &self.limits;
-        if limits.event_bytes_max > limits.decompressed_body_bytes_max {
-            bail!("limits.event_bytes_max must not exceed limits.decompressed_body_bytes_max");
-        }
-        if limits.body_bytes_max > limits.decompressed_body_bytes_max {
-            bail!("limits.body_bytes_max must not exceed limits.decompressed_body_bytes_max");
-        }
-        if limits.header_bytes_max < 256 {
-            bail!("limits.header_bytes_max must be at least 256");
-        }
-        if limits.batch_events_max == 0 || limits.inflight_requests_per_core_max == 0 {
-            bail!("limits.batch_events_max and inflight_requests_per_core_max must be positive");
-        }
-        if limits.inflight_events_per_core_max < limits.batch_events_max {
-            bail!("limits.inflight_events_per_core_max must be at least limits.batch_events_max");
+        let relations = [
+            (
+                limits.event_bytes_max <= limits.decompressed_body_bytes_max,
+                "limits.event_bytes_max must not exceed limits.decompressed_body_bytes_max",
+            ),
+            (
+                limits.body_bytes_max <= limits.decompressed_body_bytes_max,
+                "limits.body_bytes_max must not exceed limits.decompressed_body_bytes_max",
+            ),
+            (
+                limits.inflight_events_per_core_max >= limits.batch_events_max,
+                "limits.inflight_events_per_core_max must be at least limits.batch_events_max",
+            ),
+            // A body of the largest size builds at least as many record
+            // bytes: with a smaller cap it could never be taken.
+            (
+                limits.inflight_bytes_per_core_max >= limits.decompressed_body_bytes_max,
+                "limits.inflight_bytes_per_core_max must be at least limits.decompressed_body_bytes_max (the largest request's records must fit)",
+            ),
+        ];
+        if let Some((_, relation)) = relations.iter().find(|(holds, _)| !holds) {
+            bail!("{relation}");
         }
         for (key, list) in [
             ("server.cpus", &self.server.cpus),
@@ -218,29 +229,14 @@ impl Config {
                 crate::cpus::parse_cpu_list(list).with_context(|| format!("{key} {list:?}"))?;
             }
         }
-        if self.kafka.producer_threads == 0 {
-            bail!("kafka.producer_threads must be at least 1");
-        }
         for origin in &self.cors.allowed_origins {
             crate::cors::check_origin(origin)?;
         }
         if !self.limits.redis_url.is_empty() {
             crate::tenancy::fleet::parse_url(self.limits.redis_url.expose())?;
-            if !(10..=250).contains(&self.limits.redis_sync_interval_ms) {
-                bail!("limits.redis_sync_interval_ms must be 10..=250");
-            }
         }
         if !self.auth.postgres_url.is_empty() {
             crate::tenancy::postgres::parse_url(self.auth.postgres_url.expose())?;
-            if self.auth.postgres_reload_interval_ms < 1_000 {
-                bail!("auth.postgres_reload_interval_ms must be at least 1000");
-            }
-        }
-        if self.server.write_timeout_ms == 0 {
-            bail!("server.write_timeout_ms must be positive");
-        }
-        if self.server.delivery_timeout_ms < 100 {
-            bail!("server.delivery_timeout_ms must be at least 100");
         }
         if self.kafka.message_timeout_ms < self.server.delivery_timeout_ms {
             bail!(
@@ -358,6 +354,23 @@ fn apply_flags(table: &mut toml::Table, flags: &Overrides) -> anyhow::Result<()>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_numeric_key_has_a_stated_range_and_the_defaults_are_in_it() {
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, key) in Config::keys().into_iter().filter(|(s, _)| !s.is_empty()) {
+            let value = &defaults[section.as_str()][key.as_str()];
+            if value.is_integer() {
+                assert!(
+                    bounds::BOUNDS
+                        .iter()
+                        .any(|bound| bound.section == section && bound.key == key),
+                    "{section}.{key} has no range in config::bounds"
+                );
+            }
+        }
+        bounds::check(&defaults).unwrap();
+    }
+
     use super::*;
 
     #[test]

@@ -41,9 +41,30 @@ pub struct Head {
     pub content_encoding: Option<Span>,
     pub api_key: Option<Span>,
     pub authorization: Option<Span>,
+    /// A header that carries a credential (`X-CS-API-Key`,
+    /// `Authorization`) sent more than once: which one was meant is
+    /// unknowable, so the request is refused rather than served with either.
+    pub repeated_credential: Option<CredentialHeader>,
     pub request_id: Option<Span>,
     /// `Origin`, sent by browsers on cross-origin requests (CORS).
     pub origin: Option<Span>,
+}
+
+/// A header that carries a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialHeader {
+    ApiKey,
+    Authorization,
+}
+
+impl CredentialHeader {
+    /// The header's name, as clients write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialHeader::ApiKey => "X-CS-API-Key",
+            CredentialHeader::Authorization => "Authorization",
+        }
+    }
 }
 
 /// Outcome of parsing the bytes received so far.
@@ -80,6 +101,7 @@ pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, Framin
         content_encoding: None,
         api_key: None,
         authorization: None,
+        repeated_credential: None,
         request_id: None,
         origin: None,
     };
@@ -180,9 +202,13 @@ fn read_headers(
         } else if is(b"content-encoding") {
             head.content_encoding = Some(span_of(value));
         } else if is(b"x-cs-api-key") {
-            head.api_key = Some(span_of(value));
+            if head.api_key.replace(span_of(value)).is_some() {
+                head.repeated_credential = Some(CredentialHeader::ApiKey);
+            }
         } else if is(b"authorization") {
-            head.authorization = Some(span_of(value));
+            if head.authorization.replace(span_of(value)).is_some() {
+                head.repeated_credential = Some(CredentialHeader::Authorization);
+            }
         } else if is(b"x-request-id") && is_valid_request_id(value) {
             head.request_id = Some(span_of(value));
         } else if is(b"origin") {

@@ -22,7 +22,7 @@ use crate::http::request::{trim, Framing, Head, Method};
 use crate::http::response::CONTINUE;
 use crate::http::{gzip, FramingError};
 use crate::route::{Route, SegmentCall};
-use crate::tenancy::credentials::{basic_user, presented_key, query_key};
+use crate::tenancy::credentials::{basic_user, bearer_token, presented_key, query_key};
 use crate::tenancy::keys::{AuthError, Grant, Snapshot};
 
 /// Whether the connection goes on after a request, and how it ends.
@@ -275,15 +275,30 @@ impl<'a> Exchange<'a> {
     /// hashing and looking it up (and remembering it).
     /// Returns whether the key came from the query (`auth.query_key`).
     fn authenticate(&mut self, head: &Head) -> Result<bool, ApiError> {
+        if let Some(repeated) = head.repeated_credential {
+            return Err(ApiError::ambiguous_credentials(repeated.name()));
+        }
         let input = &self.wire.input;
-        let mut key = presented_key(
-            header(input, &head.api_key),
-            header(input, &head.authorization),
-        );
+        let api_key = header(input, &head.api_key);
+        let authorization = header(input, &head.authorization);
+        let mut key = presented_key(api_key, authorization);
         // Held to the end: `key` may point into it.
         let mut scratch = None;
         let mut from_query = false;
-        if key.is_empty() {
+        if let (Some(api_key), Some(authorization)) = (api_key, authorization) {
+            // Both headers: served only when they name the same key, since
+            // which one the client meant is otherwise a guess.
+            let decoded = &mut scratch.insert(self.core.scratch.borrow_mut()).decoded_key;
+            let other = match bearer_token(Some(authorization)) {
+                Some(token) => Some(token),
+                None => basic_user(authorization, decoded).then_some(&decoded[..]),
+            };
+            if other.is_some_and(|other| other != api_key) {
+                return Err(ApiError::ambiguous_credentials(
+                    "X-CS-API-Key and Authorization",
+                ));
+            }
+        } else if key.is_empty() {
             let decoded = &mut scratch.insert(self.core.scratch.borrow_mut()).decoded_key;
             // Segment's SDKs send the write key as the Basic user name.
             if header(input, &head.authorization).is_some_and(|value| basic_user(value, decoded)) {

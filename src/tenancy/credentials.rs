@@ -109,14 +109,18 @@ pub fn basic_user(authorization: &[u8], out: &mut Vec<u8>) -> bool {
 
 /// The key a request presents: `X-CS-API-Key`, else `Authorization: Bearer`.
 pub fn presented_key<'a>(api_key: Option<&'a [u8]>, authorization: Option<&'a [u8]>) -> &'a [u8] {
-    if let Some(key) = api_key {
-        return key;
-    }
+    api_key
+        .or_else(|| bearer_token(authorization))
+        .unwrap_or(b"")
+}
+
+/// The token of `Authorization: Bearer <token>`.
+pub fn bearer_token(authorization: Option<&[u8]>) -> Option<&[u8]> {
     match authorization {
         Some(value) if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") => {
-            crate::http::request::trim(&value[7..])
+            Some(crate::http::request::trim(&value[7..]))
         }
-        _ => b"",
+        _ => None,
     }
 }
 

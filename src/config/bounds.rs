@@ -1,0 +1,154 @@
+//! The stated range of every numeric setting, and the relations between
+//! them. A value outside its range stops start-up with the key, the value
+//! and the range: a nonsense setting (a cap of zero that refuses every
+//! client, an in-flight table of 10^11 slots) is an operator's typo, never
+//! something to run with.
+
+use anyhow::bail;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+/// librdkafka's largest value for its 32-bit millisecond and byte settings.
+const LIBRDKAFKA_INT_MAX: u64 = i32::MAX as u64;
+/// Epoch milliseconds fit an i64: the widest event-time window.
+const EPOCH_MS_MAX: u64 = i64::MAX as u64;
+
+/// One numeric key's range, inclusive, and what the number counts.
+pub struct Bound {
+    pub section: &'static str,
+    pub key: &'static str,
+    pub min: u64,
+    pub max: u64,
+    pub unit: &'static str,
+}
+
+const fn bound(
+    section: &'static str,
+    key: &'static str,
+    min: u64,
+    max: u64,
+    unit: &'static str,
+) -> Bound {
+    Bound {
+        section,
+        key,
+        min,
+        max,
+        unit,
+    }
+}
+
+/// Every numeric key of the configuration (a test checks that none is
+/// missing). The upper bounds are far past any sane deployment; they stop
+/// a typo from allocating terabytes or waiting for years.
+pub const BOUNDS: &[Bound] = &[
+    bound("server", "cores", 0, 256, "event loops (0: one per CPU)"),
+    bound(
+        "server",
+        "connections_per_core_max",
+        1,
+        1_000_000,
+        "connections",
+    ),
+    bound("server", "delivery_timeout_ms", 100, 600_000, "ms"),
+    bound("server", "drain_timeout_ms", 0, 600_000, "ms"),
+    bound("server", "header_read_timeout_ms", 100, 600_000, "ms"),
+    bound("server", "body_read_timeout_ms", 100, HOUR_MS, "ms"),
+    bound("server", "idle_timeout_ms", 100, DAY_MS, "ms"),
+    bound("server", "write_timeout_ms", 100, 600_000, "ms"),
+    bound(
+        "server",
+        "error_logs_per_second_max",
+        0,
+        1_000_000,
+        "lines per second",
+    ),
+    bound("auth", "reload_interval_ms", 100, HOUR_MS, "ms"),
+    bound("auth", "postgres_reload_interval_ms", 1_000, DAY_MS, "ms"),
+    bound("cors", "max_age_seconds", 0, 86_400, "seconds"),
+    bound("kafka", "producer_threads", 1, 64, "threads"),
+    bound("kafka", "linger_ms", 0, 60_000, "ms"),
+    bound("kafka", "batch_bytes", 1, LIBRDKAFKA_INT_MAX, "bytes"),
+    bound("kafka", "message_timeout_ms", 100, LIBRDKAFKA_INT_MAX, "ms"),
+    bound("kafka", "queue_batches_max", 1, 1_000_000, "batches"),
+    bound("kafka", "health_interval_ms", 100, HOUR_MS, "ms"),
+    bound("limits", "header_bytes_max", 256, MIB, "bytes"),
+    bound("limits", "body_bytes_max", 1, GIB, "bytes"),
+    bound("limits", "decompressed_body_bytes_max", 1, GIB, "bytes"),
+    bound("limits", "batch_events_max", 1, 100_000, "events"),
+    bound("limits", "event_bytes_max", 64, 64 * MIB, "bytes"),
+    bound("limits", "properties_depth_max", 1, 128, "levels"),
+    bound("limits", "event_time_past_ms", 0, EPOCH_MS_MAX, "ms"),
+    bound("limits", "event_time_future_ms", 0, EPOCH_MS_MAX, "ms"),
+    bound(
+        "limits",
+        "inflight_bytes_per_core_max",
+        MIB,
+        64 * GIB,
+        "bytes",
+    ),
+    bound(
+        "limits",
+        "inflight_requests_per_core_max",
+        1,
+        1_048_576,
+        "requests",
+    ),
+    bound(
+        "limits",
+        "inflight_events_per_core_max",
+        1,
+        4_194_304,
+        "events",
+    ),
+    bound("limits", "dlq_raw_bytes_max", 0, 64 * MIB, "bytes"),
+    bound(
+        "limits",
+        "default_rate_events_per_sec",
+        0,
+        1_000_000_000,
+        "events per second (0: unlimited)",
+    ),
+    bound("limits", "default_burst_events", 0, 1_000_000_000, "events"),
+    bound(
+        "limits",
+        "default_rate_bytes_per_sec",
+        0,
+        1 << 40,
+        "bytes per second (0: unlimited)",
+    ),
+    bound("limits", "default_burst_bytes", 0, 1 << 40, "bytes"),
+    bound("limits", "redis_sync_interval_ms", 10, 250, "ms"),
+];
+
+/// Checks every value of `table` (the configuration as TOML) against
+/// [`BOUNDS`], naming the first one out of range.
+pub fn check(table: &toml::Table) -> anyhow::Result<()> {
+    for bound in BOUNDS {
+        let Some(value) = table
+            .get(bound.section)
+            .and_then(|section| section.get(bound.key))
+        else {
+            bail!(
+                "{}.{}: not in the configuration (a bug)",
+                bound.section,
+                bound.key
+            );
+        };
+        let number = value.as_integer().unwrap_or(-1);
+        if number < 0 || (number as u64) < bound.min || (number as u64) > bound.max {
+            bail!(
+                "{}.{} = {value} is out of range: it must be {}..={} ({})",
+                bound.section,
+                bound.key,
+                bound.min,
+                bound.max,
+                bound.unit
+            );
+        }
+    }
+    Ok(())
+}
