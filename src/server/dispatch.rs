@@ -42,9 +42,11 @@ const CACHED_KEY_BYTES_MAX: usize = 64;
 /// The key a connection presented last and its grant, so that a connection
 /// sending the same key again skips the SHA-256 and the lookup. Valid only
 /// while its snapshot is the current one: a reload (a key disabled or
-/// removed) makes every connection authenticate afresh.
+/// removed) makes every connection authenticate afresh. It holds the
+/// snapshot's generation, not the snapshot: an idle connection must not
+/// keep a whole old snapshot (a million keys) alive.
 struct CachedKey {
-    snapshot: Arc<Snapshot>,
+    generation: u64,
     key: [u8; CACHED_KEY_BYTES_MAX],
     /// 0 when the key was too long to remember: never matches.
     key_bytes: usize,
@@ -52,8 +54,8 @@ struct CachedKey {
 }
 
 impl CachedKey {
-    fn matches(&self, snapshot: &Arc<Snapshot>, key: &[u8]) -> bool {
-        Arc::ptr_eq(&self.snapshot, snapshot)
+    fn matches(&self, snapshot: &Snapshot, key: &[u8]) -> bool {
+        self.generation == snapshot.generation()
             && self.key_bytes == key.len()
             && bool::from(self.key[..self.key_bytes].ct_eq(key))
     }
@@ -344,7 +346,7 @@ impl<'a> Exchange<'a> {
             Err(AuthError::Invalid) => return Err(ApiError::invalid_api_key()),
         };
         let mut cached = Box::new(CachedKey {
-            snapshot: Arc::clone(&snapshot),
+            generation: snapshot.generation(),
             key: [0; CACHED_KEY_BYTES_MAX],
             key_bytes: 0,
             grant,

@@ -387,10 +387,19 @@ fn start_control_plane(
     Ok(threads)
 }
 
-fn log_reload(shared: &Shared, trigger: &str, result: anyhow::Result<usize>) {
+fn log_reload(
+    shared: &Shared,
+    trigger: &str,
+    result: anyhow::Result<crate::tenancy::keys::Rebuilt>,
+) {
     shared.metrics.key_reload(result.is_ok());
     match result {
-        Ok(keys) => tracing::info!(trigger, keys, "API keys reloaded"),
+        Ok(rebuilt) => {
+            tracing::info!(trigger, keys = rebuilt.keys, "API keys reloaded");
+            for conflict in &rebuilt.conflicts {
+                tracing::warn!("{conflict}");
+            }
+        }
         Err(error) => tracing::error!(
             trigger,
             error = format!("{error:#}"),

@@ -65,6 +65,10 @@ pub struct Snapshot {
     /// False while a configured source (PostgreSQL) has never been loaded:
     /// an unknown key may then be a valid one not seen yet.
     complete: bool,
+    /// Which build this is: every swap gets a new one. A connection
+    /// remembers its key's grant with this number, not the snapshot, so an
+    /// idle connection never pins a whole old snapshot in memory.
+    generation: u64,
 }
 
 impl Default for Snapshot {
@@ -72,11 +76,17 @@ impl Default for Snapshot {
         Snapshot {
             by_digest_prefix: AHashMap::new(),
             complete: true,
+            generation: 0,
         }
     }
 }
 
 impl Snapshot {
+    /// This snapshot's build number (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether every configured key source has been loaded.
     pub fn is_complete(&self) -> bool {
         self.complete
@@ -165,6 +175,31 @@ impl Snapshot {
             .values()
             .map(|entry| (&entry.digest, &entry.grant))
     }
+}
+
+/// Folds PostgreSQL's copy of a key into the file's: the key is refused if
+/// either source refuses it, from the earlier of their instants. Different
+/// tenants refuse the key and return the line to log (no key in it: the
+/// digest's first four bytes, which identify it to an operator who can
+/// hash their keys, and give nothing usable away).
+fn merge_refusals(file: &mut Entry, postgres: &Entry) -> Option<String> {
+    file.enabled &= postgres.enabled;
+    file.grant.refused_from_ms = file
+        .grant
+        .refused_from_ms
+        .min(postgres.grant.refused_from_ms);
+    if file.grant.tenant_id == postgres.grant.tenant_id {
+        return None;
+    }
+    file.enabled = false;
+    let shown: String = file.digest[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(format!(
+        "key sha256:{shown}… is tenant {:?} in the keys file and tenant {:?} in PostgreSQL: refused until one source is corrected",
+        file.grant.tenant_id, postgres.grant.tenant_id
+    ))
 }
 
 /// Keeps the limiters (and so the usage) of keys whose limits did not
@@ -334,6 +369,8 @@ pub struct KeyStore {
     /// Each source's keys as last loaded: reloading one source rebuilds
     /// the snapshot from these, so the others' keys stay.
     sources: std::sync::Mutex<Sources>,
+    /// The last snapshot's generation.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -361,13 +398,16 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     })
 }
 
-/// What a rebuild did, for its log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a rebuild did, for its log lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebuilt {
     /// Keys in the new snapshot.
     pub keys: usize,
-    /// PostgreSQL keys left out because the file has the same key.
+    /// Keys in both the file and PostgreSQL (merged into one entry).
     pub duplicates: usize,
+    /// Keys in both sources with different tenants, refused: one line each
+    /// naming the key by its digest's first bytes and the two tenants.
+    pub conflicts: Vec<String>,
 }
 
 impl KeyStore {
@@ -390,6 +430,7 @@ impl KeyStore {
                 postgres_configured: postgres,
                 ..Sources::default()
             }),
+            generation: std::sync::atomic::AtomicU64::new(0),
         };
         store.reload()?;
         Ok(store)
@@ -412,23 +453,39 @@ impl KeyStore {
         Ok(snapshot.by_digest_prefix.into_values().collect())
     }
 
-    /// Builds a snapshot from every source's keys and swaps it in. The
-    /// file's keys come first: PostgreSQL's copy of the same key is left
-    /// out (and counted).
+    /// Builds a snapshot from every source's keys and swaps it in. A key
+    /// in both sources is one entry: the file's settings, but refused when
+    /// either source refuses it (disabled, expired, revoked: a refusal from
+    /// any source wins), and refused outright when the two name different
+    /// tenants (which one is meant is unknowable; see `conflicts`).
     fn rebuild(&self, sources: &Sources) -> anyhow::Result<Rebuilt> {
         let mut snapshot = Snapshot {
             by_digest_prefix: AHashMap::with_capacity(
                 sources.file.len() + sources.postgres.as_ref().map_or(0, Vec::len) + 1,
             ),
             complete: !sources.postgres_configured || sources.postgres.is_some(),
+            generation: self
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
         };
         for entry in &sources.file {
             snapshot.insert(entry.clone())?;
         }
         let mut duplicates = 0;
+        let mut conflicts = Vec::new();
         for entry in sources.postgres.iter().flatten() {
-            if snapshot.insert(entry.clone()).is_err() {
-                duplicates += 1;
+            let prefix = digest_prefix(&entry.digest);
+            match snapshot.by_digest_prefix.get_mut(&prefix) {
+                None => {
+                    snapshot.by_digest_prefix.insert(prefix, entry.clone());
+                }
+                Some(file) => {
+                    duplicates += 1;
+                    if let Some(conflict) = merge_refusals(file, entry) {
+                        conflicts.push(conflict);
+                    }
+                }
             }
         }
         if let Some((key, tenant)) = &self.extra {
@@ -437,16 +494,20 @@ impl KeyStore {
         adopt_limiters(&mut snapshot, &self.current.load());
         let keys = snapshot.len();
         self.current.store(Arc::new(snapshot));
-        Ok(Rebuilt { keys, duplicates })
+        Ok(Rebuilt {
+            keys,
+            duplicates,
+            conflicts,
+        })
     }
 
     /// Re-reads the keys file and swaps a new snapshot in; on failure the
     /// old snapshot stays and the error says why.
-    pub fn reload(&self) -> anyhow::Result<usize> {
+    pub fn reload(&self) -> anyhow::Result<Rebuilt> {
         let file = self.read_file()?;
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         sources.file = file;
-        Ok(self.rebuild(&sources)?.keys)
+        self.rebuild(&sources)
     }
 
     /// Replaces PostgreSQL's keys (a full load) and swaps a new snapshot in.
@@ -463,7 +524,7 @@ impl KeyStore {
 
     /// Reloads when the file's modification time, length or inode changed.
     /// Returns `None` when nothing changed.
-    pub fn reload_if_changed(&self) -> Option<anyhow::Result<usize>> {
+    pub fn reload_if_changed(&self) -> Option<anyhow::Result<Rebuilt>> {
         let path = self.path.as_ref()?;
         let now = stamp(path);
         let changed = *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) != now;
@@ -565,7 +626,7 @@ mod tests {
     }
 
     #[test]
-    fn postgres_keys_join_the_file_and_the_file_wins_a_duplicate() {
+    fn postgres_keys_join_the_file_a_refusal_wins_and_two_tenants_are_refused() {
         let dir = std::env::temp_dir().join(format!("sluice-auth-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("keys.toml");
@@ -576,31 +637,71 @@ mod tests {
             "incomplete until PostgreSQL loads"
         );
         assert!(store.load().authenticate(b"cs_live_abc123xyz", 0).is_ok());
+        let entry = |key, tenant, enabled, refused_from_ms| {
+            let mut spec = spec(key, tenant, refused_from_ms);
+            spec.enabled = enabled;
+            spec.into_entry(Limits::default()).unwrap()
+        };
+        let generation = store.load().generation();
         let rebuilt = store
-            .replace_postgres(vec![
-                spec("pg_key", "tenant_pg", u64::MAX)
-                    .into_entry(Limits::default())
-                    .unwrap(),
-                spec("cs_live_abc123xyz", "tenant_other", u64::MAX)
-                    .into_entry(Limits::default())
-                    .unwrap(),
-            ])
+            .replace_postgres(vec![entry("pg_key", "tenant_pg", true, u64::MAX)])
             .unwrap();
-        assert_eq!(rebuilt.duplicates, 1);
+        assert_eq!((rebuilt.duplicates, rebuilt.conflicts.len()), (0, 0));
         let snapshot = store.load();
         assert!(snapshot.is_complete());
+        assert!(snapshot.generation() > generation);
         assert_eq!(
             &*snapshot.authenticate(b"pg_key", 0).unwrap().tenant_id,
             "tenant_pg"
         );
+        // The same tenant in both: the file's settings, PostgreSQL's refusals.
+        for (enabled, refused_from_ms) in [(false, u64::MAX), (true, 500)] {
+            store
+                .replace_postgres(vec![entry(
+                    "cs_live_abc123xyz",
+                    "tenant_a",
+                    enabled,
+                    refused_from_ms,
+                )])
+                .unwrap();
+            assert_eq!(
+                store.load().authenticate(b"cs_live_abc123xyz", 600).err(),
+                Some(AuthError::Invalid),
+                "enabled {enabled}, refused from {refused_from_ms}"
+            );
+        }
+        let rebuilt = store
+            .replace_postgres(vec![entry("cs_live_abc123xyz", "tenant_a", true, u64::MAX)])
+            .unwrap();
+        assert!(rebuilt.conflicts.is_empty());
+        let snapshot = store.load();
+        let grant = snapshot.authenticate(b"cs_live_abc123xyz", 0).unwrap();
         assert_eq!(
-            &*snapshot
-                .authenticate(b"cs_live_abc123xyz", 0)
-                .unwrap()
-                .tenant_id,
-            "tenant_a"
+            grant.project_id.as_deref(),
+            Some("proj_1"),
+            "the file's grant"
         );
+        // Another tenant in PostgreSQL: refused, and said.
+        let rebuilt = store
+            .replace_postgres(vec![entry(
+                "cs_live_abc123xyz",
+                "tenant_other",
+                true,
+                u64::MAX,
+            )])
+            .unwrap();
+        assert_eq!(rebuilt.conflicts.len(), 1);
+        assert!(rebuilt.conflicts[0]
+            .contains("\"tenant_a\" in the keys file and tenant \"tenant_other\""));
+        assert!(
+            !rebuilt.conflicts[0].contains("cs_live"),
+            "no key in the line"
+        );
+        assert!(store.load().authenticate(b"cs_live_abc123xyz", 0).is_err());
         // A file reload keeps PostgreSQL's keys.
+        store
+            .replace_postgres(vec![entry("pg_key", "tenant_pg", true, u64::MAX)])
+            .unwrap();
         store.reload().unwrap();
         assert!(store.load().authenticate(b"pg_key", 0).is_ok());
         let _ = std::fs::remove_dir_all(&dir);

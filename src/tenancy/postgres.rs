@@ -38,16 +38,76 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Longest wait inside one turn, so a stop is seen promptly.
 const TURN: Duration = Duration::from_millis(250);
 
-/// The query of a full load. Keys that are disabled, revoked or expired
-/// now are left out; a future `expires_at`/`revoked_at` travels with the
-/// key and is enforced by the cores from its instant.
-const LOAD_QUERY: &str = "SELECT key_sha256, tenant_id, project_id, topic, \
-     rate_events_per_sec::bigint, burst_events::bigint, rate_bytes_per_sec, burst_bytes, \
-     (extract(epoch FROM least(expires_at, revoked_at)) * 1000)::float8 \
-     FROM api_keys \
-     WHERE enabled \
-       AND (expires_at IS NULL OR expires_at > now()) \
-       AND (revoked_at IS NULL OR revoked_at > now())";
+/// The columns of SPEC §8's table that a load reads: without one of them
+/// the table is not the one sluice documents, and the load says so.
+const REQUIRED_COLUMNS: [&str; 10] = [
+    "key_sha256",
+    "tenant_id",
+    "project_id",
+    "enabled",
+    "rate_events_per_sec",
+    "burst_events",
+    "rate_bytes_per_sec",
+    "expires_at",
+    "revoked_at",
+    "updated_at",
+];
+
+/// Columns beyond SPEC §8 (`sql/003`), read when the table has them and
+/// taken as NULL (the configured default) when it does not.
+const OPTIONAL_COLUMNS: [(&str, &str); 2] = [("topic", "text"), ("burst_bytes", "bigint")];
+
+/// The table's columns, for [`load_query`].
+const COLUMNS_QUERY: &str = "SELECT column_name::text FROM information_schema.columns \
+     WHERE table_name = 'api_keys' AND table_schema = ANY (current_schemas(false))";
+
+/// A table that is not SPEC §8's: an operator's problem to fix, reported as
+/// such rather than as PostgreSQL being unreachable.
+#[derive(Debug)]
+pub struct SchemaProblem(pub String);
+
+impl std::fmt::Display for SchemaProblem {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SchemaProblem {}
+
+/// The query of a full load for a table with `columns`. Every key is
+/// loaded, refused ones too (disabled, expired, revoked), so that a
+/// refusal here wins over the keys file's copy of the same key; a future
+/// `expires_at`/`revoked_at` travels with the key and is enforced by the
+/// cores from its instant.
+fn load_query(columns: &[String]) -> Result<String, SchemaProblem> {
+    let has = |name: &str| columns.iter().any(|column| column == name);
+    if columns.is_empty() {
+        return Err(SchemaProblem(
+            "there is no api_keys table in the search path: apply sql/ (scripts/migrate)".into(),
+        ));
+    }
+    let missing: Vec<&str> = REQUIRED_COLUMNS.into_iter().filter(|c| !has(c)).collect();
+    if !missing.is_empty() {
+        return Err(SchemaProblem(format!(
+            "the api_keys table lacks column(s) {} of SPEC §8: apply sql/ (scripts/migrate)",
+            missing.join(", ")
+        )));
+    }
+    let optional = |(name, kind): (&str, &str)| {
+        if has(name) {
+            name.to_string()
+        } else {
+            format!("NULL::{kind}")
+        }
+    };
+    let [topic, burst_bytes] = OPTIONAL_COLUMNS.map(optional);
+    Ok(format!(
+        "SELECT key_sha256, tenant_id, project_id, {topic}, \
+         rate_events_per_sec::bigint, burst_events::bigint, rate_bytes_per_sec, {burst_bytes}, \
+         (extract(epoch FROM least(expires_at, revoked_at)) * 1000)::float8, enabled \
+         FROM api_keys"
+    ))
+}
 
 /// What the loader reports to `/metrics`.
 #[derive(Debug, Default)]
@@ -154,6 +214,7 @@ impl Loader<'_> {
     }
 
     fn report_down(&self, target: &str, error: &anyhow::Error, last_warn: &mut Option<Instant>) {
+        let error_is_schema = |_: &String| error.downcast_ref::<SchemaProblem>().is_some();
         // The error text of postgres never holds the password.
         let error = format!("{error:#}");
         let age = self.metrics.snapshot_age_seconds(crate::clock::now_ms());
@@ -164,7 +225,14 @@ impl Loader<'_> {
         }
         if last_warn.is_none_or(|at| at.elapsed() >= STALE_WARN_INTERVAL) {
             *last_warn = Some(Instant::now());
+            let schema = error_is_schema(&error);
             match age {
+                _ if schema => tracing::warn!(
+                    postgres = target,
+                    problem = %error,
+                    snapshot_age_seconds = age.map(|age| age as u64),
+                    "PostgreSQL's api_keys table does not match SPEC §8; API keys from it are not loaded"
+                ),
                 Some(age) => tracing::warn!(
                     postgres = target,
                     %error,
@@ -244,7 +312,17 @@ impl Loader<'_> {
     /// A full load: every usable key, into a new snapshot.
     fn load(&self, client: &mut postgres::Client) -> anyhow::Result<()> {
         let started = Instant::now();
-        let rows = match client.query(LOAD_QUERY, &[]) {
+        let columns: Vec<String> = client
+            .query(COLUMNS_QUERY, &[])
+            .context("reading the api_keys table's columns")?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let query = load_query(&columns).map_err(|problem| {
+            self.metrics.load_failures.fetch_add(1, Relaxed);
+            anyhow::Error::new(problem)
+        })?;
+        let rows = match client.query(query.as_str(), &[]) {
             Ok(rows) => rows,
             Err(error) => {
                 self.metrics.load_failures.fetch_add(1, Relaxed);
@@ -283,10 +361,13 @@ impl Loader<'_> {
             );
         }
         if rebuilt.duplicates > 0 {
-            tracing::warn!(
+            tracing::info!(
                 duplicates = rebuilt.duplicates,
-                "keys in both the keys file and PostgreSQL: the file's settings apply"
+                "keys in both the keys file and PostgreSQL: the file's settings apply, and a refusal from either source wins"
             );
+        }
+        for conflict in &rebuilt.conflicts {
+            tracing::warn!("{conflict}");
         }
         tracing::debug!(
             keys = rebuilt.keys,
@@ -318,7 +399,7 @@ fn entry_of(row: &postgres::Row) -> anyhow::Result<KeySpec> {
         tenant_id: row.try_get(1)?,
         project_id: row.try_get(2)?,
         topic: row.try_get(3)?,
-        enabled: true,
+        enabled: row.try_get(9)?,
         rate_events_per_sec: limit(4, "rate_events_per_sec")?,
         burst_events: limit(5, "burst_events")?,
         rate_bytes_per_sec: limit(6, "rate_bytes_per_sec")?,
@@ -366,6 +447,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn the_load_reads_optional_columns_only_where_they_exist() {
+        let spec: Vec<String> = REQUIRED_COLUMNS.iter().map(|c| c.to_string()).collect();
+        let query = load_query(&spec).unwrap();
+        assert!(
+            query.contains("NULL::text") && query.contains("NULL::bigint"),
+            "{query}"
+        );
+        let mut all = spec.clone();
+        all.extend(["topic".to_string(), "burst_bytes".to_string()]);
+        let query = load_query(&all).unwrap();
+        assert!(!query.contains("NULL::"), "{query}");
+        let problem = load_query(&spec[1..]).unwrap_err().to_string();
+        assert!(problem.contains("lacks column(s) key_sha256"), "{problem}");
+        assert!(load_query(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("no api_keys table"));
     }
 
     #[test]
