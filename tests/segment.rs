@@ -373,3 +373,63 @@ fn single_call_routes_keys_and_refusals() {
     let response = sluice.post("/v1/batch", &[("X-CS-API-Key", KEY)], body.as_bytes());
     assert_eq!(response.status, 200, "{}", response.text());
 }
+
+// Issue "Hardening 2", hole 7: a call's key spelt with JSON escapes
+// (`"write\u004bey"`) is the same member to every JSON reader, and it
+// reached Kafka: the record and the dead letter both kept it.
+#[test]
+fn hole7_a_write_key_spelt_with_escapes_never_reaches_kafka() {
+    let (broker, sluice) = start();
+    let tag = format!("escaped_{}", now_ms());
+    let body = format!(
+        r#"{{"batch":[
+            {{"type":"track","event":"Signed Up","userId":"{tag}_ok","write\u004bey":"{KEY}"}},
+            {{"type":"track","userId":"{tag}_no_event","\u0077riteKey":"{KEY}"}}
+        ]}}"#
+    );
+    let response = post_segment(&sluice, "/v1/batch", &body);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let call = format!(r#"{{"event":"Single","userId":"{tag}_single","write\u004Bey":"{KEY}"}}"#);
+    assert_eq!(post_segment(&sluice, "/v1/track", &call).status, 200);
+    let records = consume_until(&broker.address, TOPIC, Duration::from_secs(30), |records| {
+        records
+            .iter()
+            .filter(|r| {
+                r.value["user_id"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with(&tag))
+            })
+            .count()
+            >= 2
+    });
+    let mine: Vec<&Consumed> = records
+        .iter()
+        .filter(|r| {
+            r.value["user_id"]
+                .as_str()
+                .is_some_and(|u| u.starts_with(&tag))
+        })
+        .collect();
+    assert_eq!(mine.len(), 2);
+    for record in mine {
+        let raw = String::from_utf8_lossy(&record.raw_value);
+        assert!(!raw.contains(KEY), "the write key reached Kafka: {raw}");
+        assert!(record.value.get("writeKey").is_none(), "{raw}");
+    }
+    let dead = consume_until(
+        &broker.address,
+        DLQ_TOPIC,
+        Duration::from_secs(30),
+        |records| {
+            records.iter().any(|r| {
+                r.value["raw"]
+                    .as_str()
+                    .is_some_and(|raw| raw.contains(&format!("{tag}_no_event")))
+            })
+        },
+    );
+    for record in &dead {
+        let raw = String::from_utf8_lossy(&record.raw_value);
+        assert!(!raw.contains(KEY), "the write key was dead-lettered: {raw}");
+    }
+}

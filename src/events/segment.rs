@@ -86,7 +86,7 @@ pub fn translate(raw: &[u8], envelope: &Envelope<'_>, out: &mut Vec<u8>) -> Resu
     let mut scanner = Scanner::new(raw, call_shape_error);
     scanner.members(|scanner, key| {
         let value = scanner.value(b'}')?;
-        let slot = match key {
+        let slot = match key.name {
             b"writeKey" => return Ok(()),
             b"type" => Some(&mut mapped.call_type),
             b"event" => Some(&mut mapped.event),
@@ -96,9 +96,9 @@ pub fn translate(raw: &[u8], envelope: &Envelope<'_>, out: &mut Vec<u8>) -> Resu
             b"timestamp" => Some(&mut mapped.timestamp),
             b"sentAt" => Some(&mut mapped.sent_at),
             b"context" | b"traits" | b"integrations" | b"properties" => {
-                mapped.has_context |= key == b"context";
+                mapped.has_context |= key.name == b"context";
                 if raw[value.start] != b'{' {
-                    return Err(not_an_object(key));
+                    return Err(not_an_object(key.name));
                 }
                 None
             }
@@ -114,7 +114,7 @@ pub fn translate(raw: &[u8], envelope: &Envelope<'_>, out: &mut Vec<u8>) -> Resu
             }
         }
         // Every member is kept, its key as sent (escapes included).
-        write_member(out, key, &raw[value]);
+        write_member(out, key.sent, &raw[value]);
         Ok(())
     })?;
     scanner.end()?;
@@ -298,7 +298,8 @@ fn unescaped_bytes(contents: &[u8]) -> usize {
 /// it; one too malformed to copy is withheld (empty), since its key cannot
 /// be told from the rest.
 pub fn dead_letter_raw<'a>(raw: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
-    if memchr::memmem::find(raw, b"writeKey").is_none() {
+    // No `writeKey`, nor any escape that could spell one.
+    if memchr::memmem::find(raw, b"writeKey").is_none() && memchr::memchr(b'\\', raw).is_none() {
         return raw;
     }
     out.clear();
@@ -307,8 +308,8 @@ pub fn dead_letter_raw<'a>(raw: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
     let copied = scanner
         .members(|scanner, key| {
             let value = scanner.value(b'}')?;
-            if key != b"writeKey" {
-                write_member(out, key, &raw[value]);
+            if key.name != b"writeKey" {
+                write_member(out, key.sent, &raw[value]);
             }
             Ok(())
         })

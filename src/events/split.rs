@@ -126,7 +126,7 @@ fn segment_batch(
     let mut scanner = Scanner::new(body, segment_shape_error);
     let mut found_batch = false;
     let mut shared = Shared::default();
-    scanner.members(|scanner, key| match key {
+    scanner.members(|scanner, key| match key.name {
         b"batch" if !found_batch => {
             found_batch = true;
             scanner.array_elements(spans, events_max)
@@ -154,6 +154,78 @@ fn segment_batch(
         return Err(segment_shape_error());
     }
     Ok(shared)
+}
+
+/// Longest member name decoded for comparison (see [`Scanner::members`]).
+pub const MEMBER_NAME_DECODED_BYTES_MAX: usize = 32;
+
+/// An object member's key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key<'a, 'b> {
+    /// As sent, escapes kept: what is copied into a record.
+    pub sent: &'a [u8],
+    /// Decoded: what is compared with the names that decide anything.
+    pub name: &'b [u8],
+}
+
+/// Decodes a JSON string's contents (escapes included) into `out`; `None`
+/// when it does not fit or an escape is invalid.
+fn decode_name<'b>(
+    sent: &[u8],
+    out: &'b mut [u8; MEMBER_NAME_DECODED_BYTES_MAX],
+) -> Option<&'b [u8]> {
+    let mut length = 0;
+    let mut rest = sent;
+    let mut push = |bytes: &[u8], length: &mut usize| -> Option<()> {
+        out.get_mut(*length..*length + bytes.len())?
+            .copy_from_slice(bytes);
+        *length += bytes.len();
+        Some(())
+    };
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        if byte != b'\\' {
+            push(&[byte], &mut length)?;
+            continue;
+        }
+        let (&escape, tail) = rest.split_first()?;
+        rest = tail;
+        let simple = match escape {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let mut unit = hex4(rest)?;
+                rest = &rest[4..];
+                if (0xd800..0xdc00).contains(&unit) {
+                    let low = rest.strip_prefix(b"\\u").and_then(hex4)?;
+                    if !(0xdc00..0xe000).contains(&low) {
+                        return None;
+                    }
+                    rest = &rest[6..];
+                    unit = 0x10000 + ((unit - 0xd800) << 10) + (low - 0xdc00);
+                }
+                let character = char::from_u32(unit)?;
+                let mut encoded = [0u8; 4];
+                push(character.encode_utf8(&mut encoded).as_bytes(), &mut length)?;
+                continue;
+            }
+            _ => return None,
+        };
+        push(&[simple], &mut length)?;
+    }
+    Some(&out[..length])
+}
+
+/// Four hex digits at the start of `text`.
+fn hex4(text: &[u8]) -> Option<u32> {
+    let digits = std::str::from_utf8(text.get(..4)?).ok()?;
+    u32::from_str_radix(digits, 16).ok()
 }
 
 /// A forward scan over JSON text that finds the boundaries of values, not
@@ -243,9 +315,15 @@ impl<'a> Scanner<'a> {
     /// An object, `{` to `}`: calls `each` with the scanner placed after
     /// each member's `:` and the key's raw bytes (between the quotes,
     /// escapes left as sent); `each` must consume the member's value.
+    /// Calls `each` with every member's key: as sent (escapes kept, for
+    /// copying) and decoded (for deciding what the member is: a name spelt
+    /// with escapes, `"write\u004bey"`, is the same member to every JSON
+    /// reader downstream). Decoded names longer than
+    /// [`MEMBER_NAME_DECODED_BYTES_MAX`] are passed as sent: no name sluice
+    /// acts on is that long, and a raw key with a backslash matches none.
     pub fn members(
         &mut self,
-        mut each: impl FnMut(&mut Self, &'a [u8]) -> Result<(), ApiError>,
+        mut each: impl FnMut(&mut Self, Key<'a, '_>) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
         self.expect(b"{")?;
         self.skip_whitespace();
@@ -255,9 +333,14 @@ impl<'a> Scanner<'a> {
         }
         loop {
             let key = self.string()?;
-            let key = &self.body[key.start + 1..key.end - 1];
+            let sent = &self.body[key.start + 1..key.end - 1];
+            let mut buffer = [0u8; MEMBER_NAME_DECODED_BYTES_MAX];
+            let name = match sent.contains(&b'\\') {
+                false => sent,
+                true => decode_name(sent, &mut buffer).unwrap_or(sent),
+            };
             self.expect(b":")?;
-            each(self, key)?;
+            each(self, Key { sent, name })?;
             match self.next_byte() {
                 Some(b',') => continue,
                 Some(b'}') => return Ok(()),
@@ -386,6 +469,31 @@ mod tests {
             spans(BodyKind::Ndjson, "{\"a\":1}\r\n\n  \n{\"b\":2}").unwrap(),
             vec!["{\"a\":1}", "{\"b\":2}"]
         );
+    }
+
+    #[test]
+    fn member_names_are_compared_decoded() {
+        let body = br#"{"write\u004bey":1,"a\"b":2,"\ud83d\ude00":3,"plain":4,"bad\x":5}"#;
+        let mut names = Vec::new();
+        let mut scanner = Scanner::new(body, batch_shape_error);
+        scanner
+            .members(|scanner, key| {
+                names.push((key.sent.to_vec(), key.name.to_vec()));
+                scanner.value(b'}').map(|_| ())
+            })
+            .unwrap();
+        let decoded: Vec<&[u8]> = names.iter().map(|(_, name)| &name[..]).collect();
+        assert_eq!(
+            decoded,
+            [
+                &b"writeKey"[..],
+                b"a\"b",
+                "\u{1f600}".as_bytes(),
+                b"plain",
+                br"bad\x"
+            ]
+        );
+        assert_eq!(names[0].0, br"write\u004bey", "copied as sent");
     }
 
     #[test]
