@@ -315,3 +315,46 @@ fn hole4_the_spec_table_loads_and_a_schema_problem_is_named() {
         sluice.logs()
     );
 }
+
+// Hole 8: a second sluice on the same listen address started silently and
+// took a share of the connections (SO_REUSEPORT between processes).
+#[test]
+fn hole8_a_second_process_on_the_same_address_fails_at_start() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let start = |cores: usize| {
+        let sluice = Sluice::start(Options {
+            args: vec!["--listen".into(), listen.clone()],
+            cores,
+            ..Default::default()
+        });
+        sluice.wait_ready(200, Duration::from_secs(20));
+        sluice
+    };
+    let mut first = start(2);
+    let response = first.post_json("/v1/events", &event("hole8_first", ""));
+    assert_eq!(response.status, 202, "{}", response.text());
+    let second = output_within(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["--dev", "--listen", &listen, "--cores", "1"]),
+        Duration::from_secs(20),
+    );
+    let printed = String::from_utf8_lossy(&second.stderr).into_owned()
+        + &String::from_utf8_lossy(&second.stdout);
+    assert!(
+        !second.status.success(),
+        "the second process started: {printed}"
+    );
+    assert!(printed.contains("address in use"), "{printed}");
+    // The first one still serves every connection.
+    for index in 0..20 {
+        let response = first.post_json("/v1/events", &event(&format!("hole8_{index}"), ""));
+        assert_eq!(response.status, 202, "{}", response.text());
+    }
+    // A restart on the same address works, TIME_WAIT connections and all.
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(20)), Some(0));
+    let again = start(2);
+    let response = again.post_json("/v1/events", &event("hole8_again", ""));
+    assert_eq!(response.status, 202, "{}", response.text());
+}

@@ -222,9 +222,13 @@ fn raise_open_files_limit(connections: usize) {
 }
 
 /// One SO_REUSEPORT listener per core, all on the same port; port 0 picks
-/// a free port once, for all of them.
+/// a free port once, for all of them. Only this process's cores may share
+/// the port: see [`claim_address`].
 fn bind_listeners(address: SocketAddr, cores: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if address.port() != 0 {
+        claim_address(address)?;
+    }
     let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(cores);
     let mut address = address;
     for _ in 0..cores {
@@ -245,6 +249,49 @@ fn bind_listeners(address: SocketAddr, cores: usize) -> anyhow::Result<Vec<std::
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// Makes sure no other process listens on `address`, since SO_REUSEPORT
+/// would otherwise let a second sluice (or anything else of the same user
+/// that sets it) bind beside this one and silently take a share of the
+/// connections.
+/// - A probe socket without SO_REUSEPORT is bound first and closed: the
+///   kernel refuses it (EADDRINUSE) while any socket listens there, with
+///   or without SO_REUSEPORT. SO_REUSEADDR on the probe keeps a restart
+///   working while the previous process's connections sit in TIME_WAIT.
+/// - Two sluices started at the same instant could both pass the probe
+///   before either listens, so the address is also claimed by an
+///   abstract-namespace Unix socket named after it, held for the
+///   process's life: the kernel lets only one process bind a name, and
+///   releases it when the process exits however it exits (no stale file).
+fn claim_address(address: SocketAddr) -> anyhow::Result<()> {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr as UnixAddress, UnixListener};
+    let in_use = || {
+        anyhow::anyhow!(
+            "binding {address}: address in use by another process (is another sluice running?); only one process may serve an address"
+        )
+    };
+    let name = format!("sluice-listen-{address}");
+    let lock = UnixAddress::from_abstract_name(name.as_bytes())
+        .and_then(|name| UnixListener::bind_addr(&name))
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::AddrInUse => in_use(),
+            _ => anyhow::Error::new(error).context(format!("claiming {address}")),
+        })?;
+    // Held until the process exits: the claim is the open socket itself.
+    std::mem::forget(lock);
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    probe.set_reuse_address(true)?;
+    match probe.bind(&address.into()) {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(in_use()),
+        Err(error) => Err(anyhow::Error::new(error).context(format!("binding {address}"))),
+        Ok(()) => Ok(()),
+    }
 }
 
 fn announce(shared: &Shared, address: SocketAddr, cores: usize, dev_key: Option<&str>) {

@@ -328,8 +328,12 @@ impl Sluice {
                 .arg("--keys-file")
                 .arg(dir.file("keys.toml", &options.keys));
         }
+        // A free port unless the test names its own address.
+        if !options.args.iter().any(|arg| arg == "--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0", "--cores"])
+            .arg("--cores")
             .arg(options.cores.to_string())
             .args(&options.args)
             .env("RUST_LOG", "info,librdkafka=off")
