@@ -213,7 +213,7 @@ fn segment_calls(c: &mut Criterion) {
             translate(raw, &envelope, &mut translated).unwrap();
             black_box(
                 validator
-                    .validate_sized(&translated, raw.len(), &enrichment(), &mut out)
+                    .validate_into(&translated, &enrichment(), &mut out)
                     .unwrap(),
             );
         })

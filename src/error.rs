@@ -126,6 +126,18 @@ impl ApiError {
         )
     }
 
+    /// A request whose records would pass what its size allows it to
+    /// build (`server::ingest::record_bytes_max`): permanent.
+    pub fn amplification(body_bytes: usize, record_bytes_max: usize) -> Self {
+        ApiError::new(
+            413,
+            "payload_too_large",
+            format!(
+                "this request's events would take more than {record_bytes_max} bytes as records, the limit for its {body_bytes} bytes (4 bytes per byte sent plus 1024 per event); a Segment batch's shared context is copied into every call: send it in fewer calls, or in each call"
+            ),
+        )
+    }
+
     pub fn event_too_large(limit: usize) -> Self {
         Self::new(
             413,

@@ -20,7 +20,7 @@ const OTHER_KEY: &str = "password";
 fn start_with_config(config: &str) -> (Option<i32>, String) {
     let dir = TempDir::new("config");
     let output = output_within(
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
+        Command::new(sluice_binary())
             .arg("--dev")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -335,8 +335,7 @@ fn hole8_a_second_process_on_the_same_address_fails_at_start() {
     let response = first.post_json("/v1/events", &event("hole8_first", ""));
     assert_eq!(response.status, 202, "{}", response.text());
     let second = output_within(
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["--dev", "--listen", &listen, "--cores", "1"]),
+        Command::new(sluice_binary()).args(["--dev", "--listen", &listen, "--cores", "1"]),
         Duration::from_secs(20),
     );
     let printed = String::from_utf8_lossy(&second.stderr).into_owned()
@@ -357,4 +356,101 @@ fn hole8_a_second_process_on_the_same_address_fails_at_start() {
     let again = start(2);
     let response = again.post_json("/v1/events", &event("hole8_again", ""));
     assert_eq!(response.status, 202, "{}", response.text());
+}
+
+/// The process's peak resident memory so far (`VmHWM`), in bytes.
+fn peak_rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+// Hole 1: a Segment /v1/batch copied the batch's shared `context` into
+// every call, and the size checks, the rate limit and the in-flight
+// reservation ran after the copies were built: 250 KB (a 200 KB context,
+// 1000 small calls) raised peak RSS by 400 MiB and was answered 503, so
+// clients retried it. Every route's worst input found is sent here; each
+// must be answered without building more than its bound (4 bytes per
+// byte sent plus 1 KiB per event), and an amplifying one gets a 413 that
+// names the limit.
+#[test]
+fn hole1_no_route_builds_more_than_its_wire_size_allows() {
+    let sluice = Sluice::dev("[limits]\nbatch_events_max = 1000\n");
+    let context = format!(r#"{{"padding":"{}"}}"#, "x".repeat(200_000));
+    let calls: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"type":"track","event":"e","userId":"u{i}"}}"#))
+        .collect();
+    let segment_batch = format!(r#"{{"batch":[{}],"context":{context}}}"#, calls.join(","));
+    let tiny_invalid = format!(r#"{{"events":[{}]}}"#, vec!["1"; 1000].join(","));
+    let tiny_valid: Vec<String> = (0..1000).map(|i| event(&format!("h1_{i}"), "")).collect();
+    let native_batch = format!(r#"{{"events":[{}]}}"#, tiny_valid.join(","));
+    let padding = "y".repeat(400_000);
+    let big_event = event("h1_big", &format!(r#","properties":{{"p":"{padding}"}}"#));
+    let big_call = format!(r#"{{"event":"e","userId":"u","properties":{{"p":"{padding}"}}}}"#);
+    let cases: [(&str, &str, &str, &[u16]); 5] = [
+        (
+            "/v1/batch",
+            "segment batch, 200 KB shared context, 1000 calls",
+            &segment_batch,
+            &[413],
+        ),
+        (
+            "/v1/events/batch",
+            "1000 invalid 1-byte events (dead letters)",
+            &tiny_invalid,
+            &[400],
+        ),
+        (
+            "/v1/events/batch",
+            "1000 valid events",
+            &native_batch,
+            &[202],
+        ),
+        ("/v1/events", "one 400 KB event", &big_event, &[202]),
+        (
+            "/v1/track",
+            "segment call, 400 KB property",
+            &big_call,
+            &[200],
+        ),
+    ];
+    println!("| route | input | body bytes | status | peak RSS growth (MiB) | server CPU (ms) |");
+    for (route, input, body, expected) in cases {
+        let before = peak_rss_bytes(sluice.pid());
+        let cpu_before = sluice.cpu_time();
+        let response = sluice.post(
+            route,
+            &[("X-CS-API-Key", KEY), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        let grown_mib = (peak_rss_bytes(sluice.pid()) - before) as f64 / (1 << 20) as f64;
+        let cpu_ms = (sluice.cpu_time() - cpu_before).as_secs_f64() * 1000.0;
+        println!(
+            "| {route} | {input} | {} | {} | {grown_mib:.1} | {cpu_ms:.0} |",
+            body.len(),
+            response.status
+        );
+        assert!(
+            expected.contains(&response.status),
+            "{route} {input}: {} {}",
+            response.status,
+            response.text()
+        );
+        if response.status == 413 {
+            assert_eq!(response.code(), "payload_too_large");
+            assert!(
+                response.text().contains("4 bytes per byte sent"),
+                "{}",
+                response.text()
+            );
+            assert!(response.header("Retry-After").is_none(), "permanent");
+        }
+        // Far below 4 x body + 1 KiB per event, plus buffers: the peak
+        // must not scale with what an amplifying request asks for.
+        assert!(
+            grown_mib < 40.0,
+            "{route} {input}: peak RSS grew {grown_mib:.1} MiB"
+        );
+    }
 }

@@ -74,20 +74,7 @@ impl Validator {
         enrichment: &Enrichment<'_>,
         out: &mut Vec<u8>,
     ) -> Result<RecordSpans, ApiError> {
-        self.validate_sized(raw, raw.len(), enrichment, out)
-    }
-
-    /// [`Validator::validate_into`] for an event rewritten from a client's
-    /// `sent_bytes` (a Segment call): the size limit applies to what the
-    /// client sent.
-    pub fn validate_sized(
-        &mut self,
-        raw: &[u8],
-        sent_bytes: usize,
-        enrichment: &Enrichment<'_>,
-        out: &mut Vec<u8>,
-    ) -> Result<RecordSpans, ApiError> {
-        if sent_bytes > self.limits.event_bytes_max {
+        if raw.len() > self.limits.event_bytes_max {
             return Err(ApiError::event_too_large(self.limits.event_bytes_max));
         }
         let mut scratch = std::mem::take(&mut self.scratch);

@@ -2,6 +2,7 @@
 //! enrich, reserve in-flight capacity, send. Synchronous: it runs between
 //! two awaits of the connection task and keeps no borrow across them.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crossbeam_channel::TrySendError;
@@ -9,10 +10,48 @@ use crossbeam_channel::TrySendError;
 use super::context::{Core, Scratch};
 use crate::error::ApiError;
 use crate::events::segment::{dead_letter_raw, translate, Envelope};
-use crate::events::split::{event_spans, BodyKind};
+use crate::events::split::{event_spans, BodyKind, Shared};
 use crate::events::validate::{write_dead_letter, write_error_fields, Enrichment};
 use crate::kafka::handoff::{Batch, Record, Ticket};
 use crate::tenancy::keys::Grant;
+
+/// What one request may make the server build, in record bytes (values,
+/// keys and dead letters): this many times its body's bytes (inflated,
+/// when gzipped: that size has its own limit) plus
+/// [`RECORD_BYTES_PER_EVENT_MAX`] per event. A valid native event's
+/// record is its bytes plus the server's fields (under 1 KiB); what can
+/// exceed it is a Segment batch's shared `context`, copied into each call,
+/// so that 250 KB on the wire once built 200 MB. Such a request is refused
+/// with a 413 that names this bound: resending it cannot help.
+pub const RECORD_BYTES_PER_BODY_BYTE_MAX: usize = 4;
+/// See [`RECORD_BYTES_PER_BODY_BYTE_MAX`]: the server's fields of one
+/// record (tenant, project, receive time, event id, the Kafka key) or one
+/// dead letter's envelope (error code, message and field).
+pub const RECORD_BYTES_PER_EVENT_MAX: usize = 1024;
+
+/// The most record bytes a body of `body_bytes` bytes and `events`
+/// events may build.
+pub fn record_bytes_max(body_bytes: usize, events: usize) -> usize {
+    body_bytes
+        .saturating_mul(RECORD_BYTES_PER_BODY_BYTE_MAX)
+        .saturating_add(events.saturating_mul(RECORD_BYTES_PER_EVENT_MAX))
+}
+
+/// A request's take of its key's rate limit, given back when the request
+/// is refused after it (invalid, too large, shed).
+struct Admission<'a> {
+    limiter: Option<&'a crate::tenancy::rate::KeyLimiter>,
+    events: u64,
+    bytes: u64,
+}
+
+impl Admission<'_> {
+    fn refund(self) {
+        if let Some(limiter) = self.limiter {
+            limiter.refund(self.events, self.bytes);
+        }
+    }
+}
 
 /// Events handed to a producer.
 #[derive(Debug)]
@@ -36,24 +75,16 @@ pub fn ingest(
     batch.topic = grant.topic.clone().unwrap_or_else(|| core.topic.clone());
     batch.dead_letter_topic = core.dead_letter_topic.clone();
     batch.tenant_id = Arc::clone(&grant.tenant_id);
-    let rejected = match fill_batch(core, grant, kind, body, &mut batch, rejected_json) {
-        Ok(rejected) => rejected,
+    let (rejected, admission) = match fill_batch(core, grant, kind, body, &mut batch, rejected_json)
+    {
+        Ok(filled) => filled,
         Err(error) => {
             core.mailbox.recycle(batch);
             return Err(error);
         }
     };
-    // A batch counts as its number of events (rejected ones too), and a
-    // refused request publishes nothing, its dead letters included.
-    if let Some(limiter) = &grant.limiter {
-        let events = batch.records.len() as u64;
-        if let Err(refusal) = limiter.admit(events, body.len() as u64, core.now()) {
-            core.mailbox.recycle(batch);
-            return Err(ApiError::rate_limited(refusal));
-        }
-    }
     let accepted = batch.records.len() - rejected;
-    let ticket = send(core, batch)?;
+    let ticket = send(core, batch).inspect_err(|_| admission.refund())?;
     core.metrics().events(accepted, rejected);
     Ok(Handed {
         ticket,
@@ -62,23 +93,94 @@ pub fn ingest(
     })
 }
 
-/// Splits the body and validates each event into `batch`: valid events as
-/// records, invalid ones of a batch as dead letters. Returns how many were
-/// rejected; an invalid single event is an error.
-fn fill_batch(
+/// Splits the body, checks what can be checked before building anything
+/// (room in flight for the most it may build, the key's rate limit), then
+/// validates each event into `batch`: valid events as records, invalid
+/// ones of a batch as dead letters. Returns how many were rejected and the
+/// rate-limit admission (given back if the request fails later); an
+/// invalid single event is an error.
+fn fill_batch<'g>(
     core: &Core,
-    grant: &Grant,
+    grant: &'g Grant,
     kind: BodyKind,
     body: &[u8],
     batch: &mut Batch,
     rejected_json: &mut Vec<u8>,
-) -> Result<usize, ApiError> {
+) -> Result<(usize, Admission<'g>), ApiError> {
     let limits = &core.shared.config.limits;
     let mut scratch = core.scratch.borrow_mut();
     let Scratch {
         spans, translated, ..
     } = &mut *scratch;
     let shared = event_spans(kind, body, spans, limits.batch_events_max)?;
+    let bytes_max = record_bytes_max(body.len(), spans.len());
+    if !core.inflight.borrow().has_room(spans.len(), bytes_max) {
+        return Err(shed(core));
+    }
+    // A batch counts as its number of events (rejected ones too), and a
+    // refused request publishes nothing, its dead letters included.
+    let admission = Admission {
+        limiter: grant.limiter.as_deref(),
+        events: spans.len() as u64,
+        bytes: body.len() as u64,
+    };
+    if let Some(limiter) = admission.limiter {
+        limiter
+            .admit(admission.events, admission.bytes, core.now())
+            .map_err(ApiError::rate_limited)?;
+    }
+    let built = build_records(
+        core,
+        grant,
+        Request {
+            kind,
+            body,
+            shared: &shared,
+            spans,
+        },
+        translated,
+        bytes_max,
+        batch,
+        rejected_json,
+    );
+    if translated.capacity() > super::context::POOLED_BUFFER_BYTES_MAX {
+        *translated = Vec::new();
+    }
+    match built {
+        Ok(rejected) => Ok((rejected, admission)),
+        Err(error) => {
+            admission.refund();
+            Err(error)
+        }
+    }
+}
+
+/// A request body and what splitting it found.
+struct Request<'a> {
+    kind: BodyKind,
+    body: &'a [u8],
+    shared: &'a Shared,
+    spans: &'a [Range<usize>],
+}
+
+/// Validates each event of `spans` into `batch`, refusing the request
+/// once its records pass `bytes_max`.
+fn build_records(
+    core: &Core,
+    grant: &Grant,
+    request: Request<'_>,
+    translated: &mut Vec<u8>,
+    bytes_max: usize,
+    batch: &mut Batch,
+    rejected_json: &mut Vec<u8>,
+) -> Result<usize, ApiError> {
+    let Request {
+        kind,
+        body,
+        shared,
+        spans,
+    } = request;
+    let limits = &core.shared.config.limits;
     let enrichment = Enrichment {
         tenant_id: &grant.tenant_id,
         project_id: grant.project_id.as_deref(),
@@ -102,9 +204,10 @@ fn fill_batch(
         let raw = &body[span.clone()];
         let validated = match &segment {
             None => validator.validate_into(raw, &enrichment, &mut batch.data),
-            Some(envelope) => translate(raw, envelope, translated).and_then(|()| {
-                validator.validate_sized(translated, raw.len(), &enrichment, &mut batch.data)
-            }),
+            // The size limit holds for the event as published, after the
+            // batch's shared context was copied in.
+            Some(envelope) => translate(raw, envelope, translated)
+                .and_then(|()| validator.validate_into(translated, &enrichment, &mut batch.data)),
         };
         match validated {
             Ok(spans) => batch.records.push(Record {
@@ -137,9 +240,9 @@ fn fill_batch(
                 });
             }
         }
-    }
-    if translated.capacity() > super::context::POOLED_BUFFER_BYTES_MAX {
-        *translated = Vec::new();
+        if batch.data.len() > bytes_max {
+            return Err(ApiError::amplification(body.len(), bytes_max));
+        }
     }
     Ok(rejected)
 }

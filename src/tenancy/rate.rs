@@ -196,6 +196,23 @@ impl KeyLimiter {
         self.limits
     }
 
+    /// Gives back what [`KeyLimiter::admit`] took for a request that was
+    /// refused after it (invalid, too large, shed): a refused request
+    /// costs its key nothing.
+    pub fn refund(&self, events: u64, bytes: u64) {
+        self.events.give_back(events);
+        self.bytes.give_back(bytes);
+        if FLEET_COUNTING.load(Ordering::Relaxed) {
+            let subtract = |counter: &AtomicU64, units: u64| {
+                let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |value| {
+                    Some(value.saturating_sub(units))
+                });
+            };
+            subtract(&self.admitted_events, events);
+            subtract(&self.admitted_bytes, bytes);
+        }
+    }
+
     /// Admits a request of `events` events and `bytes` bytes at `now`, or
     /// refuses it whole: nothing of a refused request counts.
     pub fn admit(&self, events: u64, bytes: u64, now: Instant) -> Result<(), Refusal> {

@@ -34,6 +34,14 @@ pub fn keys_file_text() -> String {
     )
 }
 
+/// The server binary under test: this build's, or `SLUICE_TEST_BIN` (to
+/// run a regression test against an older build and see it fail).
+pub fn sluice_binary() -> PathBuf {
+    std::env::var_os("SLUICE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sluice")))
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -316,7 +324,7 @@ impl Sluice {
     pub fn start(options: Options) -> Sluice {
         let dir = TempDir::new("sluice");
         let config = dir.file("sluice.toml", &options.extra_config);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut command = Command::new(sluice_binary());
         command.arg("--config").arg(&config);
         // Empty keys: no keys file at all (it names one that does not exist).
         if options.keys.is_empty() {
