@@ -454,3 +454,80 @@ fn hole1_no_route_builds_more_than_its_wire_size_allows() {
         );
     }
 }
+
+// Hole 5: a hung PostgreSQL (connection open, server stopped) blocked the
+// key loader forever with `sluice_api_keys_postgres_up` still 1 and no
+// warn line; and a fixed 30 s statement_timeout overrode the URL's.
+#[test]
+fn hole5_a_hung_postgres_is_reported_down_and_the_urls_statement_timeout_holds() {
+    use common::services::{time_until, Postgres};
+    let broker = Broker::start();
+    let mut postgres = Postgres::start();
+    postgres.insert_key("cs_pg_hole5", "tenant_pg", "", "");
+    let start = |url: String| {
+        Sluice::start(Options {
+            brokers: Some(broker.address.clone()),
+            env: vec![("SLUICE_AUTH_POSTGRES_URL".into(), url)],
+            ..Default::default()
+        })
+    };
+    let mut sluice = start(postgres.url());
+    sluice.wait_ready(200, Duration::from_secs(30));
+    assert_eq!(sluice.metric("sluice_api_keys_postgres_up"), 1.0);
+    postgres.hang();
+    // The heartbeat (every 5 s) finds it within its 5 s deadline.
+    let found = time_until(Duration::from_secs(20), || {
+        sluice.metric("sluice_api_keys_postgres_up") == 0.0
+    });
+    println!("hung PostgreSQL reported down after {found:?}");
+    assert!(
+        found.is_some(),
+        "postgres_up stayed 1 while PostgreSQL hung"
+    );
+    wait_until("the stall's warn line", Duration::from_secs(5), || {
+        sluice.logs().contains("PostgreSQL stalled")
+    });
+    // The last snapshot keeps serving.
+    let response = sluice.post(
+        "/v1/events",
+        &[
+            ("X-CS-API-Key", "cs_pg_hole5"),
+            ("Content-Type", "application/json"),
+        ],
+        event("hole5_user", "").as_bytes(),
+    );
+    assert_eq!(response.status, 202, "{}", response.text());
+    postgres.resume();
+    let back = time_until(Duration::from_secs(30), || {
+        sluice.metric("sluice_api_keys_postgres_up") == 1.0
+    });
+    assert!(back.is_some(), "not back up after PostgreSQL resumed");
+    // A shutdown is not held by a stalled PostgreSQL either.
+    postgres.hang();
+    sluice.signal(libc::SIGTERM);
+    let exited = sluice.wait_exit(Duration::from_secs(15));
+    assert_eq!(exited, Some(0), "shutdown with PostgreSQL hung");
+    postgres.resume();
+
+    // The URL's statement_timeout is the one in force: a load that takes
+    // 3 s (the table behind a slow view) fails at the URL's 1 s.
+    postgres.psql(
+        "ALTER TABLE api_keys RENAME TO api_keys_data; \
+         CREATE VIEW api_keys AS SELECT d.* FROM api_keys_data d, pg_sleep(3)",
+    );
+    let sluice = start(format!(
+        "{}?options=-c%20statement_timeout%3D1000",
+        postgres.url()
+    ));
+    let refused = time_until(Duration::from_secs(15), || {
+        sluice
+            .logs()
+            .contains("canceling statement due to statement timeout")
+    });
+    assert!(
+        refused.is_some(),
+        "the URL's statement_timeout was not in force: {}",
+        sluice.logs()
+    );
+    assert_eq!(sluice.get("/readyz").status, 503);
+}

@@ -372,7 +372,7 @@ fn start_control_plane(
                 .spawn(move || {
                     let shared = &loader_shared;
                     crate::tenancy::postgres::Loader {
-                        config: pg_config,
+                        target: pg_config,
                         reload_interval: Duration::from_millis(
                             shared.config.auth.postgres_reload_interval_ms,
                         ),

@@ -134,13 +134,61 @@ impl PgKeyMetrics {
     }
 }
 
+/// How TLS is used, as libpq's `sslmode` says (default `prefer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it, else plaintext; the certificate is
+    /// not checked. libpq's `allow` is read as this (it differs only in
+    /// trying plaintext first).
+    Prefer,
+    /// TLS; the certificate is not checked unless `sslrootcert` is given
+    /// (then as `verify-ca`, as libpq does).
+    Require,
+    /// TLS, the certificate chain checked against `sslrootcert`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host.
+    VerifyFull,
+}
+
+/// Where and how to reach PostgreSQL, parsed from `auth.postgres_url`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub config: tokio_postgres::Config,
+    pub ssl_mode: SslMode,
+    /// `sslrootcert`: a CA file, or `system` for the system's trust store
+    /// (libpq's default file `~/.postgresql/root.crt` when absent).
+    pub root_certificate: Option<String>,
+    /// The server-side `statement_timeout`: the URL's
+    /// (`options=-c statement_timeout=5s`), else
+    /// [`STATEMENT_TIMEOUT_DEFAULT`]. A load also waits at most this plus
+    /// [`CALL_DEADLINE_MARGIN`] on the client side, so a server that
+    /// stopped answering (its socket still open) is found out.
+    pub statement_timeout: Duration,
+    /// Whether the URL set it (then sluice does not).
+    statement_timeout_from_url: bool,
+}
+
+/// `statement_timeout` when the URL sets none.
+pub const STATEMENT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// How much longer than the statement timeout the client waits for an
+/// answer before it calls the server stalled.
+pub const CALL_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+/// The deadline of the small calls (connect, LISTEN, the heartbeat): a
+/// healthy server answers them in milliseconds.
+pub const SMALL_CALL_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Parses `auth.postgres_url` with our timeouts added where it sets none;
-/// the error never repeats the URL (it may hold a password).
-pub fn parse_url(url: &str) -> anyhow::Result<postgres::Config> {
-    let mut config = postgres::Config::from_str(url)
+/// the error never repeats the URL (it may hold a password). `sslmode`
+/// and `sslrootcert` follow libpq: `tokio-postgres` knows three of the six
+/// modes, so both are read here and taken out of the URL.
+pub fn parse_url(url: &str) -> anyhow::Result<Target> {
+    let (url, ssl_mode, root_certificate) = take_tls_parameters(url)?;
+    let mut config = tokio_postgres::Config::from_str(&url)
         .map_err(|error| anyhow::anyhow!("auth.postgres_url is not a PostgreSQL URL: {error}"))?;
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
+        config.connect_timeout(SMALL_CALL_DEADLINE);
     }
     if config.get_tcp_user_timeout().is_none() {
         config.tcp_user_timeout(Duration::from_secs(10));
@@ -150,14 +198,104 @@ pub fn parse_url(url: &str) -> anyhow::Result<postgres::Config> {
     }
     config.keepalives(true);
     config.keepalives_idle(Duration::from_secs(10));
-    Ok(config)
+    config.ssl_mode(match ssl_mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    let from_url = config.get_options().and_then(statement_timeout_of);
+    Ok(Target {
+        config,
+        ssl_mode,
+        root_certificate,
+        statement_timeout: from_url.unwrap_or(STATEMENT_TIMEOUT_DEFAULT),
+        statement_timeout_from_url: from_url.is_some(),
+    })
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a URL's query.
+fn take_tls_parameters(url: &str) -> anyhow::Result<(String, SslMode, Option<String>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), SslMode::Prefer, None));
+    };
+    let mut ssl_mode = SslMode::Prefer;
+    let mut root_certificate = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", value)) => {
+                ssl_mode = match value {
+                    "disable" => SslMode::Disable,
+                    "allow" | "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => anyhow::bail!(
+                        "auth.postgres_url: sslmode {other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                    ),
+                }
+            }
+            Some(("sslrootcert", value)) => root_certificate = Some(percent_decode(value)),
+            _ => kept.push(pair),
+        }
+    }
+    let url = match kept.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}?{}", kept.join("&")),
+    };
+    Ok((url, ssl_mode, root_certificate))
+}
+
+/// `%XX` sequences decoded (a file path in a URL).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = bytes
+            .get(index + 1..index + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[index], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                index += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `statement_timeout` from libpq `options` (`-c statement_timeout=5s`,
+/// `--statement_timeout=5s`), in PostgreSQL's units (a bare number is
+/// milliseconds). `0` (no timeout) and unreadable values give `None`.
+fn statement_timeout_of(options: &str) -> Option<Duration> {
+    let (_, setting) = options.split_once("statement_timeout=")?;
+    let setting = setting.split_whitespace().next()?.trim_matches('\'');
+    let digits = setting
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(setting.len());
+    let value: u64 = setting[..digits].parse().ok()?;
+    let millis = match setting[digits..].trim() {
+        "" | "ms" => value,
+        "s" => value.saturating_mul(1_000),
+        "min" => value.saturating_mul(60_000),
+        "h" => value.saturating_mul(3_600_000),
+        "d" => value.saturating_mul(86_400_000),
+        _ => return None,
+    };
+    (millis > 0).then(|| Duration::from_millis(millis))
 }
 
 /// `host:port/dbname` for logs: never the user's password.
-pub fn describe(config: &postgres::Config) -> String {
+pub fn describe(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(host)) => host.clone(),
-        Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
         None => "localhost".into(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
@@ -170,7 +308,7 @@ pub fn describe(config: &postgres::Config) -> String {
 
 /// The loader: runs until `stop`.
 pub struct Loader<'a> {
-    pub config: postgres::Config,
+    pub target: Target,
     pub reload_interval: Duration,
     pub store: &'a KeyStore,
     pub readiness: &'a Readiness,
@@ -178,15 +316,48 @@ pub struct Loader<'a> {
     pub stop: &'a ControlStop,
 }
 
+/// An open session: the client, and the notifications its connection
+/// task forwards (the task ends, and the channel closes, with the
+/// connection).
+struct Session {
+    client: tokio_postgres::Client,
+    notifications: tokio::sync::mpsc::Receiver<()>,
+}
+
+/// `call` within `deadline`, else an error saying the server stalled.
+async fn within<T, E>(
+    deadline: Duration,
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(deadline, call).await {
+        Ok(result) => result.context(what),
+        Err(_) => Err(anyhow::anyhow!(
+            "{what}: no answer within {} ms (PostgreSQL stalled)",
+            deadline.as_millis()
+        )),
+    }
+}
+
 impl Loader<'_> {
     pub fn run(&self) {
-        let target = describe(&self.config);
+        let target = describe(&self.target.config);
         self.metrics.configured.store(true, Relaxed);
         self.readiness.set_keys_pending(Some(format!(
             "API keys not loaded from PostgreSQL {target} yet"
         )));
-        let tls = match tls_connector() {
-            Ok(tls) => tls,
+        let setup = tls_connector(&self.target).and_then(|tls| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("the PostgreSQL thread's runtime")?;
+            Ok((tls, runtime))
+        });
+        let (tls, runtime) = match setup {
+            Ok(setup) => setup,
             Err(error) => {
                 let reason = format!("PostgreSQL TLS setup failed: {error:#}");
                 tracing::error!(%reason, "API keys will not load");
@@ -197,11 +368,10 @@ impl Loader<'_> {
         let mut backoff = BACKOFF_MIN;
         let mut last_warn: Option<Instant> = None;
         loop {
-            let session = self
-                .config
-                .connect(tls.clone())
-                .context("connecting")
-                .and_then(|mut client| self.follow(&mut client, &mut backoff));
+            let session = runtime.block_on(async {
+                let mut session = self.connect(tls.clone()).await?;
+                self.follow(&mut session, &mut backoff).await
+            });
             if let Err(error) = session {
                 self.metrics.up.store(false, Relaxed);
                 self.report_down(&target, &error, &mut last_warn);
@@ -211,6 +381,40 @@ impl Loader<'_> {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// Connects and starts the connection's task, which forwards
+    /// notifications until the connection ends.
+    async fn connect(&self, tls: postgres_openssl::MakeTlsConnector) -> anyhow::Result<Session> {
+        let (client, mut connection) = within(
+            SMALL_CALL_DEADLINE,
+            "connecting",
+            self.target.config.connect(tls),
+        )
+        .await?;
+        // One pending notification is enough: a load reads every change.
+        let (sender, notifications) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while let Some(message) =
+                std::future::poll_fn(|context| connection.poll_message(context)).await
+            {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) =
+                            sender.try_send(())
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Session {
+            client,
+            notifications,
+        })
     }
 
     fn report_down(&self, target: &str, error: &anyhow::Error, last_warn: &mut Option<Instant>) {
@@ -249,16 +453,28 @@ impl Loader<'_> {
     }
 
     /// One connection's life: listen, load, then follow notifications.
-    /// Returns `Ok` only when stopped.
-    fn follow(&self, client: &mut postgres::Client, backoff: &mut Duration) -> anyhow::Result<()> {
-        client
-            .batch_execute(&format!("SET statement_timeout = '30s'; LISTEN {CHANNEL}"))
-            .context("LISTEN")?;
-        self.load(client)?;
+    /// Returns `Ok` only when stopped. Every call has a client-side
+    /// deadline: a server that stopped answering is an error (reported as
+    /// down), not a wait forever.
+    async fn follow(&self, session: &mut Session, backoff: &mut Duration) -> anyhow::Result<()> {
+        let setup = match self.target.statement_timeout_from_url {
+            true => format!("LISTEN {CHANNEL}"),
+            false => format!(
+                "SET statement_timeout = {}; LISTEN {CHANNEL}",
+                self.target.statement_timeout.as_millis()
+            ),
+        };
+        within(
+            SMALL_CALL_DEADLINE,
+            "LISTEN",
+            session.client.batch_execute(&setup),
+        )
+        .await?;
+        self.load(&session.client).await?;
         self.metrics.up.store(true, Relaxed);
         *backoff = BACKOFF_MIN;
         tracing::info!(
-            postgres = describe(&self.config),
+            postgres = describe(&self.target.config),
             keys = self.metrics.keys.load(Relaxed),
             "following API keys in PostgreSQL"
         );
@@ -268,39 +484,34 @@ impl Loader<'_> {
             if !self.stop.sleep(Duration::ZERO) {
                 return Ok(());
             }
-            let now = Instant::now();
-            let wait = next_load.saturating_duration_since(now).min(TURN);
-            let mut notified = false;
-            {
-                let mut notifications = client.notifications();
-                let mut waiting = notifications.timeout_iter(wait);
-                if postgres::fallible_iterator::FallibleIterator::next(&mut waiting)
-                    .context("waiting for notifications")?
-                    .is_some()
-                {
-                    notified = true;
-                }
-            }
+            let wait = next_load
+                .saturating_duration_since(Instant::now())
+                .min(TURN);
+            let notified = match tokio::time::timeout(wait, session.notifications.recv()).await {
+                Ok(Some(())) => true,
+                Ok(None) => anyhow::bail!("connection closed"),
+                Err(_) => false,
+            };
             if notified {
                 // Let a burst of changes arrive, then take them all at once.
-                std::thread::sleep(NOTIFY_SETTLE);
-                let mut notifications = client.notifications();
-                let mut pending = notifications.iter();
-                while postgres::fallible_iterator::FallibleIterator::next(&mut pending)
-                    .context("reading notifications")?
-                    .is_some()
-                {}
+                tokio::time::sleep(NOTIFY_SETTLE).await;
+                while session.notifications.try_recv().is_ok() {}
             }
-            if client.is_closed() {
+            if session.client.is_closed() {
                 anyhow::bail!("connection closed");
             }
             let now = Instant::now();
             if notified || now >= next_load {
-                self.load(client)?;
+                self.load(&session.client).await?;
                 next_load = Instant::now() + self.reload_interval;
                 next_heartbeat = Instant::now() + HEARTBEAT;
             } else if now >= next_heartbeat {
-                client.simple_query("SELECT 1").context("heartbeat")?;
+                within(
+                    SMALL_CALL_DEADLINE,
+                    "heartbeat",
+                    session.client.simple_query("SELECT 1"),
+                )
+                .await?;
                 self.metrics
                     .current_at_ms
                     .store(crate::clock::now_ms(), Relaxed);
@@ -310,23 +521,33 @@ impl Loader<'_> {
     }
 
     /// A full load: every usable key, into a new snapshot.
-    fn load(&self, client: &mut postgres::Client) -> anyhow::Result<()> {
+    async fn load(&self, client: &tokio_postgres::Client) -> anyhow::Result<()> {
         let started = Instant::now();
-        let columns: Vec<String> = client
-            .query(COLUMNS_QUERY, &[])
-            .context("reading the api_keys table's columns")?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let deadline = self.target.statement_timeout + CALL_DEADLINE_MARGIN;
+        let columns: Vec<String> = within(
+            deadline,
+            "reading the api_keys table's columns",
+            client.query(COLUMNS_QUERY, &[]),
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
         let query = load_query(&columns).map_err(|problem| {
             self.metrics.load_failures.fetch_add(1, Relaxed);
             anyhow::Error::new(problem)
         })?;
-        let rows = match client.query(query.as_str(), &[]) {
+        let rows = match within(
+            deadline,
+            "loading api_keys",
+            client.query(query.as_str(), &[]),
+        )
+        .await
+        {
             Ok(rows) => rows,
             Err(error) => {
                 self.metrics.load_failures.fetch_add(1, Relaxed);
-                return Err(error).context("loading api_keys");
+                return Err(error);
             }
         };
         let defaults = self.store.defaults();
@@ -380,7 +601,7 @@ impl Loader<'_> {
 
 /// One `api_keys` row as a key; an unusable row is an error naming why
 /// (never the digest).
-fn entry_of(row: &postgres::Row) -> anyhow::Result<KeySpec> {
+fn entry_of(row: &tokio_postgres::Row) -> anyhow::Result<KeySpec> {
     let digest: &[u8] = row.try_get(0)?;
     let digest: [u8; 32] = digest
         .try_into()
@@ -419,18 +640,49 @@ fn epoch_ms_of(value: f64) -> u64 {
     }
 }
 
-/// TLS for `sslmode=prefer|require` URLs, verifying the server against
-/// the system's trust store (found by probing, as the vendored OpenSSL's
-/// built-in directory is not the system's).
-fn tls_connector() -> anyhow::Result<postgres_openssl::MakeTlsConnector> {
-    let mut builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())?;
-    let probe = openssl_probe::probe();
-    if let Some(file) = &probe.cert_file {
-        builder.set_ca_file(file)?;
-    } else if let Some(dir) = probe.cert_dir.first() {
-        builder.load_verify_locations(None, Some(dir))?;
+/// TLS as the URL's `sslmode` asks: no certificate check for `prefer`
+/// and `require` (libpq's meaning: encryption against eavesdropping, not
+/// against impersonation), unless `require` has an `sslrootcert`; the
+/// chain checked against `sslrootcert` for `verify-ca`, and the host name
+/// too for `verify-full`. Without `sslrootcert`, libpq's default file
+/// (`~/.postgresql/root.crt`); `sslrootcert=system`: the system's trust
+/// store (found by probing, as the vendored OpenSSL's directory is not
+/// the system's).
+fn tls_connector(target: &Target) -> anyhow::Result<postgres_openssl::MakeTlsConnector> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut builder = SslConnector::builder(SslMethod::tls())?;
+    let verify = match target.ssl_mode {
+        SslMode::Disable | SslMode::Prefer => false,
+        SslMode::Require => target.root_certificate.is_some(),
+        SslMode::VerifyCa | SslMode::VerifyFull => true,
+    };
+    if !verify {
+        builder.set_verify(SslVerifyMode::NONE);
+    } else {
+        let default_file = std::env::var_os("HOME")
+            .map(|home| std::path::Path::new(&home).join(".postgresql/root.crt"))
+            .map(|path| path.display().to_string());
+        match target.root_certificate.clone().or(default_file).as_deref() {
+            Some("system") | None => {
+                let probe = openssl_probe::probe();
+                if let Some(file) = &probe.cert_file {
+                    builder.set_ca_file(file)?;
+                } else if let Some(dir) = probe.cert_dir.first() {
+                    builder.load_verify_locations(None, Some(dir))?;
+                }
+            }
+            Some(file) => builder.set_ca_file(file).with_context(|| {
+                format!("auth.postgres_url: sslrootcert {file}: cannot read it")
+            })?,
+        }
     }
-    Ok(postgres_openssl::MakeTlsConnector::new(builder.build()))
+    let mut connector = postgres_openssl::MakeTlsConnector::new(builder.build());
+    let check_host = verify && target.ssl_mode == SslMode::VerifyFull;
+    connector.set_callback(move |connect, _| {
+        connect.set_verify_hostname(check_host);
+        Ok(())
+    });
+    Ok(connector)
 }
 
 #[cfg(test)]
@@ -440,7 +692,7 @@ mod tests {
     #[test]
     fn urls_are_described_without_their_password() {
         let config = parse_url("postgresql://sluice:hunter2@db.internal:6432/keys").unwrap();
-        let shown = describe(&config);
+        let shown = describe(&config.config);
         assert_eq!(shown, "db.internal:6432/keys");
         assert!(!shown.contains("hunter2"));
         let error = parse_url("postgresql://sluice:hunter2@db:notaport/keys")
@@ -467,6 +719,48 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no api_keys table"));
+    }
+
+    #[test]
+    fn sslmode_and_statement_timeout_follow_libpq() {
+        let target = parse_url("postgresql://u@h/db").unwrap();
+        assert_eq!(target.ssl_mode, SslMode::Prefer, "libpq's default");
+        assert_eq!(target.statement_timeout, STATEMENT_TIMEOUT_DEFAULT);
+        for (mode, expected) in [
+            ("disable", SslMode::Disable),
+            ("allow", SslMode::Prefer),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+            ("verify-full", SslMode::VerifyFull),
+        ] {
+            let url = format!(
+                "postgresql://u@h/db?sslmode={mode}&sslrootcert=%2Ftmp%2Fca.pem&connect_timeout=3"
+            );
+            let target = parse_url(&url).unwrap();
+            assert_eq!(target.ssl_mode, expected, "{mode}");
+            assert_eq!(target.root_certificate.as_deref(), Some("/tmp/ca.pem"));
+            assert_eq!(
+                target.config.get_connect_timeout(),
+                Some(&Duration::from_secs(3))
+            );
+        }
+        assert!(parse_url("postgresql://u@h/db?sslmode=sometimes").is_err());
+        for (options, millis) in [
+            ("-c%20statement_timeout%3D5s", Some(5_000)),
+            ("-c%20statement_timeout%3D1500", Some(1_500)),
+            ("-c%20statement_timeout%3D2min", Some(120_000)),
+            ("-c%20statement_timeout%3D0", None),
+        ] {
+            let target = parse_url(&format!("postgresql://u@h/db?options={options}")).unwrap();
+            assert_eq!(
+                target
+                    .statement_timeout_from_url
+                    .then_some(target.statement_timeout.as_millis() as u64),
+                millis,
+                "{options}"
+            );
+        }
     }
 
     #[test]

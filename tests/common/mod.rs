@@ -223,7 +223,7 @@ impl Broker {
 
 /// Whether every thread of `pid` is in the stopped state (`T` in
 /// /proc/PID/task/TID/stat; stat(5)).
-fn all_threads_stopped(pid: i32) -> bool {
+pub fn all_threads_stopped(pid: i32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };

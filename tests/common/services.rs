@@ -46,6 +46,8 @@ pub struct Postgres {
     pub dir: TempDir,
     pub port: u16,
     running: bool,
+    /// Processes stopped by `hang`, continued by `resume` or on drop.
+    hung: Vec<i32>,
 }
 
 impl Postgres {
@@ -76,6 +78,7 @@ impl Postgres {
             dir,
             port: free_port(),
             running: false,
+            hung: Vec::new(),
         };
         postgres.start_again();
         let migrate = output_within(
@@ -159,6 +162,51 @@ impl Postgres {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// The server's processes: the postmaster and its children (the
+    /// backends serving connections among them).
+    pub fn pids(&self) -> Vec<i32> {
+        let text = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
+        let postmaster: i32 = text.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let parent = stat
+                .rfind(')')
+                .and_then(|end| stat[end + 1..].split_whitespace().nth(1))
+                .and_then(|field| field.parse::<i32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Stops every process of the server (SIGSTOP): connections stay open
+    /// and the kernel still acknowledges what is sent, but nothing answers.
+    pub fn hang(&mut self) {
+        self.hung = self.pids();
+        for pid in &self.hung {
+            // SAFETY: kill(2) on processes of our own server.
+            unsafe { libc::kill(*pid, libc::SIGSTOP) };
+        }
+        super::wait_until("PostgreSQL stopped", Duration::from_secs(5), || {
+            self.hung.iter().all(|pid| super::all_threads_stopped(*pid))
+        });
+    }
+
+    /// Lets a hung server go on (SIGCONT).
+    pub fn resume(&mut self) {
+        for pid in self.hung.drain(..) {
+            // SAFETY: as in `hang`.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+
     /// Inserts a key as another tool would: its SHA-256, never the key.
     pub fn insert_key(&self, key: &str, tenant: &str, extra_columns: &str, extra_values: &str) {
         self.psql(&format!(
@@ -170,6 +218,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        self.resume();
         if self.running {
             let _ = as_postgres(&postgres_bin("pg_ctl"))
                 .arg("-D")
