@@ -531,3 +531,99 @@ fn hole5_a_hung_postgres_is_reported_down_and_the_urls_statement_timeout_holds()
     );
     assert_eq!(sluice.get("/readyz").status, 503);
 }
+
+// Hole 6: PostgreSQL TLS did not follow libpq's sslmode: with none, sluice
+// insisted on a verified certificate (a self-signed one failed where
+// psql's default `prefer` connects), and verify-ca, verify-full and
+// sslrootcert were refused.
+#[test]
+fn hole6_postgres_tls_follows_libpq_sslmode() {
+    use common::secure::Certificates;
+    use common::services::{time_until, Postgres};
+    let broker = Broker::start();
+    let mut postgres = Postgres::start();
+    let dir = TempDir::new("pg-tls");
+    let certificates = Certificates::make(&dir.0, "pg");
+    let stranger = Certificates::make(&dir.0, "other");
+    postgres.enable_tls(&certificates.server_certificate, &certificates.server_key);
+    postgres.insert_key("cs_pg_tls", "tenant_pg", "", "");
+    let ca = certificates.ca.display().to_string();
+    let other_ca = stranger.ca.display().to_string();
+    let tls_sessions = || {
+        postgres.psql(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'sluice' AND s.ssl",
+        )
+    };
+    for (query, connects, encrypted) in [
+        ("", true, true),
+        ("?sslmode=prefer", true, true),
+        ("?sslmode=require", true, true),
+        (
+            &format!("?sslmode=verify-ca&sslrootcert={ca}") as &str,
+            true,
+            true,
+        ),
+        (
+            &format!("?sslmode=verify-full&sslrootcert={ca}"),
+            true,
+            true,
+        ),
+        ("?sslmode=disable", true, false),
+        (
+            &format!("?sslmode=verify-ca&sslrootcert={other_ca}"),
+            false,
+            false,
+        ),
+        (
+            &format!("?sslmode=verify-full&sslrootcert={other_ca}"),
+            false,
+            false,
+        ),
+        (
+            &format!("?sslmode=require&sslrootcert={other_ca}"),
+            false,
+            false,
+        ),
+    ] {
+        let mut sluice = Sluice::start(Options {
+            brokers: Some(broker.address.clone()),
+            env: vec![(
+                "SLUICE_AUTH_POSTGRES_URL".into(),
+                format!("{}{query}", postgres.url()),
+            )],
+            ..Default::default()
+        });
+        if connects {
+            sluice.wait_ready(200, Duration::from_secs(30));
+            let response = sluice.post(
+                "/v1/events",
+                &[
+                    ("X-CS-API-Key", "cs_pg_tls"),
+                    ("Content-Type", "application/json"),
+                ],
+                event("hole6_user", "").as_bytes(),
+            );
+            assert_eq!(response.status, 202, "{query}: {}", response.text());
+            let sessions: u32 = tls_sessions().parse().unwrap();
+            assert_eq!(sessions > 0, encrypted, "{query}: TLS sessions {sessions}");
+        } else {
+            let refused = time_until(Duration::from_secs(15), || {
+                sluice.logs().contains("certificate verify failed")
+            });
+            assert!(refused.is_some(), "{query}: {}", sluice.logs());
+            assert_eq!(sluice.get("/readyz").status, 503, "{query}");
+        }
+        sluice.signal(libc::SIGTERM);
+        assert_eq!(
+            sluice.wait_exit(Duration::from_secs(20)),
+            Some(0),
+            "{query}"
+        );
+        // Its session is gone before the next case counts TLS sessions.
+        wait_until("the session to end", Duration::from_secs(10), || {
+            postgres.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sluice'")
+                == "0"
+        });
+    }
+}

@@ -48,6 +48,8 @@ pub struct Postgres {
     running: bool,
     /// Processes stopped by `hang`, continued by `resume` or on drop.
     hung: Vec<i32>,
+    /// Server options beyond the harness's own (TLS).
+    extra_options: String,
 }
 
 impl Postgres {
@@ -79,6 +81,7 @@ impl Postgres {
             port: free_port(),
             running: false,
             hung: Vec::new(),
+            extra_options: String::new(),
         };
         postgres.start_again();
         let migrate = output_within(
@@ -101,9 +104,10 @@ impl Postgres {
     /// Starts the (stopped) server again, on the same port.
     pub fn start_again(&mut self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
             self.port,
-            self.dir.0.display()
+            self.dir.0.display(),
+            self.extra_options
         );
         let output = output_within(
             as_postgres(&postgres_bin("pg_ctl"))
@@ -121,6 +125,34 @@ impl Postgres {
             std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
         );
         self.running = true;
+    }
+
+    /// Restarts the server with TLS on, using `certificate` and `key`
+    /// (copied into its directory, owned by the server's user, as
+    /// PostgreSQL requires of a key file).
+    pub fn enable_tls(&mut self, certificate: &Path, key: &Path) {
+        let (certificate_copy, key_copy) =
+            (self.dir.0.join("server.crt"), self.dir.0.join("server.key"));
+        std::fs::copy(certificate, &certificate_copy).unwrap();
+        std::fs::copy(key, &key_copy).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&certificate_copy)
+                .arg(&key_copy)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown of the TLS files");
+        }
+        self.extra_options = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            certificate_copy.display(),
+            key_copy.display()
+        );
+        self.stop();
+        self.start_again();
     }
 
     /// Stops the server (fast: connections are ended at once).
