@@ -627,3 +627,38 @@ fn hole6_postgres_tls_follows_libpq_sslmode() {
         });
     }
 }
+
+// Hole 11: with Kafka down, librdkafka's "brokers are down" and each
+// connection error were logged on every reconnect attempt: 460 lines in
+// 20 s, about 80,000 an hour of outage.
+#[test]
+fn hole11_a_kafka_outage_is_logged_once_per_change() {
+    const WINDOW: Duration = Duration::from_secs(15);
+    let dead_port = free_port();
+    let sluice = Sluice::start(Options {
+        brokers: Some(format!("127.0.0.1:{dead_port}")),
+        env: vec![("RUST_LOG".into(), "info".into())],
+        ..Default::default()
+    });
+    let kafka_lines = || {
+        sluice
+            .logs()
+            .lines()
+            .filter(|line| line.contains("librdkafka") || line.contains("kafka delivery failed"))
+            .count()
+    };
+    wait_until("the outage's first line", Duration::from_secs(10), || {
+        kafka_lines() > 0
+    });
+    std::thread::sleep(WINDOW);
+    let lines = kafka_lines();
+    println!("Kafka down for {WINDOW:?}: {lines} lines from Kafka clients");
+    assert_eq!(sluice.get("/readyz").status, 503);
+    // A handful of kinds (the connection refused, all brokers down), each
+    // once: not one per reconnect attempt.
+    assert!(
+        lines <= 8,
+        "{lines} lines in {WINDOW:?}:\n{}",
+        sluice.logs()
+    );
+}

@@ -4,6 +4,7 @@
 //! dedicated producer threads; delivery reports come back through each
 //! core's [`handoff::Mailbox`]. See ARCHITECTURE.md for the whole path.
 
+pub mod client_log;
 pub mod dev;
 pub mod handoff;
 pub mod probe;

@@ -26,6 +26,7 @@ use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
 
+use super::client_log::{self, RepeatFilter, Verdict};
 use super::handoff::{Batch, Completion, Mailbox, Opaque};
 use crate::config::Config;
 use crate::health::Readiness;
@@ -34,37 +35,13 @@ use crate::metrics::Metrics;
 /// How long a producer thread waits before retrying a full librdkafka queue.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
 
-/// Failure log lines per second per producer; the rest are counted and
-/// reported with the next line that is written.
-const FAILURE_LOGS_PER_SECOND_MAX: u64 = 5;
-
-/// A per-second budget for warn lines written from librdkafka's threads
-/// (one failing broker fails every record: a line each would flood).
-#[derive(Default)]
-struct LogBudget {
-    /// The current second (epoch) in the high bits, lines written in it in the low 16.
-    window: std::sync::atomic::AtomicU64,
-    suppressed: std::sync::atomic::AtomicU64,
-}
-
-impl LogBudget {
-    /// `Some(lines suppressed since the last one written)` if a line may be written now.
-    fn take(&self) -> Option<u64> {
-        let second = crate::clock::now_ms() / 1000;
-        let window = self.window.load(Ordering::Relaxed);
-        let used = if window >> 16 == second {
-            window & 0xffff
-        } else {
-            0
-        };
-        if used >= FAILURE_LOGS_PER_SECOND_MAX {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        // A lost race writes one line more or fewer: no lock for that.
-        self.window
-            .store(second << 16 | (used + 1), Ordering::Relaxed);
-        Some(self.suppressed.swap(0, Ordering::Relaxed))
+/// `Some(lines held back since the last one)` when a line is to be
+/// written (`0` for the first of its kind).
+fn written(verdict: Verdict) -> Option<u64> {
+    match verdict {
+        Verdict::Suppress => None,
+        Verdict::First => Some(0),
+        Verdict::Repeat(held_back) => Some(held_back),
     }
 }
 
@@ -73,7 +50,8 @@ pub struct DeliveryRouter {
     mailboxes: Arc<[Arc<Mailbox>]>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
-    failure_logs: Arc<LogBudget>,
+    /// Warn lines of every Kafka client of the process, once per change.
+    client_logs: Arc<RepeatFilter>,
     /// Set when the broker stopped accepting this producer's id (fenced,
     /// unknown id, bad epoch or sequence): librdkafka keeps the id and every
     /// later record fails the same way, so the producer must be replaced.
@@ -103,20 +81,41 @@ impl ClientContext for DeliveryRouter {
             self.readiness
                 .note_client_error(crate::clock::now_ms(), message.to_string());
         }
-        match level {
+        let verdict = match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility, "{message}")
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => self
+                .client_logs
+                .check(&client_log::kind_of(facility, message), Instant::now()),
+            _ => {
+                tracing::debug!(target: "librdkafka", facility, "{message}");
+                return;
             }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
-            _ => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        };
+        let repeated = match verdict {
+            Verdict::Suppress => return,
+            Verdict::First => None,
+            Verdict::Repeat(held_back) => Some(held_back),
+        };
+        match level {
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility, repeated, "{message}")
+            }
+            _ => tracing::error!(target: "librdkafka", facility, repeated, "{message}"),
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, "{reason}");
+        let kind = client_log::kind_of("error", &format!("{error}: {reason}"));
+        match self.client_logs.check(&kind, Instant::now()) {
+            Verdict::Suppress => {}
+            Verdict::First => tracing::warn!(target: "librdkafka", %error, "{reason}"),
+            Verdict::Repeat(repeated) => {
+                tracing::warn!(target: "librdkafka", %error, repeated, "{reason}")
+            }
+        }
         // "All brokers down" only repeats what the FAIL lines said more
         // precisely; other errors (authentication, fatal) are shown as is.
         let generic = matches!(
@@ -138,12 +137,13 @@ impl ProducerContext for DeliveryRouter {
         let delivered = result.is_ok();
         if let Err((error, _)) = result {
             self.metrics.delivery_failed(opaque.is_dead_letter());
-            if let Some(suppressed) = self.failure_logs.take() {
+            let kind = format!("delivery failed: {:?}", error.rdkafka_error_code());
+            if let Some(repeated) = written(self.client_logs.check(&kind, Instant::now())) {
                 tracing::warn!(
                     code = ?error.rdkafka_error_code(),
                     %error,
                     dead_letter = opaque.is_dead_letter(),
-                    suppressed,
+                    repeated,
                     "kafka delivery failed"
                 );
             }
@@ -220,13 +220,14 @@ impl ProducerPool {
         let mut threads = Vec::new();
         let closing = Arc::new(AtomicBool::new(false));
         let producer_cpus = crate::config::cpu_list(&config.kafka.producer_cpus);
+        let client_logs = Arc::new(RepeatFilter::default());
         for index in 0..config.kafka.producer_threads {
             let factory = Factory {
                 client: client_config(config, brokers),
                 mailboxes: mailboxes.clone(),
                 metrics: metrics.clone(),
                 readiness: readiness.clone(),
-                failure_logs: Arc::new(LogBudget::default()),
+                client_logs: client_logs.clone(),
                 cpus: producer_cpus.clone(),
             };
             let slot = Arc::new(ArcSwap::new(factory.create()?));
@@ -245,7 +246,7 @@ impl ProducerPool {
                     loop {
                         match thread_batches.recv_timeout(CLOSING_POLL_INTERVAL) {
                             Ok(batch) => {
-                                produce(&producer, batch, &factory.mailboxes, &factory.failure_logs)
+                                produce(&producer, batch, &factory.mailboxes, &factory.client_logs)
                             }
                             Err(RecvTimeoutError::Timeout)
                                 if !thread_closing.load(Ordering::Relaxed) => {}
@@ -299,7 +300,7 @@ struct Factory {
     mailboxes: Arc<[Arc<Mailbox>]>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
-    failure_logs: Arc<LogBudget>,
+    client_logs: Arc<RepeatFilter>,
     /// `kafka.producer_cpus`: librdkafka's threads inherit the creating
     /// thread's mask, so producers are created with it set to these.
     cpus: Option<Vec<usize>>,
@@ -318,7 +319,7 @@ impl Factory {
             mailboxes: self.mailboxes.clone(),
             metrics: self.metrics.clone(),
             readiness: self.readiness.clone(),
-            failure_logs: self.failure_logs.clone(),
+            client_logs: self.client_logs.clone(),
             identity_lost: AtomicBool::new(false),
         };
         let producer: Producer = self
@@ -359,7 +360,7 @@ fn produce(
     producer: &Producer,
     batch: Batch,
     mailboxes: &[Arc<Mailbox>],
-    failure_logs: &LogBudget,
+    client_logs: &RepeatFilter,
 ) {
     let mailbox = &mailboxes[batch.ticket.core];
     for record in &batch.records {
@@ -398,11 +399,12 @@ fn produce(
                     std::thread::sleep(QUEUE_FULL_BACKOFF);
                 }
                 Err((error, _)) => {
-                    if let Some(suppressed) = failure_logs.take() {
+                    let kind = format!("produce failed: {:?}", error.rdkafka_error_code());
+                    if let Some(repeated) = written(client_logs.check(&kind, Instant::now())) {
                         tracing::warn!(
                             code = ?error.rdkafka_error_code(),
                             %error,
-                            suppressed,
+                            repeated,
                             "kafka produce failed"
                         );
                     }
