@@ -395,6 +395,13 @@ impl Metrics {
         );
         write_metric(
             out,
+            "sluice_rate_limit_redis_instances",
+            "Instances sharing rate limits, as the last sync counted them; a key not yet synced here gets this share of its burst.",
+            "gauge",
+            fleet.instances.load(Relaxed),
+        );
+        write_metric(
+            out,
             "sluice_rate_limit_redis_sync_seconds",
             "Duration of the last sync.",
             "gauge",

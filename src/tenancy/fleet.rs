@@ -13,6 +13,20 @@
 //! instance decides alone: the fleet may admit up to one sync interval's
 //! worth beyond the limit per instance, and pays it back after.
 //!
+//! A turn is one round trip whatever the number of keys: script calls of
+//! up to 1,000 keys each, sent as one pipeline, every Redis key under the
+//! one hash tag `{rl}` (one slot on Redis Cluster, no CROSSSLOT). The first
+//! call also registers this instance, so each turn counts the instances
+//! sharing the limits ([`crate::tenancy::rate::set_fleet_instances`]).
+//!
+//! A key's first burst: until an instance has applied the fleet's
+//! schedule for a key once, it admits only `burst / N` of it (N: the
+//! instances counted), so N instances meeting a new key at once admit
+//! about one burst between them, not N. The bound's slack: an instance
+//! that has not yet counted the others (its first turn, within one sync
+//! interval of its start) admits the whole burst, and each instance may
+//! still add one sync interval of the sustained rate.
+//!
 //! Redis down (or slow: every call has a 1 s deadline): each instance
 //! limits alone, `sluice_rate_limit_redis_up` is 0 and a warn line says so;
 //! requests are served on. Usage from the outage is not sent afterwards.
@@ -36,18 +50,37 @@ const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 /// learning the fleet's usage while its own traffic pauses.
 const ACTIVE_FOR: Duration = Duration::from_secs(10);
 /// Redis key prefix; the rest is the first 16 bytes of the key's SHA-256
-/// in hex (never the key).
-const KEY_PREFIX: &str = "sluice:rl:";
+/// in hex (never the key). Every key of the rate-limit state carries the
+/// one hash tag `{rl}`, so that on Redis Cluster they share a slot and one
+/// script call may touch many of them (no CROSSSLOT): the state is small
+/// (two short strings per active API key) and one node serves it.
+const KEY_PREFIX: &str = "sluice:{rl}:";
+/// The instances sharing the limits: a sorted set of instance ids scored
+/// by their last sync (µs on Redis's clock).
+const INSTANCES_KEY: &str = "sluice:{rl}:instances";
+/// API keys per script call; a sync's calls go in one pipeline (one round
+/// trip), and no single call holds Redis for long.
+const KEYS_PER_CALL: usize = 1_000;
 
-/// KEYS: the events and bytes schedules. ARGV: their increments (µs).
-/// Returns how far each schedule runs ahead of Redis's now (µs). A
-/// schedule lives for its lead plus 10 s.
+/// KEYS[1]: the instances set; ARGV[1]: this instance's id ("" in all but
+/// a sync's first call), ARGV[2]: how long an instance counts after its
+/// last sync (µs). Then KEYS[i], ARGV[i] for i >= 2: each schedule (the
+/// events and bytes of each API key) and its increment (µs). Returns the
+/// instances counted (0 without an id), then how far each schedule runs
+/// ahead of Redis's now (µs). A schedule lives for its lead plus 10 s.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {}
-for i = 1, #KEYS do
-  local increment = tonumber(ARGV[i])
+local out = {0}
+if ARGV[1] ~= '' then
+  local window = tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  redis.call('PEXPIRE', KEYS[1], math.floor(window / 1000) * 2)
+  out[1] = redis.call('ZCARD', KEYS[1])
+end
+for i = 2, #KEYS do
+  local increment = tonumber(ARGV[i + 1])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
   if increment > 0 then
@@ -68,6 +101,8 @@ pub struct FleetMetrics {
     pub sync_failures: AtomicU64,
     /// Keys exchanged in the last sync.
     pub keys_synced: AtomicU64,
+    /// Instances sharing the limits, as the last sync counted them.
+    pub instances: AtomicU64,
     /// Duration of the last sync (µs).
     pub last_sync_us: AtomicU64,
 }
@@ -93,6 +128,14 @@ struct Session {
     script_sha: String,
 }
 
+/// This process's id in the instances set.
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{}-{nanos:x}", std::process::id())
+}
+
 impl Sync<'_> {
     pub fn run(&self) {
         crate::tenancy::rate::count_admissions_for_fleet();
@@ -101,6 +144,7 @@ impl Sync<'_> {
         let mut last_attempt: Option<Instant> = None;
         let mut active: AHashMap<[u8; 16], Instant> = AHashMap::new();
         let mut was_up = true;
+        let instance = instance_id();
         while self.stop.sleep(self.interval) {
             if session.is_none() && last_attempt.is_none_or(|at| at.elapsed() >= RECONNECT_INTERVAL)
             {
@@ -111,7 +155,7 @@ impl Sync<'_> {
                 }
             }
             let result = match session.as_mut() {
-                Some(connected) => self.exchange(connected, &mut active),
+                Some(connected) => self.exchange(connected, &instance, &mut active),
                 None => {
                     self.discard_admissions();
                     continue;
@@ -136,6 +180,8 @@ impl Sync<'_> {
 
     fn note_down(&self, was_up: &mut bool, error: &redis::RedisError) {
         self.metrics.up.store(false, Relaxed);
+        // Limits are per instance now: new keys get their whole burst.
+        crate::tenancy::rate::set_fleet_instances(1);
         if std::mem::replace(was_up, false) {
             // Redis errors name the failure, never the URL's password.
             tracing::warn!(
@@ -166,16 +212,19 @@ impl Sync<'_> {
         }
     }
 
-    /// One turn: every key admitted here lately, in one pipelined round trip.
+    /// One turn, one round trip: this instance's presence, and every key
+    /// admitted here lately (or refused on a shared burst), in script
+    /// calls of [`KEYS_PER_CALL`] keys sent as one pipeline.
     fn exchange(
         &self,
         session: &mut Session,
+        instance: &str,
         active: &mut AHashMap<[u8; 16], Instant>,
     ) -> redis::RedisResult<()> {
         let started = Instant::now();
         let snapshot = self.keys.load();
         let mut limiters = Vec::new();
-        let mut pipe = redis::pipe();
+        let mut increments = Vec::new();
         for (digest, grant) in snapshot.grants() {
             let Some(limiter) = &grant.limiter else {
                 continue;
@@ -183,7 +232,7 @@ impl Sync<'_> {
             let mut id = [0u8; 16];
             id.copy_from_slice(&digest[..16]);
             let (events, bytes) = limiter.take_admitted();
-            if events > 0 || bytes > 0 {
+            if events > 0 || bytes > 0 || limiter.wants_fleet_view() {
                 active.insert(id, started);
             } else if active
                 .get(&id)
@@ -191,36 +240,54 @@ impl Sync<'_> {
             {
                 continue;
             }
-            let (events_us, bytes_us) = limiter.fleet_increments_us(events, bytes);
-            let name = redis_key(&id);
-            pipe.cmd("EVALSHA")
-                .arg(&session.script_sha)
-                .arg(2)
-                .arg(format!("{name}:e"))
-                .arg(format!("{name}:b"))
-                .arg(events_us)
-                .arg(bytes_us);
+            increments.push((id, limiter.fleet_increments_us(events, bytes)));
             limiters.push(limiter.clone());
         }
         active.retain(|_, at| started.duration_since(*at) <= ACTIVE_FOR);
-        if !limiters.is_empty() {
-            let views: Vec<(u64, u64)> = pipe.query(&mut session.connection)?;
-            let now = Instant::now();
-            for (limiter, (events_ahead_us, bytes_ahead_us)) in limiters.iter().zip(views) {
-                limiter.align_to_fleet(
-                    FleetView {
-                        events_ahead_us,
-                        bytes_ahead_us,
-                    },
-                    now,
-                );
+        let mut pipe = redis::pipe();
+        // At least one call: it registers this instance.
+        let chunks: Vec<&[_]> = match increments.is_empty() {
+            true => vec![&[]],
+            false => increments.chunks(KEYS_PER_CALL).collect(),
+        };
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            let call = pipe.cmd("EVALSHA");
+            call.arg(&session.script_sha)
+                .arg(1 + 2 * chunk.len())
+                .arg(INSTANCES_KEY);
+            for (id, _) in chunk {
+                let name = redis_key(id);
+                call.arg(format!("{name}:e")).arg(format!("{name}:b"));
             }
-        } else {
-            redis::cmd("PING").query::<()>(&mut session.connection)?;
+            call.arg(if index == 0 { instance } else { "" })
+                .arg(ACTIVE_FOR.as_micros() as u64);
+            for (_, (events_us, bytes_us)) in chunk {
+                call.arg(*events_us).arg(*bytes_us);
+            }
+        }
+        let answers: Vec<Vec<u64>> = pipe.query(&mut session.connection)?;
+        let now = Instant::now();
+        let instances = answers.first().and_then(|first| first.first()).copied();
+        crate::tenancy::rate::set_fleet_instances(instances.unwrap_or(1));
+        let aheads = answers.iter().flat_map(|answer| answer.iter().skip(1));
+        let mut aheads = aheads.copied();
+        for limiter in &limiters {
+            let (Some(events_ahead_us), Some(bytes_ahead_us)) = (aheads.next(), aheads.next())
+            else {
+                break;
+            };
+            limiter.align_to_fleet(
+                FleetView {
+                    events_ahead_us,
+                    bytes_ahead_us,
+                },
+                now,
+            );
         }
         let metrics = self.metrics;
         metrics.syncs.fetch_add(1, Relaxed);
         metrics.keys_synced.store(limiters.len() as u64, Relaxed);
+        metrics.instances.store(instances.unwrap_or(1), Relaxed);
         metrics
             .last_sync_us
             .store(started.elapsed().as_micros() as u64, Relaxed);

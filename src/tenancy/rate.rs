@@ -53,18 +53,20 @@ impl Cell {
         }
     }
 
-    /// Takes `units` at `now_ns`, or says how long until they would fit.
-    fn take(&self, units: u64, now_ns: u64) -> Result<u64, u64> {
+    /// Takes `units` at `now_ns`, or says how long until they would fit,
+    /// with the burst divided by `burst_share` (1: the whole burst).
+    fn take(&self, units: u64, now_ns: u64, burst_share: u64) -> Result<u64, u64> {
         if self.interval_ns == 0 {
             return Ok(u64::MAX);
         }
+        let tolerance_ns = self.tolerance_ns / burst_share.max(1);
         let increment = units.saturating_mul(self.interval_ns);
         let mut scheduled = self.scheduled_ns.load(Ordering::Relaxed);
         loop {
             let next = scheduled.max(now_ns).saturating_add(increment);
             let ahead = next - now_ns;
-            if ahead > self.tolerance_ns {
-                return Err(ahead - self.tolerance_ns);
+            if ahead > tolerance_ns {
+                return Err(ahead - tolerance_ns);
             }
             match self.scheduled_ns.compare_exchange_weak(
                 scheduled,
@@ -72,7 +74,7 @@ impl Cell {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok((self.tolerance_ns - ahead) / self.interval_ns),
+                Ok(_) => return Ok((tolerance_ns - ahead) / self.interval_ns),
                 Err(current) => scheduled = current,
             }
         }
@@ -120,6 +122,19 @@ pub fn count_admissions_for_fleet() {
     FLEET_COUNTING.store(true, Ordering::Relaxed);
 }
 
+/// The instances sharing limits through Redis, as the last fleet sync
+/// counted them (1 without Redis, or while it is down). A key this
+/// instance has not yet aligned with the fleet's schedule (a new key, or
+/// any key right after start) gets only this share of its burst: every
+/// instance would otherwise admit a new key's whole burst before any of
+/// them had heard of the others' use (N x burst).
+static FLEET_INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+/// Records how many instances share the limits (see [`FLEET_INSTANCES`]).
+pub fn set_fleet_instances(count: u64) {
+    FLEET_INSTANCES.store(count.max(1), Ordering::Relaxed);
+}
+
 /// A key's limiter, shared by every core.
 #[derive(Debug)]
 pub struct KeyLimiter {
@@ -129,6 +144,12 @@ pub struct KeyLimiter {
     /// Admitted since the fleet sync last took them (only when counting).
     admitted_events: AtomicU64,
     admitted_bytes: AtomicU64,
+    /// Whether the fleet's schedule has been applied here once; until
+    /// then the burst is shared (see [`FLEET_INSTANCES`]).
+    fleet_aligned: AtomicBool,
+    /// A request was refused while not aligned: the next fleet sync must
+    /// fetch the fleet's schedule even if nothing was admitted here.
+    fleet_wanted: AtomicBool,
 }
 
 /// What the fleet (all instances, through Redis) says of a key: how far
@@ -147,6 +168,8 @@ impl KeyLimiter {
             bytes: Cell::new(limits.bytes_per_second, limits.burst_bytes),
             admitted_events: AtomicU64::new(0),
             admitted_bytes: AtomicU64::new(0),
+            fleet_aligned: AtomicBool::new(false),
+            fleet_wanted: AtomicBool::new(false),
         }
     }
 
@@ -190,6 +213,15 @@ impl KeyLimiter {
                 .saturating_add(view.bytes_ahead_us.saturating_mul(1_000))
                 .saturating_add(since_bytes.saturating_mul(self.bytes.interval_ns)),
         );
+        if !self.fleet_aligned.load(Ordering::Relaxed) {
+            self.fleet_aligned.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the next fleet sync must fetch this key's schedule although
+    /// nothing was admitted here (a request was refused on a shared burst).
+    pub fn wants_fleet_view(&self) -> bool {
+        self.fleet_wanted.load(Ordering::Relaxed) && !self.fleet_aligned.load(Ordering::Relaxed)
     }
 
     pub fn limits(&self) -> Limits {
@@ -216,17 +248,41 @@ impl KeyLimiter {
     /// Admits a request of `events` events and `bytes` bytes at `now`, or
     /// refuses it whole: nothing of a refused request counts.
     pub fn admit(&self, events: u64, bytes: u64, now: Instant) -> Result<(), Refusal> {
+        self.admit_among(events, bytes, now, FLEET_INSTANCES.load(Ordering::Relaxed))
+    }
+
+    /// [`KeyLimiter::admit`] with `instances` sharing the key's burst
+    /// until this limiter has the fleet's view.
+    fn admit_among(
+        &self,
+        events: u64,
+        bytes: u64,
+        now: Instant,
+        instances: u64,
+    ) -> Result<(), Refusal> {
         let now_ns = nanos_since_epoch(now);
         let refusal = |wait_ns: u64, dimension, quota_per_second| Refusal {
             retry_after_seconds: wait_ns.div_ceil(NANOS_PER_SECOND).max(1),
             dimension,
             quota_per_second,
         };
-        self.events
-            .take(events, now_ns)
-            .map_err(|wait| refusal(wait, "events", self.limits.events_per_second))?;
-        if let Err(wait) = self.bytes.take(bytes, now_ns) {
+        // Without Redis FLEET_INSTANCES stays 1: the whole burst.
+        let share = match self.fleet_aligned.load(Ordering::Relaxed) {
+            true => 1,
+            false => instances,
+        };
+        let want_fleet = || {
+            if share > 1 {
+                self.fleet_wanted.store(true, Ordering::Relaxed);
+            }
+        };
+        if let Err(wait) = self.events.take(events, now_ns, share) {
+            want_fleet();
+            return Err(refusal(wait, "events", self.limits.events_per_second));
+        }
+        if let Err(wait) = self.bytes.take(bytes, now_ns, share) {
             self.events.give_back(events);
+            want_fleet();
             return Err(refusal(wait, "bytes", self.limits.bytes_per_second));
         }
         if FLEET_COUNTING.load(Ordering::Relaxed) {
@@ -248,6 +304,31 @@ fn nanos_since_epoch(now: Instant) -> u64 {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn before_its_first_fleet_view_a_key_gets_its_share_of_the_burst() {
+        let limits = Limits {
+            events_per_second: 100,
+            burst_events: 90,
+            ..Limits::default()
+        };
+        let limiter = KeyLimiter::new(limits);
+        let now = Instant::now();
+        let admitted = (0..100)
+            .filter(|_| limiter.admit_among(1, 0, now, 3).is_ok())
+            .count();
+        assert_eq!(admitted, 30, "a third of the burst");
+        assert!(
+            limiter.wants_fleet_view(),
+            "refused: the sync must fetch the fleet's view"
+        );
+        limiter.align_to_fleet(FleetView::default(), now);
+        assert!(!limiter.wants_fleet_view());
+        let admitted = (0..100)
+            .filter(|_| limiter.admit_among(1, 0, now, 3).is_ok())
+            .count();
+        assert_eq!(admitted, 60, "the rest of the whole burst, once aligned");
+    }
 
     #[test]
     fn a_burst_then_the_sustained_rate() {
