@@ -310,10 +310,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redis_keys_are_digest_prefixes_and_urls_are_checked_quietly() {
+    fn redis_keys_are_digest_prefixes_under_one_hash_tag_and_urls_are_checked_quietly() {
         assert_eq!(
             redis_key(&[0xab; 16]),
-            "sluice:rl:abababababababababababababababab"
+            "sluice:{rl}:abababababababababababababababab"
         );
         let error = parse_url("notredis://user:hunter2@host/").unwrap_err();
         assert!(!error.to_string().contains("hunter2"), "{error}");
