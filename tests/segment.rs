@@ -232,18 +232,7 @@ fn an_invalid_call_in_a_batch_is_dead_lettered_and_the_rest_published() {
         "the batch's context"
     );
     assert!(anonymous.get("writeKey").is_none());
-    let dead = consume_until(
-        &broker.address,
-        DLQ_TOPIC,
-        Duration::from_secs(30),
-        |records| {
-            records.iter().any(|r| {
-                r.value["raw"]
-                    .as_str()
-                    .is_some_and(|raw| raw.contains(&format!("{tag}_no_event")))
-            })
-        },
-    );
+    let dead = dead_letters_until(&broker, &format!("{tag}_no_event"));
     let dead = dead
         .iter()
         .find(|r| {
@@ -257,6 +246,22 @@ fn an_invalid_call_in_a_batch_is_dead_lettered_and_the_rest_published() {
     let raw = dead.value["raw"].as_str().unwrap();
     assert!(!raw.contains(KEY), "the write key was dead-lettered: {raw}");
     assert!(raw.contains("\"type\":\"track\""), "{raw}");
+}
+
+/// The dead-letter topic, once a letter whose `raw` holds `marker` is there.
+fn dead_letters_until(broker: &Broker, marker: &str) -> Vec<Consumed> {
+    consume_until(
+        &broker.address,
+        DLQ_TOPIC,
+        Duration::from_secs(30),
+        |records| {
+            records.iter().any(|r| {
+                r.value["raw"]
+                    .as_str()
+                    .is_some_and(|raw| raw.contains(marker))
+            })
+        },
+    )
 }
 
 /// `ms` (epoch milliseconds) as an RFC 3339 UTC date-time, as the SDKs
@@ -416,18 +421,7 @@ fn hole7_a_write_key_spelt_with_escapes_never_reaches_kafka() {
         assert!(!raw.contains(KEY), "the write key reached Kafka: {raw}");
         assert!(record.value.get("writeKey").is_none(), "{raw}");
     }
-    let dead = consume_until(
-        &broker.address,
-        DLQ_TOPIC,
-        Duration::from_secs(30),
-        |records| {
-            records.iter().any(|r| {
-                r.value["raw"]
-                    .as_str()
-                    .is_some_and(|raw| raw.contains(&format!("{tag}_no_event")))
-            })
-        },
-    );
+    let dead = dead_letters_until(&broker, &format!("{tag}_no_event"));
     for record in &dead {
         let raw = String::from_utf8_lossy(&record.raw_value);
         assert!(!raw.contains(KEY), "the write key was dead-lettered: {raw}");
