@@ -1,37 +1,33 @@
 //! Fleet-wide rate limits (SPEC §9, `limits.redis_url`): the instances
-//! behind a load balancer share each key's usage through Redis, from a
-//! control-plane thread; the event loops never touch Redis.
+//! behind a load balancer share each key's rate and burst through Redis,
+//! from a control-plane thread; the event loops never touch Redis.
 //!
-//! Every `limits.redis_sync_interval_ms` the thread takes, per limited key,
-//! what this instance admitted since the last turn, and adds it to the
-//! key's fleet schedule in Redis: one GCRA "theoretical arrival time" per
-//! key and dimension, advanced by a Lua script on Redis's own clock (so
-//! instances' clocks need not agree). The script answers how far ahead of
-//! now the fleet's schedule runs; the key's local limiter is moved there
-//! ([`KeyLimiter::align_to_fleet`]), so each instance refuses once the
-//! fleet as a whole has used the key's rate and burst. Between two turns an
-//! instance decides alone: the fleet may admit up to one sync interval's
-//! worth beyond the limit per instance, and pays it back after.
+//! Redis keeps one GCRA schedule ("theoretical arrival time") per key and
+//! dimension, on Redis's own clock (instances' clocks need not agree).
+//! Instances *lease* from it: every `limits.redis_sync_interval_ms` this
+//! thread asks, for each key asked for here lately, for a lease sized from
+//! that demand (twice it, at most the burst); a Lua script grants as much
+//! as the schedule's tolerance allows and advances the schedule by it. The
+//! event loops admit against the lease ([`KeyLimiter`]): the fleet as a
+//! whole admits no more than the schedule, except for allowances. Before
+//! its first lease for a key an instance may admit `burst / N` (N: the
+//! instances counted, each turn registering this one), charged whole to
+//! the schedule at the next turn. So N instances meeting a new or long
+//! idle key at once admit at most `burst x (2N - 1) / N` (one burst of
+//! leases plus the others' allowances not yet charged), where each used
+//! to admit a whole burst (N x burst). A new instance, before its first
+//! turn has counted the others, takes a whole burst as its allowance.
 //!
 //! A turn is one round trip whatever the number of keys: script calls of
 //! up to 1,000 keys each, sent as one pipeline, every Redis key under the
-//! one hash tag `{rl}` (one slot on Redis Cluster, no CROSSSLOT). The first
-//! call also registers this instance, so each turn counts the instances
-//! sharing the limits ([`crate::tenancy::rate::set_fleet_instances`]).
-//!
-//! A key's first burst: until an instance has applied the fleet's
-//! schedule for a key once, it admits only `burst / N` of it (N: the
-//! instances counted), so N instances meeting a new key at once admit
-//! about one burst between them, not N. The bound's slack: an instance
-//! that has not yet counted the others (its first turn, within one sync
-//! interval of its start) admits the whole burst, and each instance may
-//! still add one sync interval of the sustained rate.
+//! one hash tag `{rl}` (one slot on Redis Cluster, no CROSSSLOT).
 //!
 //! Redis down (or slow: every call has a 1 s deadline): each instance
-//! limits alone, `sluice_rate_limit_redis_up` is 0 and a warn line says so;
-//! requests are served on. Usage from the outage is not sent afterwards.
+//! limits alone on its own schedule (no leases), `sluice_rate_limit_redis_up`
+//! is 0 and a warn line says so; requests are served on. When Redis is
+//! back every key starts again from an allowance.
 //!
-//! [`KeyLimiter::align_to_fleet`]: crate::tenancy::rate::KeyLimiter::align_to_fleet
+//! [`KeyLimiter`]: crate::tenancy::rate::KeyLimiter
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -40,7 +36,7 @@ use ahash::AHashMap;
 
 use crate::shutdown::ControlStop;
 use crate::tenancy::keys::KeyStore;
-use crate::tenancy::rate::FleetView;
+use crate::tenancy::rate::{LeaseGrant, LeaseRequest};
 
 /// Deadline of every Redis call (connect, read, write).
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -64,10 +60,15 @@ const KEYS_PER_CALL: usize = 1_000;
 
 /// KEYS[1]: the instances set; ARGV[1]: this instance's id ("" in all but
 /// a sync's first call), ARGV[2]: how long an instance counts after its
-/// last sync (µs). Then KEYS[i], ARGV[i] for i >= 2: each schedule (the
-/// events and bytes of each API key) and its increment (µs). Returns the
-/// instances counted (0 without an id), then how far each schedule runs
-/// ahead of Redis's now (µs). A schedule lives for its lead plus 10 s.
+/// last sync (µs). Then for each KEYS[i], i >= 2 (a schedule: the events
+/// or bytes of an API key), three ARGV: the charge (allowance this
+/// instance spent before its lease), the lease asked for, and the
+/// schedule's tolerance (the burst), all in µs of schedule. The charge is
+/// added whatever it does to the schedule (the events were admitted);
+/// the lease is granted as far as the tolerance allows. Returns the
+/// instances counted (0 without an id), then for each schedule the lease
+/// granted and how far the schedule runs ahead of Redis's now. A schedule
+/// lives for its lead plus 10 s.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -80,14 +81,22 @@ if ARGV[1] ~= '' then
   out[1] = redis.call('ZCARD', KEYS[1])
 end
 for i = 2, #KEYS do
-  local increment = tonumber(ARGV[i + 1])
+  local base = 2 + (i - 2) * 3
+  local charge = tonumber(ARGV[base + 1])
+  local request = tonumber(ARGV[base + 2])
+  local tolerance = tonumber(ARGV[base + 3])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
-  if increment > 0 then
-    tat = tat + increment
+  tat = tat + charge
+  local room = tolerance - (tat - now)
+  if room < 0 then room = 0 end
+  local grant = math.min(request, room)
+  tat = tat + grant
+  if tat > now then
     redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 10000)
   end
-  out[i] = tat - now
+  out[#out + 1] = grant
+  out[#out + 1] = tat - now
 end
 return out
 "#;
@@ -156,15 +165,14 @@ impl Sync<'_> {
             }
             let result = match session.as_mut() {
                 Some(connected) => self.exchange(connected, &instance, &mut active),
-                None => {
-                    self.discard_admissions();
-                    continue;
-                }
+                None => continue,
             };
             match result {
                 Ok(()) => {
                     if !was_up {
                         tracing::info!("Redis reachable; rate limits are fleet-wide again");
+                        self.reset_leases();
+                        crate::tenancy::rate::set_fleet_mode(true);
                     }
                     was_up = true;
                     self.metrics.up.store(true, Relaxed);
@@ -180,8 +188,9 @@ impl Sync<'_> {
 
     fn note_down(&self, was_up: &mut bool, error: &redis::RedisError) {
         self.metrics.up.store(false, Relaxed);
-        // Limits are per instance now: new keys get their whole burst.
+        // Limits are per instance now: no leases, the whole burst.
         crate::tenancy::rate::set_fleet_instances(1);
+        crate::tenancy::rate::set_fleet_mode(false);
         if std::mem::replace(was_up, false) {
             // Redis errors name the failure, never the URL's password.
             tracing::warn!(
@@ -202,12 +211,12 @@ impl Sync<'_> {
         })
     }
 
-    /// While Redis is down, usage is not saved up: sending it later would
-    /// charge the fleet for time that has passed.
-    fn discard_admissions(&self) {
+    /// Every key starts from an allowance again (after an outage, or a
+    /// failed turn whose grants never arrived).
+    fn reset_leases(&self) {
         for (_, grant) in self.keys.load().grants() {
             if let Some(limiter) = &grant.limiter {
-                limiter.take_admitted();
+                limiter.reset_lease();
             }
         }
     }
@@ -224,31 +233,37 @@ impl Sync<'_> {
         let started = Instant::now();
         let snapshot = self.keys.load();
         let mut limiters = Vec::new();
-        let mut increments = Vec::new();
+        let mut requests = Vec::new();
         for (digest, grant) in snapshot.grants() {
             let Some(limiter) = &grant.limiter else {
                 continue;
             };
             let mut id = [0u8; 16];
             id.copy_from_slice(&digest[..16]);
-            let (events, bytes) = limiter.take_admitted();
-            if events > 0 || bytes > 0 || limiter.wants_fleet_view() {
+            if limiter.has_demand() {
                 active.insert(id, started);
             } else if active
                 .get(&id)
                 .is_none_or(|at| started.duration_since(*at) > ACTIVE_FOR)
             {
+                // Out of the exchange (idle here): what it held has aged
+                // in Redis; it starts again from an allowance.
+                if active.remove(&id).is_some() {
+                    limiter.reset_lease();
+                }
                 continue;
             }
-            increments.push((id, limiter.fleet_increments_us(events, bytes)));
+            let Some(request) = limiter.lease_requests() else {
+                continue;
+            };
+            requests.push((id, request));
             limiters.push(limiter.clone());
         }
-        active.retain(|_, at| started.duration_since(*at) <= ACTIVE_FOR);
         let mut pipe = redis::pipe();
         // At least one call: it registers this instance.
-        let chunks: Vec<&[_]> = match increments.is_empty() {
+        let chunks: Vec<&[_]> = match requests.is_empty() {
             true => vec![&[]],
-            false => increments.chunks(KEYS_PER_CALL).collect(),
+            false => requests.chunks(KEYS_PER_CALL).collect(),
         };
         for (index, chunk) in chunks.into_iter().enumerate() {
             let call = pipe.cmd("EVALSHA");
@@ -261,33 +276,47 @@ impl Sync<'_> {
             }
             call.arg(if index == 0 { instance } else { "" })
                 .arg(ACTIVE_FOR.as_micros() as u64);
-            for (_, (events_us, bytes_us)) in chunk {
-                call.arg(*events_us).arg(*bytes_us);
+            for (_, (events, bytes)) in chunk {
+                for LeaseRequest {
+                    charge_us,
+                    request_us,
+                    tolerance_us,
+                } in [events, bytes]
+                {
+                    call.arg(*charge_us).arg(*request_us).arg(*tolerance_us);
+                }
             }
         }
         let answers: Vec<Vec<u64>> = pipe.query(&mut session.connection)?;
         let now = Instant::now();
         let instances = answers.first().and_then(|first| first.first()).copied();
-        crate::tenancy::rate::set_fleet_instances(instances.unwrap_or(1));
-        let aheads = answers.iter().flat_map(|answer| answer.iter().skip(1));
-        let mut aheads = aheads.copied();
+        let counted = instances.unwrap_or(1).max(1);
+        if counted != self.metrics.instances.swap(counted, Relaxed) {
+            // The allowance of keys not in the exchange is a share of the
+            // burst among the instances: recount it.
+            crate::tenancy::rate::set_fleet_instances(counted);
+            for (digest, grant) in snapshot.grants() {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(&digest[..16]);
+                if let (Some(limiter), false) = (&grant.limiter, active.contains_key(&id)) {
+                    limiter.reset_lease();
+                }
+            }
+        }
+        let mut grants = answers
+            .iter()
+            .flat_map(|answer| answer.iter().skip(1).copied());
+        let mut next = || LeaseGrant {
+            granted_us: grants.next().unwrap_or(0),
+            ahead_us: grants.next().unwrap_or(0),
+        };
         for limiter in &limiters {
-            let (Some(events_ahead_us), Some(bytes_ahead_us)) = (aheads.next(), aheads.next())
-            else {
-                break;
-            };
-            limiter.align_to_fleet(
-                FleetView {
-                    events_ahead_us,
-                    bytes_ahead_us,
-                },
-                now,
-            );
+            let (events, bytes) = (next(), next());
+            limiter.add_leases(events, bytes, now);
         }
         let metrics = self.metrics;
         metrics.syncs.fetch_add(1, Relaxed);
         metrics.keys_synced.store(limiters.len() as u64, Relaxed);
-        metrics.instances.store(instances.unwrap_or(1), Relaxed);
         metrics
             .last_sync_us
             .store(started.elapsed().as_micros() as u64, Relaxed);

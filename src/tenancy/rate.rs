@@ -5,7 +5,7 @@
 //! lock, no allocation and no system call per request: a compare-and-swap
 //! on the key's own atomics, with the time the core already read.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Nanoseconds per second.
@@ -53,13 +53,12 @@ impl Cell {
         }
     }
 
-    /// Takes `units` at `now_ns`, or says how long until they would fit,
-    /// with the burst divided by `burst_share` (1: the whole burst).
-    fn take(&self, units: u64, now_ns: u64, burst_share: u64) -> Result<u64, u64> {
+    /// Takes `units` at `now_ns`, or says how long until they would fit.
+    fn take(&self, units: u64, now_ns: u64) -> Result<u64, u64> {
         if self.interval_ns == 0 {
             return Ok(u64::MAX);
         }
-        let tolerance_ns = self.tolerance_ns / burst_share.max(1);
+        let tolerance_ns = self.tolerance_ns;
         let increment = units.saturating_mul(self.interval_ns);
         let mut scheduled = self.scheduled_ns.load(Ordering::Relaxed);
         loop {
@@ -80,15 +79,24 @@ impl Cell {
         }
     }
 
-    /// The fleet schedule's increment for `units` (µs, rounded up).
-    fn increment_us(&self, units: u64) -> u64 {
+    /// `units` as µs of schedule, rounded up (what Redis counts).
+    fn units_us(&self, units: u64) -> u64 {
         units.saturating_mul(self.interval_ns).div_ceil(1_000)
     }
 
-    /// Moves the schedule to at least `target_ns` (never back).
-    fn align(&self, target_ns: u64) {
-        if self.interval_ns != 0 {
-            self.scheduled_ns.fetch_max(target_ns, Ordering::Relaxed);
+    /// The burst in units.
+    fn burst_units(&self) -> u64 {
+        self.tolerance_ns
+            .checked_div(self.interval_ns)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// What an instance may admit before its first lease: its share of the
+    /// burst among `instances` (unlimited: no bound).
+    fn allowance(&self, instances: u64) -> i64 {
+        match self.interval_ns {
+            0 => i64::MAX,
+            _ => (self.burst_units() / instances.max(1)).min(i64::MAX as u64) as i64,
         }
     }
 
@@ -113,21 +121,24 @@ pub struct Refusal {
     pub quota_per_second: u64,
 }
 
-/// Whether admissions are counted for the fleet-wide sync (`limits.redis_url`):
-/// set once at start, so an instance without Redis pays nothing for it.
+/// Whether the fleet-wide sync runs (`limits.redis_url`): set once at
+/// start, so an instance without Redis pays nothing for leases.
 static FLEET_COUNTING: AtomicBool = AtomicBool::new(false);
 
-/// Turns on counting admissions for [`KeyLimiter::take_admitted`].
+/// Turns on fleet mode: admissions spend leases ([`KeyLimiter`]).
 pub fn count_admissions_for_fleet() {
-    FLEET_COUNTING.store(true, Ordering::Relaxed);
+    set_fleet_mode(true);
+}
+
+/// Fleet mode on or off: off while Redis is down, so that each instance
+/// limits alone on its GCRA instead of waiting for leases that cannot come.
+pub fn set_fleet_mode(on: bool) {
+    FLEET_COUNTING.store(on, Ordering::Relaxed);
 }
 
 /// The instances sharing limits through Redis, as the last fleet sync
-/// counted them (1 without Redis, or while it is down). A key this
-/// instance has not yet aligned with the fleet's schedule (a new key, or
-/// any key right after start) gets only this share of its burst: every
-/// instance would otherwise admit a new key's whole burst before any of
-/// them had heard of the others' use (N x burst).
+/// counted them (1 without Redis, or while it is down): a key's
+/// allowance before its first lease is `burst / this`.
 static FLEET_INSTANCES: AtomicU64 = AtomicU64::new(1);
 
 /// Records how many instances share the limits (see [`FLEET_INSTANCES`]).
@@ -135,93 +146,185 @@ pub fn set_fleet_instances(count: u64) {
     FLEET_INSTANCES.store(count.max(1), Ordering::Relaxed);
 }
 
+/// How long a refusal for want of a lease tells the client to wait at
+/// least: the next sync brings a new lease.
+const LEASE_WAIT_NS: u64 = NANOS_PER_SECOND;
+
+/// One dimension's fleet state on this instance (fleet mode only).
+#[derive(Debug)]
+struct Lease {
+    /// Units this instance may still admit (its lease from Redis, or its
+    /// allowance before the first one).
+    units: AtomicI64,
+    /// Of `units` as first given, how many Redis has not been charged
+    /// with yet (the allowance before the first lease): charged whole at
+    /// the next sync.
+    uncharged: AtomicU64,
+    /// Units asked for here since the last sync (admitted or refused):
+    /// how large the next lease should be.
+    demand: AtomicU64,
+    /// Where the fleet's schedule stood at the last sync, on this
+    /// process's clock (ns since `epoch`): what a refusal's wait is
+    /// computed from.
+    fleet_scheduled_ns: AtomicU64,
+}
+
+impl Lease {
+    fn new(allowance: i64) -> Lease {
+        Lease {
+            units: AtomicI64::new(allowance),
+            uncharged: AtomicU64::new(allowance.max(0) as u64),
+            demand: AtomicU64::new(0),
+            fleet_scheduled_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `units` from the lease, or refuses.
+    fn take(&self, units: u64) -> bool {
+        let units = units.min(i64::MAX as u64) as i64;
+        self.units
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                (left >= units).then_some(left - units)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, units: u64) {
+        self.units
+            .fetch_add(units.min(i64::MAX as u64) as i64, Ordering::Relaxed);
+    }
+}
+
 /// A key's limiter, shared by every core.
+///
+/// Alone (no Redis), a GCRA per dimension enforces the key's rate and
+/// burst. With Redis (fleet mode) the GCRA still bounds this instance, and
+/// every admission also spends a *lease*: units the fleet's schedule in
+/// Redis has granted this instance. So the fleet as a whole never admits
+/// more than the key's rate and burst, except for the allowances below:
+/// - before its first lease, an instance may admit `burst / N` (N: the
+///   instances counted in Redis), charged to the fleet at the next sync;
+/// - a new instance, before its first sync has counted the others, takes
+///   the whole burst as its allowance.
+///
+/// So N instances meeting a new (or long idle) key at once admit at most
+/// one burst between them beyond the fleet's schedule. A lease is sized
+/// from the demand seen since the last sync (twice it, at most the
+/// burst); a request refused for want of lease is retryable, and its
+/// `Retry-After` is computed from where the fleet's schedule stood.
 #[derive(Debug)]
 pub struct KeyLimiter {
     limits: Limits,
     events: Cell,
     bytes: Cell,
-    /// Admitted since the fleet sync last took them (only when counting).
-    admitted_events: AtomicU64,
-    admitted_bytes: AtomicU64,
-    /// Whether the fleet's schedule has been applied here once; until
-    /// then the burst is shared (see [`FLEET_INSTANCES`]).
-    fleet_aligned: AtomicBool,
-    /// A request was refused while not aligned: the next fleet sync must
-    /// fetch the fleet's schedule even if nothing was admitted here.
-    fleet_wanted: AtomicBool,
+    events_lease: Lease,
+    bytes_lease: Lease,
 }
 
-/// What the fleet (all instances, through Redis) says of a key: how far
-/// ahead of now its schedule runs in each dimension (µs).
+/// What one fleet sync asks Redis for one key and dimension (µs of
+/// schedule, as the script counts): charge for the allowance spent, and
+/// the lease wanted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FleetView {
-    pub events_ahead_us: u64,
-    pub bytes_ahead_us: u64,
+pub struct LeaseRequest {
+    pub charge_us: u64,
+    pub request_us: u64,
+    /// The key's burst (the schedule's tolerance).
+    pub tolerance_us: u64,
+}
+
+/// What Redis answered for one key and dimension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub granted_us: u64,
+    /// How far the fleet's schedule runs ahead of now after the grant.
+    pub ahead_us: u64,
 }
 
 impl KeyLimiter {
     pub fn new(limits: Limits) -> KeyLimiter {
+        let events = Cell::new(limits.events_per_second, limits.burst_events);
+        let bytes = Cell::new(limits.bytes_per_second, limits.burst_bytes);
+        let instances = FLEET_INSTANCES.load(Ordering::Relaxed);
         KeyLimiter {
             limits,
-            events: Cell::new(limits.events_per_second, limits.burst_events),
-            bytes: Cell::new(limits.bytes_per_second, limits.burst_bytes),
-            admitted_events: AtomicU64::new(0),
-            admitted_bytes: AtomicU64::new(0),
-            fleet_aligned: AtomicBool::new(false),
-            fleet_wanted: AtomicBool::new(false),
+            events_lease: Lease::new(events.allowance(instances)),
+            bytes_lease: Lease::new(bytes.allowance(instances)),
+            events,
+            bytes,
         }
     }
 
-    /// Events and bytes admitted here since the last call; zeroes them.
-    /// Reads before swapping, so a turn over many idle keys writes none
-    /// of their cache lines (which the cores read on every request).
-    pub fn take_admitted(&self) -> (u64, u64) {
-        let take = |counter: &AtomicU64| {
-            if counter.load(Ordering::Relaxed) == 0 {
-                0
-            } else {
-                counter.swap(0, Ordering::Relaxed)
-            }
-        };
-        (take(&self.admitted_events), take(&self.admitted_bytes))
+    /// The sync's request for this key: `(events, bytes)`. Takes the
+    /// demand seen since the last call, and the uncharged allowance.
+    /// `None` when nothing was asked of the key here since the last call.
+    pub fn lease_requests(&self) -> Option<(LeaseRequest, LeaseRequest)> {
+        let events = Self::lease_request(&self.events, &self.events_lease)?;
+        let bytes = Self::lease_request(&self.bytes, &self.bytes_lease)?;
+        Some((events, bytes))
     }
 
-    /// The fleet schedule's increments (µs) for `events` and `bytes`.
-    pub fn fleet_increments_us(&self, events: u64, bytes: u64) -> (u64, u64) {
-        (
-            self.events.increment_us(events),
-            self.bytes.increment_us(bytes),
-        )
+    fn lease_request(cell: &Cell, lease: &Lease) -> Option<LeaseRequest> {
+        if cell.interval_ns == 0 {
+            return Some(LeaseRequest::default());
+        }
+        let demand = lease.demand.swap(0, Ordering::Relaxed);
+        let uncharged = lease.uncharged.swap(0, Ordering::Relaxed);
+        let burst = cell.burst_units();
+        let target = demand.saturating_mul(2).clamp(1, burst);
+        let held = lease.units.load(Ordering::Relaxed).max(0) as u64;
+        let wanted = target.saturating_sub(held);
+        Some(LeaseRequest {
+            charge_us: cell.units_us(uncharged),
+            request_us: cell.units_us(wanted),
+            tolerance_us: cell.tolerance_ns / 1_000,
+        })
     }
 
-    /// Charges this instance with the fleet's usage: the local schedule
-    /// moves to where the fleet's is (`view`, which counts this instance's
-    /// admissions up to the last [`KeyLimiter::take_admitted`]) plus what
-    /// was admitted here since. Never moves a schedule back.
-    pub fn align_to_fleet(&self, view: FleetView, now: Instant) {
+    /// Whether anything was asked of this key here since the last sync.
+    /// (An allowance nobody used is not charged: only a key asked for
+    /// joins the exchange.)
+    pub fn has_demand(&self) -> bool {
+        self.events_lease.demand.load(Ordering::Relaxed) > 0
+            || self.bytes_lease.demand.load(Ordering::Relaxed) > 0
+    }
+
+    /// Adds what Redis granted, and notes where the fleet's schedule
+    /// stands (for refusals' waits).
+    pub fn add_leases(&self, events: LeaseGrant, bytes: LeaseGrant, now: Instant) {
         let now_ns = nanos_since_epoch(now);
-        let since_events = self.admitted_events.load(Ordering::Relaxed);
-        let since_bytes = self.admitted_bytes.load(Ordering::Relaxed);
-        self.events.align(
-            now_ns
-                .saturating_add(view.events_ahead_us.saturating_mul(1_000))
-                .saturating_add(since_events.saturating_mul(self.events.interval_ns)),
-        );
-        self.bytes.align(
-            now_ns
-                .saturating_add(view.bytes_ahead_us.saturating_mul(1_000))
-                .saturating_add(since_bytes.saturating_mul(self.bytes.interval_ns)),
-        );
-        if !self.fleet_aligned.load(Ordering::Relaxed) {
-            self.fleet_aligned.store(true, Ordering::Relaxed);
+        for (cell, lease, grant) in [
+            (&self.events, &self.events_lease, events),
+            (&self.bytes, &self.bytes_lease, bytes),
+        ] {
+            if cell.interval_ns == 0 {
+                continue;
+            }
+            let units = grant.granted_us.saturating_mul(1_000) / cell.interval_ns;
+            lease.give_back(units);
+            lease.fleet_scheduled_ns.store(
+                now_ns.saturating_add(grant.ahead_us.saturating_mul(1_000)),
+                Ordering::Relaxed,
+            );
         }
     }
 
-    /// Whether the next fleet sync must fetch this key's schedule although
-    /// nothing was admitted here (a request was refused on a shared burst).
-    pub fn wants_fleet_view(&self) -> bool {
-        self.fleet_wanted.load(Ordering::Relaxed) && !self.fleet_aligned.load(Ordering::Relaxed)
+    /// The key left the fleet exchange (idle here): what is left of its
+    /// lease has aged in Redis, so it starts again from an allowance.
+    pub fn reset_lease(&self) {
+        self.reset_lease_among(FLEET_INSTANCES.load(Ordering::Relaxed));
+    }
+
+    fn reset_lease_among(&self, instances: u64) {
+        for (cell, lease) in [
+            (&self.events, &self.events_lease),
+            (&self.bytes, &self.bytes_lease),
+        ] {
+            let allowance = cell.allowance(instances);
+            lease.units.store(allowance, Ordering::Relaxed);
+            lease
+                .uncharged
+                .store(allowance.max(0) as u64, Ordering::Relaxed);
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -235,59 +338,89 @@ impl KeyLimiter {
         self.events.give_back(events);
         self.bytes.give_back(bytes);
         if FLEET_COUNTING.load(Ordering::Relaxed) {
-            let subtract = |counter: &AtomicU64, units: u64| {
-                let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |value| {
-                    Some(value.saturating_sub(units))
-                });
-            };
-            subtract(&self.admitted_events, events);
-            subtract(&self.admitted_bytes, bytes);
+            self.events_lease.give_back(events);
+            self.bytes_lease.give_back(bytes);
         }
     }
 
     /// Admits a request of `events` events and `bytes` bytes at `now`, or
     /// refuses it whole: nothing of a refused request counts.
     pub fn admit(&self, events: u64, bytes: u64, now: Instant) -> Result<(), Refusal> {
-        self.admit_among(events, bytes, now, FLEET_INSTANCES.load(Ordering::Relaxed))
+        self.admit_in(events, bytes, now, FLEET_COUNTING.load(Ordering::Relaxed))
     }
 
-    /// [`KeyLimiter::admit`] with `instances` sharing the key's burst
-    /// until this limiter has the fleet's view.
-    fn admit_among(
-        &self,
-        events: u64,
-        bytes: u64,
-        now: Instant,
-        instances: u64,
-    ) -> Result<(), Refusal> {
+    /// [`KeyLimiter::admit`], in fleet mode or not.
+    fn admit_in(&self, events: u64, bytes: u64, now: Instant, fleet: bool) -> Result<(), Refusal> {
         let now_ns = nanos_since_epoch(now);
         let refusal = |wait_ns: u64, dimension, quota_per_second| Refusal {
             retry_after_seconds: wait_ns.div_ceil(NANOS_PER_SECOND).max(1),
             dimension,
             quota_per_second,
         };
-        // Without Redis FLEET_INSTANCES stays 1: the whole burst.
-        let share = match self.fleet_aligned.load(Ordering::Relaxed) {
-            true => 1,
-            false => instances,
-        };
-        let want_fleet = || {
-            if share > 1 {
-                self.fleet_wanted.store(true, Ordering::Relaxed);
+        if fleet {
+            self.lease_take(events, bytes, now_ns)
+                .map_err(|(wait, dimension, quota)| refusal(wait, dimension, quota))?;
+        }
+        let local = self
+            .events
+            .take(events, now_ns)
+            .map_err(|wait| refusal(wait, "events", self.limits.events_per_second))
+            .and_then(|_| {
+                self.bytes.take(bytes, now_ns).map_err(|wait| {
+                    self.events.give_back(events);
+                    refusal(wait, "bytes", self.limits.bytes_per_second)
+                })
+            });
+        if local.is_err() && fleet {
+            self.events_lease.give_back(events);
+            self.bytes_lease.give_back(bytes);
+        }
+        local.map(|_| ())
+    }
+
+    /// Fleet mode: takes both dimensions from their leases, or neither.
+    fn lease_take(
+        &self,
+        events: u64,
+        bytes: u64,
+        now_ns: u64,
+    ) -> Result<(), (u64, &'static str, u64)> {
+        let dimensions = [
+            (
+                &self.events,
+                &self.events_lease,
+                events,
+                "events",
+                self.limits.events_per_second,
+            ),
+            (
+                &self.bytes,
+                &self.bytes_lease,
+                bytes,
+                "bytes",
+                self.limits.bytes_per_second,
+            ),
+        ];
+        for (cell, lease, units, _, _) in dimensions {
+            if cell.interval_ns != 0 {
+                lease.demand.fetch_add(units, Ordering::Relaxed);
             }
-        };
-        if let Err(wait) = self.events.take(events, now_ns, share) {
-            want_fleet();
-            return Err(refusal(wait, "events", self.limits.events_per_second));
         }
-        if let Err(wait) = self.bytes.take(bytes, now_ns, share) {
-            self.events.give_back(events);
-            want_fleet();
-            return Err(refusal(wait, "bytes", self.limits.bytes_per_second));
-        }
-        if FLEET_COUNTING.load(Ordering::Relaxed) {
-            self.admitted_events.fetch_add(events, Ordering::Relaxed);
-            self.admitted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        for (index, (cell, lease, units, dimension, quota)) in dimensions.iter().enumerate() {
+            if cell.interval_ns == 0 || lease.take(*units) {
+                continue;
+            }
+            if index == 1 && self.events.interval_ns != 0 {
+                self.events_lease.give_back(events);
+            }
+            // The fleet's schedule must come back to let `units` in, and
+            // a new lease comes with a sync at the earliest.
+            let fleet_at = lease.fleet_scheduled_ns.load(Ordering::Relaxed);
+            let fits_at = fleet_at
+                .saturating_add(units.saturating_mul(cell.interval_ns))
+                .saturating_sub(cell.tolerance_ns);
+            let wait = fits_at.saturating_sub(now_ns).max(LEASE_WAIT_NS);
+            return Err((wait, dimension, *quota));
         }
         Ok(())
     }
@@ -304,31 +437,6 @@ fn nanos_since_epoch(now: Instant) -> u64 {
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    #[test]
-    fn before_its_first_fleet_view_a_key_gets_its_share_of_the_burst() {
-        let limits = Limits {
-            events_per_second: 100,
-            burst_events: 90,
-            ..Limits::default()
-        };
-        let limiter = KeyLimiter::new(limits);
-        let now = Instant::now();
-        let admitted = (0..100)
-            .filter(|_| limiter.admit_among(1, 0, now, 3).is_ok())
-            .count();
-        assert_eq!(admitted, 30, "a third of the burst");
-        assert!(
-            limiter.wants_fleet_view(),
-            "refused: the sync must fetch the fleet's view"
-        );
-        limiter.align_to_fleet(FleetView::default(), now);
-        assert!(!limiter.wants_fleet_view());
-        let admitted = (0..100)
-            .filter(|_| limiter.admit_among(1, 0, now, 3).is_ok())
-            .count();
-        assert_eq!(admitted, 60, "the rest of the whole burst, once aligned");
-    }
 
     #[test]
     fn a_burst_then_the_sustained_rate() {
@@ -378,31 +486,43 @@ mod tests {
     }
 
     #[test]
-    fn the_fleets_usage_is_charged_here() {
-        count_admissions_for_fleet();
+    fn in_fleet_mode_a_key_spends_its_allowance_then_its_leases() {
         let limiter = KeyLimiter::new(Limits {
-            events_per_second: 1_000,
-            burst_events: 100,
+            events_per_second: 1,
+            burst_events: 90,
             ..Limits::default()
         });
+        // Three instances share the burst before the first lease.
+        limiter.reset_lease_among(3);
         let now = Instant::now();
-        assert!(limiter.admit(10, 0, now).is_ok());
-        assert_eq!(limiter.take_admitted(), (10, 0));
-        assert_eq!(limiter.fleet_increments_us(10, 0), (10_000, 0));
-        // The fleet's schedule runs 95 ms ahead (others took 85 events):
-        // 5 events are left of the burst of 100 here too.
-        limiter.align_to_fleet(
-            FleetView {
-                events_ahead_us: 95_000,
-                bytes_ahead_us: 0,
+        let admit = || limiter.admit_in(1, 0, now, true);
+        let admitted = (0..100).filter(|_| admit().is_ok()).count();
+        assert_eq!(admitted, 30, "a third of the burst before the first lease");
+        let refusal = admit().unwrap_err();
+        assert!(refusal.retry_after_seconds >= 1);
+        let (events, _) = limiter.lease_requests().unwrap();
+        assert_eq!(
+            events.charge_us, 30_000_000,
+            "the allowance is charged whole"
+        );
+        assert_eq!(
+            events.request_us, 90_000_000,
+            "twice the demand, at most the burst"
+        );
+        // Redis grants 20 (the rest of the burst went to others).
+        limiter.add_leases(
+            LeaseGrant {
+                granted_us: 20_000_000,
+                ahead_us: 90_000_000,
             },
+            LeaseGrant::default(),
             now,
         );
-        assert!(limiter.admit(5, 0, now).is_ok());
-        assert!(limiter.admit(1, 0, now).is_err());
-        // Aligning never gives capacity back.
-        limiter.align_to_fleet(FleetView::default(), now);
-        assert!(limiter.admit(1, 0, now).is_err());
+        let admitted = (0..100).filter(|_| admit().is_ok()).count();
+        assert_eq!(admitted, 20, "the lease");
+        // The fleet's schedule is at its tolerance: one more event fits in
+        // a second.
+        assert_eq!(admit().unwrap_err().retry_after_seconds, 1);
     }
 
     #[test]
