@@ -271,6 +271,13 @@ impl Metrics {
             self.key_reloads.load(Relaxed),
             self.key_reload_failures.load(Relaxed),
         );
+        write_metric(
+            &mut out,
+            "sluice_api_key_snapshots",
+            "API key snapshots in memory: the current one, plus any a request in progress still reads.",
+            "gauge",
+            crate::tenancy::keys::snapshots_alive(),
+        );
         self.render_postgres_keys(&mut out);
         self.render_fleet(&mut out);
         self.render_latency(&mut out);

@@ -71,17 +71,38 @@ pub struct Snapshot {
     generation: u64,
 }
 
+/// Snapshots in memory: the current one, plus any a request in progress
+/// still reads. More than a few means something keeps old ones alive
+/// (`sluice_api_key_snapshots`).
+static SNAPSHOTS_ALIVE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many key snapshots are in memory (see [`SNAPSHOTS_ALIVE`]).
+pub fn snapshots_alive() -> u64 {
+    SNAPSHOTS_ALIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Default for Snapshot {
     fn default() -> Self {
-        Snapshot {
-            by_digest_prefix: AHashMap::new(),
-            complete: true,
-            generation: 0,
-        }
+        Snapshot::new(0, true, 0)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        SNAPSHOTS_ALIVE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 impl Snapshot {
+    fn new(capacity: usize, complete: bool, generation: u64) -> Snapshot {
+        SNAPSHOTS_ALIVE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Snapshot {
+            by_digest_prefix: AHashMap::with_capacity(capacity),
+            complete,
+            generation,
+        }
+    }
+
     /// This snapshot's build number (see the field).
     pub fn generation(&self) -> u64 {
         self.generation
@@ -450,7 +471,10 @@ impl KeyStore {
             .with_context(|| format!("reading keys file {}", path.display()))?;
         let snapshot = Snapshot::parse(&text, self.defaults)
             .with_context(|| format!("keys file {}", path.display()))?;
-        Ok(snapshot.by_digest_prefix.into_values().collect())
+        let mut snapshot = snapshot;
+        Ok(std::mem::take(&mut snapshot.by_digest_prefix)
+            .into_values()
+            .collect())
     }
 
     /// Builds a snapshot from every source's keys and swaps it in. A key
@@ -459,16 +483,13 @@ impl KeyStore {
     /// any source wins), and refused outright when the two name different
     /// tenants (which one is meant is unknowable; see `conflicts`).
     fn rebuild(&self, sources: &Sources) -> anyhow::Result<Rebuilt> {
-        let mut snapshot = Snapshot {
-            by_digest_prefix: AHashMap::with_capacity(
-                sources.file.len() + sources.postgres.as_ref().map_or(0, Vec::len) + 1,
-            ),
-            complete: !sources.postgres_configured || sources.postgres.is_some(),
-            generation: self
-                .generation
+        let mut snapshot = Snapshot::new(
+            sources.file.len() + sources.postgres.as_ref().map_or(0, Vec::len) + 1,
+            !sources.postgres_configured || sources.postgres.is_some(),
+            self.generation
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 + 1,
-        };
+        );
         for entry in &sources.file {
             snapshot.insert(entry.clone())?;
         }
