@@ -34,6 +34,13 @@ impl ApiError {
 
     /// 429: the key is over one of its rate limits.
     pub fn rate_limited(refusal: crate::tenancy::rate::Refusal) -> Self {
+        if refusal.permanent {
+            let message = format!(
+                "this request is over the API key's burst of {} {}: it can never be admitted whole; send at most {} {} per request",
+                refusal.burst, refusal.dimension, refusal.burst, refusal.dimension
+            );
+            return Self::new(413, "payload_too_large", message);
+        }
         let message = format!(
             "this API key is over its limit of {} {} per second; retry after {} s",
             refusal.quota_per_second, refusal.dimension, refusal.retry_after_seconds
@@ -127,7 +134,7 @@ impl ApiError {
     }
 
     /// A request whose records would pass what its size allows it to
-    /// build (`server::ingest::record_bytes_max`): permanent.
+    /// build (`events::validate::record_bytes_max`): permanent.
     pub fn amplification(body_bytes: usize, record_bytes_max: usize) -> Self {
         ApiError::new(
             413,

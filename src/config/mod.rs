@@ -221,6 +221,19 @@ impl Config {
         if let Some((_, relation)) = relations.iter().find(|(holds, _)| !holds) {
             bail!("{relation}");
         }
+        let message_bytes_max = match self.kafka.properties.get("message.max.bytes") {
+            None => crate::events::validate::KAFKA_MESSAGE_BYTES_MAX_DEFAULT,
+            Some(value) => value.parse().with_context(|| {
+                format!("kafka.properties message.max.bytes {value:?} is not a number")
+            })?,
+        };
+        let overhead = crate::events::validate::RECORD_OVERHEAD_BYTES_MAX;
+        if limits.event_bytes_max.saturating_add(overhead) > message_bytes_max {
+            bail!(
+                "limits.event_bytes_max ({}) plus what the server adds to a record ({overhead} bytes) must fit Kafka's message.max.bytes ({message_bytes_max}): a larger event would be refused by Kafka after its client waited; lower limits.event_bytes_max or raise message.max.bytes in [kafka.properties] (and the topic's max.message.bytes)",
+                limits.event_bytes_max
+            );
+        }
         for (key, list) in [
             ("server.cpus", &self.server.cpus),
             ("kafka.producer_cpus", &self.kafka.producer_cpus),

@@ -13,6 +13,38 @@ use simd_json::{Node, StaticNode, Tape};
 use crate::error::ApiError;
 use crate::http::response::write_json_string;
 
+/// What one request may make the server build, in record bytes (values,
+/// keys and dead letters): this many times its body's bytes (inflated,
+/// when gzipped: that size has its own limit) plus
+/// [`RECORD_BYTES_PER_EVENT_MAX`] per event. A valid native event's
+/// record is its bytes plus the server's fields (under 1 KiB); what can
+/// exceed it is a Segment batch's shared `context`, copied into each call,
+/// so that 250 KB on the wire once built 200 MB. Such a request is refused
+/// with a 413 that names this bound: resending it cannot help.
+pub const RECORD_BYTES_PER_BODY_BYTE_MAX: usize = 4;
+/// See [`RECORD_BYTES_PER_BODY_BYTE_MAX`]: the server's fields of one
+/// record (tenant, project, receive time, event id, the Kafka key) or one
+/// dead letter's envelope (error code, message and field).
+pub const RECORD_BYTES_PER_EVENT_MAX: usize = 1024;
+
+/// The most record bytes a body of `body_bytes` bytes and `events`
+/// events may build.
+pub fn record_bytes_max(body_bytes: usize, events: usize) -> usize {
+    body_bytes
+        .saturating_mul(RECORD_BYTES_PER_BODY_BYTE_MAX)
+        .saturating_add(events.saturating_mul(RECORD_BYTES_PER_EVENT_MAX))
+}
+
+/// The most the server adds to an event's bytes in its Kafka message: its
+/// fields in the value, the key (`<tenant>:<user_id>`) and the headers.
+/// `limits.event_bytes_max` plus this must fit librdkafka's
+/// `message.max.bytes`, checked at start, so that no valid event is
+/// refused by Kafka after the client waited (a 503 that no retry cures).
+pub const RECORD_OVERHEAD_BYTES_MAX: usize = 2048;
+
+/// librdkafka's `message.max.bytes` when `[kafka.properties]` sets none.
+pub const KAFKA_MESSAGE_BYTES_MAX_DEFAULT: usize = 1_000_000;
+
 /// Longest `user_id`, in bytes.
 pub const USER_ID_BYTES_MAX: usize = 256;
 /// Longest `event_type`, in bytes.

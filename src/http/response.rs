@@ -41,14 +41,27 @@ pub struct HeadFields<'a> {
     pub retry_after_seconds: Option<u64>,
     /// `Allow` header value for 405.
     pub allow: Option<&'a str>,
-    /// draft-ietf-httpapi-ratelimit-headers: the policy's name, its quota
-    /// per one-second window, and seconds until the quota allows again;
-    /// written as `RateLimit-Policy` and `RateLimit` (remaining 0).
-    pub rate_limit: Option<(&'a str, u64, u64)>,
+    /// draft-ietf-httpapi-ratelimit-headers: written as `RateLimit-Policy`
+    /// and `RateLimit` (remaining 0).
+    pub rate_limit: Option<RateLimitFields<'a>>,
     /// CORS: the `Access-Control-Allow-Origin` value for an allowed origin.
     pub cors_origin: Option<&'a [u8]>,
     /// CORS preflight: allowed methods and max-age in seconds.
     pub preflight: Option<(&'a str, u64)>,
+}
+
+/// A refused rate limit, as draft-ietf-httpapi-ratelimit-headers states
+/// it: the policy's quota is its burst, over the window in which the
+/// sustained rate refills a whole burst (so quota / window is the rate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitFields<'a> {
+    pub policy: &'a str,
+    pub quota: u64,
+    pub window_seconds: u64,
+    /// The quota counts request content bytes (`qu="content-bytes"`).
+    pub content_bytes: bool,
+    /// Seconds until the quota allows again.
+    pub reset_seconds: u64,
 }
 
 /// The request headers a browser may send cross-origin (preflight answer).
@@ -79,15 +92,20 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, fields: &HeadFields<'_>) {
         out.extend_from_slice(b"\r\nRetry-After: ");
         out.extend_from_slice(digits.format(seconds).as_bytes());
     }
-    if let Some((policy, quota, reset_seconds)) = fields.rate_limit {
+    if let Some(limit) = fields.rate_limit {
         out.extend_from_slice(b"\r\nRateLimit-Policy: \"");
-        out.extend_from_slice(policy.as_bytes());
+        out.extend_from_slice(limit.policy.as_bytes());
         out.extend_from_slice(b"\";q=");
-        out.extend_from_slice(digits.format(quota).as_bytes());
-        out.extend_from_slice(b";w=1\r\nRateLimit: \"");
-        out.extend_from_slice(policy.as_bytes());
+        out.extend_from_slice(digits.format(limit.quota).as_bytes());
+        out.extend_from_slice(b";w=");
+        out.extend_from_slice(digits.format(limit.window_seconds).as_bytes());
+        if limit.content_bytes {
+            out.extend_from_slice(b";qu=\"content-bytes\"");
+        }
+        out.extend_from_slice(b"\r\nRateLimit: \"");
+        out.extend_from_slice(limit.policy.as_bytes());
         out.extend_from_slice(b"\";r=0;t=");
-        out.extend_from_slice(digits.format(reset_seconds).as_bytes());
+        out.extend_from_slice(digits.format(limit.reset_seconds).as_bytes());
     }
     if let Some(allow) = fields.allow {
         out.extend_from_slice(b"\r\nAllow: ");
@@ -188,7 +206,13 @@ mod tests {
             keep_alive: false,
             retry_after_seconds: Some(1),
             allow: None,
-            rate_limit: Some(("events", 100, 3)),
+            rate_limit: Some(RateLimitFields {
+                policy: "events",
+                quota: 100,
+                window_seconds: 1,
+                content_bytes: false,
+                reset_seconds: 3,
+            }),
             cors_origin: Some(b"https://app.example.com"),
             preflight: None,
         };

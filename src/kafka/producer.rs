@@ -221,6 +221,7 @@ impl ProducerPool {
         let closing = Arc::new(AtomicBool::new(false));
         let producer_cpus = crate::config::cpu_list(&config.kafka.producer_cpus);
         let client_logs = Arc::new(RepeatFilter::default());
+        let durable = config.server.ack_mode == crate::config::AckMode::Durable;
         for index in 0..config.kafka.producer_threads {
             let factory = Factory {
                 client: client_config(config, brokers),
@@ -245,9 +246,13 @@ impl ProducerPool {
                     let mut producer = thread_slot.load_full();
                     loop {
                         match thread_batches.recv_timeout(CLOSING_POLL_INTERVAL) {
-                            Ok(batch) => {
-                                produce(&producer, batch, &factory.mailboxes, &factory.client_logs)
-                            }
+                            Ok(batch) => produce_unless_expired(
+                                &producer,
+                                batch,
+                                durable,
+                                &factory.mailboxes,
+                                &factory.client_logs,
+                            ),
                             Err(RecvTimeoutError::Timeout)
                                 if !thread_closing.load(Ordering::Relaxed) => {}
                             Err(_) => break,
@@ -356,6 +361,37 @@ impl Factory {
     }
 }
 
+/// Hands a batch's records to librdkafka, unless its delivery deadline
+/// has passed in durable mode: its client has been answered 503 then
+/// ("not stored, retry"), so producing it now would store events a retry
+/// stores again. It is failed instead, as if Kafka had.
+fn produce_unless_expired(
+    producer: &Producer,
+    batch: Batch,
+    durable: bool,
+    mailboxes: &[Arc<Mailbox>],
+    client_logs: &RepeatFilter,
+) {
+    if durable && Instant::now() >= batch.deadline {
+        let mailbox = &mailboxes[batch.ticket.core];
+        for record in &batch.records {
+            mailbox.complete(Completion {
+                opaque: Opaque::new(batch.ticket, record.dead_letter),
+                delivered: false,
+            });
+        }
+        if let Some(repeated) = written(client_logs.check("batch expired", Instant::now())) {
+            tracing::warn!(
+                repeated,
+                "a batch reached a producer after its delivery deadline (its client was answered 503): not produced"
+            );
+        }
+        mailbox.recycle(batch);
+        return;
+    }
+    produce(producer, batch, mailboxes, client_logs);
+}
+
 fn produce(
     producer: &Producer,
     batch: Batch,
@@ -423,6 +459,56 @@ fn produce(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real librdkafka producer (no broker: nothing is sent), a mailbox
+    /// and a one-record batch whose deadline is `deadline`.
+    fn producer_and_batch(deadline: Instant) -> (Arc<Producer>, Arc<[Arc<Mailbox>]>, Batch) {
+        let config = Config::default();
+        let mailboxes: Arc<[Arc<Mailbox>]> = vec![Arc::new(Mailbox::new(16))].into();
+        let factory = Factory {
+            client: client_config(&config, "127.0.0.1:1"),
+            mailboxes: mailboxes.clone(),
+            metrics: Arc::new(Metrics::new(1)),
+            readiness: Arc::new(Readiness::default()),
+            client_logs: Arc::new(RepeatFilter::default()),
+            cpus: None,
+        };
+        let empty: Arc<str> = Arc::from("");
+        let mut batch = Batch::new(&empty);
+        batch.topic = Arc::from("events_raw");
+        batch.deadline = deadline;
+        batch.data.extend_from_slice(b"k{}");
+        batch.records.push(super::super::handoff::Record {
+            dead_letter: false,
+            key: 0..1,
+            value: 1..3,
+            event_type: 0..0,
+        });
+        (factory.create().unwrap(), mailboxes, batch)
+    }
+
+    // Issue "Retry-safe ingestion": a batch taken from the producer queue
+    // after its client was answered 503 (its deadline passed) was still
+    // produced, so the client's retry stored its events a second time.
+    #[test]
+    fn a_batch_past_its_deadline_is_not_produced_in_durable_mode() {
+        let logs = RepeatFilter::default();
+        let past = Instant::now() - Duration::from_millis(1);
+        let (producer, mailboxes, batch) = producer_and_batch(past);
+        produce_unless_expired(&producer, batch, true, &mailboxes, &logs);
+        assert_eq!(producer.in_flight_count(), 0, "not handed to librdkafka");
+        let completion = mailboxes[0].next_completion().expect("a completion");
+        assert!(!completion.delivered, "failed, as its client was told");
+        // In time, or in enqueued mode (its client already has its 202),
+        // it is produced.
+        let future = Instant::now() + Duration::from_secs(60);
+        for (deadline, durable) in [(future, true), (past, false)] {
+            let (producer, mailboxes, batch) = producer_and_batch(deadline);
+            produce_unless_expired(&producer, batch, durable, &mailboxes, &logs);
+            assert!(producer.in_flight_count() > 0, "durable {durable}");
+            assert!(mailboxes[0].next_completion().is_none());
+        }
+    }
 
     #[test]
     fn only_producer_id_errors_replace_the_producer() {

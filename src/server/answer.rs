@@ -90,7 +90,7 @@ pub struct Extra {
     /// Close whatever the request asked.
     pub close: bool,
     /// A 429's policy, quota per second and seconds to wait.
-    pub rate_limit: Option<(&'static str, u64, u64)>,
+    pub rate_limit: Option<crate::http::response::RateLimitFields<'static>>,
     /// A CORS preflight answer: the allowed methods.
     pub preflight: Option<&'static str>,
 }
@@ -150,13 +150,18 @@ pub fn write_error(
         }),
         allow: (error.status == 405).then(|| reply.route.allowed_methods()),
         close: error.close,
-        rate_limit: error.rate_limit.map(|refusal| {
-            (
-                refusal.dimension,
-                refusal.quota_per_second,
-                refusal.retry_after_seconds,
-            )
-        }),
+        rate_limit: error
+            .rate_limit
+            .map(|refusal| crate::http::response::RateLimitFields {
+                policy: refusal.dimension,
+                quota: refusal.burst,
+                window_seconds: refusal
+                    .burst
+                    .div_ceil(refusal.quota_per_second.max(1))
+                    .max(1),
+                content_bytes: refusal.dimension == "bytes",
+                reset_seconds: refusal.retry_after_seconds,
+            }),
         preflight: None,
     };
     write_response(core, output, reply, error.status, JSON, &body, extra);

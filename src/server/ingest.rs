@@ -11,31 +11,11 @@ use super::context::{Core, Scratch};
 use crate::error::ApiError;
 use crate::events::segment::{dead_letter_raw, translate, Envelope};
 use crate::events::split::{event_spans, BodyKind, Shared};
-use crate::events::validate::{write_dead_letter, write_error_fields, Enrichment};
+use crate::events::validate::{
+    record_bytes_max, write_dead_letter, write_error_fields, Enrichment,
+};
 use crate::kafka::handoff::{Batch, Record, Ticket};
 use crate::tenancy::keys::Grant;
-
-/// What one request may make the server build, in record bytes (values,
-/// keys and dead letters): this many times its body's bytes (inflated,
-/// when gzipped: that size has its own limit) plus
-/// [`RECORD_BYTES_PER_EVENT_MAX`] per event. A valid native event's
-/// record is its bytes plus the server's fields (under 1 KiB); what can
-/// exceed it is a Segment batch's shared `context`, copied into each call,
-/// so that 250 KB on the wire once built 200 MB. Such a request is refused
-/// with a 413 that names this bound: resending it cannot help.
-pub const RECORD_BYTES_PER_BODY_BYTE_MAX: usize = 4;
-/// See [`RECORD_BYTES_PER_BODY_BYTE_MAX`]: the server's fields of one
-/// record (tenant, project, receive time, event id, the Kafka key) or one
-/// dead letter's envelope (error code, message and field).
-pub const RECORD_BYTES_PER_EVENT_MAX: usize = 1024;
-
-/// The most record bytes a body of `body_bytes` bytes and `events`
-/// events may build.
-pub fn record_bytes_max(body_bytes: usize, events: usize) -> usize {
-    body_bytes
-        .saturating_mul(RECORD_BYTES_PER_BODY_BYTE_MAX)
-        .saturating_add(events.saturating_mul(RECORD_BYTES_PER_EVENT_MAX))
-}
 
 /// A request's take of its key's rate limit, given back when the request
 /// is refused after it (invalid, too large, shed).

@@ -53,6 +53,19 @@ impl Cell {
         }
     }
 
+    /// How long until `units` would fit at `now_ns` (0: now), taking
+    /// nothing.
+    fn wait_ns(&self, units: u64, now_ns: u64) -> u64 {
+        if self.interval_ns == 0 {
+            return 0;
+        }
+        let scheduled = self.scheduled_ns.load(Ordering::Relaxed);
+        let next = scheduled
+            .max(now_ns)
+            .saturating_add(units.saturating_mul(self.interval_ns));
+        (next - now_ns).saturating_sub(self.tolerance_ns)
+    }
+
     /// Takes `units` at `now_ns`, or says how long until they would fit.
     fn take(&self, units: u64, now_ns: u64) -> Result<u64, u64> {
         if self.interval_ns == 0 {
@@ -111,14 +124,21 @@ impl Cell {
     }
 }
 
-/// Why a request was refused, for the 429's headers.
+/// Why a request was refused, for the answer and its headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
-    /// Whole seconds to wait, rounded up, at least 1.
+    /// Whole seconds to wait, rounded up, at least 1: the longest wait of
+    /// every limit the request is over, so that a client that waits this
+    /// long is not refused again by another limit.
     pub retry_after_seconds: u64,
-    /// The policy refused: "events" or "bytes", and its quota per second.
+    /// The policy with that wait: "events" or "bytes", its quota per
+    /// second and its burst (units admitted at once from idle).
     pub dimension: &'static str,
     pub quota_per_second: u64,
+    pub burst: u64,
+    /// The request asks for more than the burst: no wait can admit it, so
+    /// the answer is permanent (413), never retryable.
+    pub permanent: bool,
 }
 
 /// Whether the fleet-wide sync runs (`limits.redis_url`): set once at
@@ -352,10 +372,31 @@ impl KeyLimiter {
     /// [`KeyLimiter::admit`], in fleet mode or not.
     fn admit_in(&self, events: u64, bytes: u64, now: Instant, fleet: bool) -> Result<(), Refusal> {
         let now_ns = nanos_since_epoch(now);
-        let refusal = |wait_ns: u64, dimension, quota_per_second| Refusal {
-            retry_after_seconds: wait_ns.div_ceil(NANOS_PER_SECOND).max(1),
-            dimension,
-            quota_per_second,
+        if let Some(refusal) = self.over_burst(events, bytes) {
+            return Err(refusal);
+        }
+        // Every limit the request is over counts: the longest wait, named
+        // by its dimension.
+        let refusal = |wait_ns: u64, dimension: &'static str, _quota: u64| {
+            let waits = [
+                (self.events.wait_ns(events, now_ns), "events"),
+                (self.bytes.wait_ns(bytes, now_ns), "bytes"),
+            ];
+            let (longest, named) = waits.into_iter().fold((wait_ns, dimension), |best, wait| {
+                if wait.0 > best.0 {
+                    wait
+                } else {
+                    best
+                }
+            });
+            let (quota_per_second, burst) = self.policy(named);
+            Refusal {
+                retry_after_seconds: longest.div_ceil(NANOS_PER_SECOND).max(1),
+                dimension: named,
+                quota_per_second,
+                burst,
+                permanent: false,
+            }
         };
         if fleet {
             self.lease_take(events, bytes, now_ns)
@@ -376,6 +417,34 @@ impl KeyLimiter {
             self.bytes_lease.give_back(bytes);
         }
         local.map(|_| ())
+    }
+
+    /// A request over a dimension's burst: refused for good.
+    fn over_burst(&self, events: u64, bytes: u64) -> Option<Refusal> {
+        [
+            (&self.events, events, "events"),
+            (&self.bytes, bytes, "bytes"),
+        ]
+        .into_iter()
+        .find(|(cell, units, _)| cell.interval_ns != 0 && *units > cell.burst_units())
+        .map(|(_, _, dimension)| {
+            let (quota_per_second, burst) = self.policy(dimension);
+            Refusal {
+                retry_after_seconds: 0,
+                dimension,
+                quota_per_second,
+                burst,
+                permanent: true,
+            }
+        })
+    }
+
+    /// A dimension's quota per second and burst.
+    fn policy(&self, dimension: &str) -> (u64, u64) {
+        match dimension {
+            "events" => (self.limits.events_per_second, self.events.burst_units()),
+            _ => (self.limits.bytes_per_second, self.bytes.burst_units()),
+        }
     }
 
     /// Fleet mode: takes both dimensions from their leases, or neither.
@@ -476,13 +545,41 @@ mod tests {
         assert!(limiter.admit(8, 100, now).is_ok());
         assert!(limiter.admit(3, 100, now).is_err(), "8 + 3 > 10");
         // Bytes refuse; the events it would have taken are given back.
-        let refusal = limiter.admit(2, 5_000, now).unwrap_err();
+        let refusal = limiter.admit(2, 950, now).unwrap_err();
         assert_eq!(refusal.dimension, "bytes");
-        assert_eq!(refusal.retry_after_seconds, 5, "4.1 s rounded up");
+        assert_eq!(refusal.retry_after_seconds, 1, "50 ms rounded up");
+        assert!(!refusal.permanent);
         assert!(
             limiter.admit(2, 100, now).is_ok(),
             "the events were given back"
         );
+    }
+
+    #[test]
+    fn over_a_burst_is_permanent_and_the_wait_is_the_longest_of_every_limit() {
+        let limiter = KeyLimiter::new(Limits {
+            events_per_second: 10,
+            burst_events: 10,
+            bytes_per_second: 100,
+            burst_bytes: 2_000,
+        });
+        let now = Instant::now();
+        // More events than the burst: no wait would help.
+        let refusal = limiter.admit(11, 10, now).unwrap_err();
+        assert!(refusal.permanent);
+        assert_eq!((refusal.dimension, refusal.burst), ("events", 10));
+        let refusal = limiter.admit(1, 2_001, now).unwrap_err();
+        assert!(refusal.permanent);
+        assert_eq!((refusal.dimension, refusal.burst), ("bytes", 2_000));
+        // The events limit refuses for 1 s, the bytes limit for 2 s: the
+        // client is told 2, not 1 (it would be refused again at 1 s).
+        assert!(limiter.admit(10, 1_000, now).is_ok());
+        let refusal = limiter.admit(10, 1_200, now).unwrap_err();
+        assert!(!refusal.permanent);
+        assert_eq!(refusal.dimension, "bytes");
+        assert_eq!(refusal.retry_after_seconds, 2);
+        let later = now + std::time::Duration::from_secs(2);
+        assert!(limiter.admit(10, 1_200, later).is_ok());
     }
 
     #[test]
