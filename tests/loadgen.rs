@@ -91,3 +91,53 @@ fn open_loop_offers_the_requested_rate_and_counts_refusals() {
     assert!(summary.errors > 0 && summary.ok == 0);
     assert!(summary.statuses.iter().any(|(status, _)| *status == 401));
 }
+
+// Issue "Retry-safe ingestion", part 5's client: with --retries, a request
+// answered 429 is sent again (same bytes, so the same event ids) after its
+// Retry-After, until it is stored; every acknowledged event is in Kafka.
+#[test]
+fn retries_resend_refused_requests_until_they_are_stored() {
+    let broker = Broker::start();
+    let keys = format!(
+        "{}\n[[keys]]\nkey = \"cs_loadgen_limited\"\ntenant_id = \"limited\"\nrate_events_per_sec = 20\nburst_events = 10\n",
+        keys_file_text()
+    );
+    let sluice = Sluice::start(Options {
+        brokers: Some(broker.address.clone()),
+        keys,
+        ..Default::default()
+    });
+    sluice.wait_ready(200, Duration::from_secs(15));
+    let summary = loadgen(
+        &sluice,
+        &[
+            "--key",
+            "cs_loadgen_limited",
+            "--retries",
+            "20",
+            "--retry-backoff-ms",
+            "50",
+            "--timeout-ms",
+            "5000",
+            "--verify",
+            &broker.address,
+            "--verify-idle-timeout",
+            "10",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
+    println!("{json}");
+    assert!(
+        json["statuses"]["429"].as_u64().unwrap_or(0) > 0,
+        "the limit refused some: {json}"
+    );
+    assert!(json["retried"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(json["gave_up"], 0, "{json}");
+    assert_eq!(
+        json["errors"], 0,
+        "every request was stored in the end: {json}"
+    );
+    let verification = summary.verification.unwrap();
+    assert!(verification.acknowledged > 0);
+    assert_eq!(verification.found, verification.acknowledged, "{json}");
+}

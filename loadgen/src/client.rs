@@ -46,6 +46,10 @@ pub struct Totals {
     pub events_ok: u64,
     /// Every event_id that got a 2xx, warm-up included (only with --verify).
     pub acknowledged_ids: Vec<u128>,
+    /// Retries sent (--retries): each resend of a request counts once.
+    pub retried: u64,
+    /// Requests still refused or lost after their last retry.
+    pub gave_up: u64,
 }
 
 impl Totals {
@@ -59,6 +63,8 @@ impl Totals {
             connection_errors: 0,
             events_ok: 0,
             acknowledged_ids: Vec::new(),
+            retried: 0,
+            gave_up: 0,
         }
     }
 
@@ -73,6 +79,8 @@ impl Totals {
         self.connection_errors += other.connection_errors;
         self.events_ok += other.events_ok;
         self.acknowledged_ids.extend(other.acknowledged_ids);
+        self.retried += other.retried;
+        self.gave_up += other.gave_up;
     }
 }
 
@@ -131,6 +139,54 @@ struct Pending {
     intended: Instant,
     events: usize,
     ids: Vec<u128>,
+    /// The request as sent (kept only with --retries, to resend it).
+    bytes: Vec<u8>,
+    /// Sends so far beyond the first.
+    attempt: u32,
+    /// When it was last sent (for --timeout-ms).
+    sent_at: Instant,
+}
+
+/// A connection's retries: requests waiting to be sent again, soonest
+/// first.
+struct Retries {
+    waiting: VecDeque<(Instant, Pending)>,
+    /// xorshift state for the backoff's jitter.
+    jitter: u64,
+}
+
+impl Retries {
+    /// Puts `request` back for a retry after `wait` at least (and its
+    /// jittered backoff), or counts it as given up after its last attempt.
+    fn schedule(
+        &mut self,
+        args: &Args,
+        mut request: Pending,
+        wait: Duration,
+        totals: &mut Totals,
+        plan: &Plan,
+    ) {
+        if request.attempt >= args.retries {
+            if request.intended >= plan.measure_from {
+                totals.errors += 1;
+            }
+            totals.gave_up += 1;
+            return;
+        }
+        let ceiling_ms = args
+            .retry_backoff_ms
+            .saturating_mul(1 << request.attempt.min(16))
+            .clamp(1, 10_000);
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        let backoff = Duration::from_millis(self.jitter % ceiling_ms);
+        request.attempt += 1;
+        totals.retried += 1;
+        let due = Instant::now() + wait.max(backoff);
+        let at = self.waiting.partition_point(|(other, _)| *other <= due);
+        self.waiting.insert(at, (due, request));
+    }
 }
 
 /// One connection: send on schedule (or as fast as allowed), read
@@ -150,14 +206,20 @@ async fn connection(plan: Rc<Plan>, index: usize, rate: Option<f64>) -> Totals {
     let mut input = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut body = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut pending: VecDeque<Pending> = VecDeque::with_capacity(args.pipeline);
+    let mut retries = Retries {
+        waiting: VecDeque::new(),
+        jitter: seed() | 1,
+    };
     let mut stream: Option<TcpStream> = None;
     loop {
         let now = Instant::now();
-        if now >= plan.stop_at && pending.is_empty() {
+        if now >= plan.stop_at && pending.is_empty() && retries.waiting.is_empty() {
             break;
         }
         if now >= plan.stop_at + DRAIN_TIMEOUT {
-            totals.errors += pending.len() as u64;
+            let left = (pending.len() + retries.waiting.len()) as u64;
+            totals.errors += left;
+            totals.gave_up += retries.waiting.len() as u64;
             break;
         }
         let Some(connected) = stream.as_mut() else {
@@ -173,8 +235,26 @@ async fn connection(plan: Rc<Plan>, index: usize, rate: Option<f64>) -> Totals {
             }
             continue;
         };
-        // Send what the schedule (or the pipeline depth) allows.
-        while pending.len() < args.pipeline && now < plan.stop_at {
+        // Retries that are due go first.
+        while pending.len() < args.pipeline
+            && retries
+                .waiting
+                .front()
+                .is_some_and(|(due, _)| *due <= Instant::now())
+        {
+            let (_, mut request) = retries.waiting.pop_front().expect("a due retry");
+            output.extend_from_slice(&request.bytes);
+            request.sent_at = Instant::now();
+            pending.push_back(request);
+        }
+        // Send what the schedule (or the pipeline depth) allows. Closed
+        // loop: a request waiting for its retry holds its place, as a
+        // client waiting out Retry-After sends nothing new meanwhile.
+        let waiting = match interval {
+            None => retries.waiting.len(),
+            Some(_) => 0,
+        };
+        while pending.len() + waiting < args.pipeline && now < plan.stop_at {
             let intended = match interval {
                 Some(_) if next_send > Instant::now() => break,
                 Some(interval) => {
@@ -185,7 +265,12 @@ async fn connection(plan: Rc<Plan>, index: usize, rate: Option<f64>) -> Totals {
                 None => Instant::now(),
             };
             let mut ids = Vec::new();
+            let start = output.len();
             write_request(args, &mut generator, &mut body, &mut output, &mut ids);
+            let bytes = match args.retries {
+                0 => Vec::new(),
+                _ => output[start..].to_vec(),
+            };
             if intended >= plan.measure_from {
                 totals.sent += 1;
             }
@@ -197,6 +282,9 @@ async fn connection(plan: Rc<Plan>, index: usize, rate: Option<f64>) -> Totals {
                 intended,
                 events,
                 ids,
+                bytes,
+                attempt: 0,
+                sent_at: Instant::now(),
             });
         }
         if !output.is_empty() {
@@ -204,35 +292,53 @@ async fn connection(plan: Rc<Plan>, index: usize, rate: Option<f64>) -> Totals {
             output = buffer;
             output.clear();
             if result.is_err() {
-                lose_connection(&mut totals, &mut pending, &mut stream, &mut input, &plan);
+                lose_connection(&mut totals, &mut pending, &mut retries, &plan);
+                (stream, input) = (None, Vec::with_capacity(READ_CHUNK_BYTES));
                 continue;
             }
         }
         if pending.is_empty() {
-            // Open loop, ahead of schedule: wait for the next send time.
-            let wait = next_send
-                .min(plan.stop_at)
-                .saturating_duration_since(Instant::now());
-            monoio::time::sleep(wait).await;
+            // Ahead of schedule (open loop), or waiting for a retry.
+            let now = Instant::now();
+            let scheduled = (now < plan.stop_at).then(|| next_send.min(plan.stop_at));
+            let retry = retries.waiting.front().map(|(due, _)| *due);
+            let until = match (scheduled, retry) {
+                (Some(scheduled), Some(retry)) => scheduled.min(retry),
+                (Some(at), None) | (None, Some(at)) => at,
+                (None, None) => now,
+            };
+            monoio::time::sleep(until.saturating_duration_since(now)).await;
             continue;
         }
         if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
             input.reserve(READ_CHUNK_BYTES);
         }
         let filled = input.len();
-        let (result, buffer) = connected
-            .read(std::mem::take(&mut input).slice_mut(filled..))
-            .await;
-        input = buffer.into_inner();
-        match result {
-            Ok(0) | Err(_) => {
-                lose_connection(&mut totals, &mut pending, &mut stream, &mut input, &plan);
-                monoio::time::sleep(RECONNECT_BACKOFF).await;
-                continue;
+        let read = connected.read(std::mem::take(&mut input).slice_mut(filled..));
+        let outcome = match (args.timeout_ms, pending.front()) {
+            (0, _) | (_, None) => Some(read.await),
+            (timeout_ms, Some(oldest)) => {
+                let left = (oldest.sent_at + Duration::from_millis(timeout_ms))
+                    .saturating_duration_since(Instant::now());
+                monoio::time::timeout(left, read).await.ok()
             }
-            Ok(_) => {}
+        };
+        // No answer in time (the buffer went with the read), a closed
+        // connection or an error: what is in flight on it is lost.
+        let received = match outcome {
+            Some((result, buffer)) => {
+                input = buffer.into_inner();
+                matches!(result, Ok(bytes) if bytes > 0)
+            }
+            None => false,
+        };
+        if !received {
+            lose_connection(&mut totals, &mut pending, &mut retries, &plan);
+            (stream, input) = (None, Vec::with_capacity(READ_CHUNK_BYTES));
+            monoio::time::sleep(RECONNECT_BACKOFF).await;
+            continue;
         }
-        let consumed = consume_responses(&input, &mut pending, &mut totals, &plan);
+        let consumed = consume_responses(&input, &mut pending, &mut totals, &mut retries, &plan);
         input.drain(..consumed);
     }
     totals
@@ -284,21 +390,23 @@ fn write_request(
     output.extend_from_slice(body);
 }
 
+/// A connection was lost with `pending` in flight: each is retried (with
+/// --retries; its outcome is unknown, so it is sent again with the same
+/// bytes) or counted as an error.
 fn lose_connection(
     totals: &mut Totals,
     pending: &mut VecDeque<Pending>,
-    stream: &mut Option<TcpStream>,
-    input: &mut Vec<u8>,
+    retries: &mut Retries,
     plan: &Plan,
 ) {
     totals.connection_errors += 1;
-    totals.errors += pending
-        .iter()
-        .filter(|p| p.intended >= plan.measure_from)
-        .count() as u64;
-    pending.clear();
-    input.clear();
-    *stream = None;
+    for request in pending.drain(..) {
+        if plan.args.retries > 0 {
+            retries.schedule(&plan.args, request, Duration::ZERO, totals, plan);
+        } else if request.intended >= plan.measure_from {
+            totals.errors += 1;
+        }
+    }
 }
 
 /// Parses every complete response in `input`; returns the bytes consumed.
@@ -306,6 +414,7 @@ fn consume_responses(
     input: &[u8],
     pending: &mut VecDeque<Pending>,
     totals: &mut Totals,
+    retries: &mut Retries,
     plan: &Plan,
 ) -> usize {
     let mut consumed = 0;
@@ -332,6 +441,27 @@ fn consume_responses(
         let Some(request) = pending.pop_front() else {
             return consumed;
         };
+        if plan.args.retries > 0 && matches!(status, 408 | 429 | 503) {
+            // Retryable: sent again after Retry-After (whole seconds) at
+            // least; the answer is counted, the outcome comes later.
+            let retry_after = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("retry-after"))
+                .and_then(|h| {
+                    std::str::from_utf8(h.value)
+                        .ok()?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .map_or(Duration::ZERO, Duration::from_secs);
+            if request.intended >= plan.measure_from {
+                *totals.statuses.entry(status).or_default() += 1;
+            }
+            retries.schedule(&plan.args, request, retry_after, totals, plan);
+            continue;
+        }
         let ok = (200..300).contains(&status);
         if ok {
             totals.acknowledged_ids.extend_from_slice(&request.ids);

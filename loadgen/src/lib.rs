@@ -76,6 +76,20 @@ pub struct Args {
     /// Give up verifying after this many seconds without finding a new event.
     #[arg(long, default_value_t = 30.0)]
     pub verify_idle_timeout: f64,
+    /// Retry a request answered 408, 429 or 503, or lost (its connection
+    /// closed, or no answer within --timeout-ms), up to this many times,
+    /// with the same bytes (so the same event ids); never a permanent
+    /// refusal (any other 4xx). 0: no retries.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// First backoff before a retry, doubled each attempt (full jitter, at
+    /// most 10 s); a Retry-After in the answer is waited at least.
+    #[arg(long, default_value_t = 100)]
+    pub retry_backoff_ms: u64,
+    /// A request unanswered this long is lost: its connection is closed
+    /// (and the request retried with --retries). 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub timeout_ms: u64,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -84,7 +98,9 @@ const EXAMPLES: &str = "Examples:
   loadgen --batch 100 --ndjson --gzip                    gzip NDJSON batches of 100
   loadgen --pipeline 8 --connections 16                  HTTP pipelining, depth 8
   loadgen --json --verify 127.0.0.1:9092                 summary JSON, then check Kafka
-  loadgen --cpu 1 --threads 1                            pin the client to CPU 1";
+  loadgen --cpu 1 --threads 1                            pin the client to CPU 1
+  loadgen --retries 5 --timeout-ms 2000 --verify 127.0.0.1:9092
+                                                         a retrying client, checked in Kafka";
 
 impl Args {
     pub fn path(&self) -> &str {
@@ -103,6 +119,10 @@ pub fn run(args: &Args) -> anyhow::Result<Summary> {
         "counts must be positive"
     );
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    anyhow::ensure!(
+        args.retries == 0 || args.pipeline == 1,
+        "--retries needs --pipeline 1 (a retry must not overtake the requests behind it)"
+    );
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
     let start = Instant::now();

@@ -15,6 +15,9 @@ pub struct Summary {
     pub ok: u64,
     pub errors: u64,
     pub connection_errors: u64,
+    /// Retries sent (--retries), and requests given up after the last.
+    pub retried: u64,
+    pub gave_up: u64,
     pub rps: f64,
     pub events_per_s: f64,
     pub statuses: Vec<(u16, u64)>,
@@ -41,6 +44,8 @@ impl Summary {
             ok: totals.ok,
             errors: totals.errors,
             connection_errors: totals.connection_errors,
+            retried: totals.retried,
+            gave_up: totals.gave_up,
             rps: answered as f64 / seconds,
             events_per_s: totals.events_ok as f64 / seconds,
             statuses: totals.statuses.iter().map(|(s, c)| (*s, *c)).collect(),
@@ -90,8 +95,8 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "requests      sent {}, ok {}, errors {}, connection errors {}",
-            self.sent, self.ok, self.errors, self.connection_errors
+            "requests      sent {}, ok {}, errors {}, connection errors {}, retried {}, gave up {}",
+            self.sent, self.ok, self.errors, self.connection_errors, self.retried, self.gave_up
         );
         let statuses: Vec<String> = self
             .statuses
@@ -126,7 +131,7 @@ impl Summary {
             .map(|(s, c)| format!("\"{s}\":{c}"))
             .collect();
         let mut out = format!(
-            "{{\"mode\":\"{}\",\"offered_rps\":{},\"duration_s\":{:.3},\"sent\":{},\"ok\":{},\"errors\":{},\"connection_errors\":{},\"rps\":{:.1},\"events_per_s\":{:.1},\"statuses\":{{{}}},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"p9999_us\":{},\"max_us\":{}",
+            "{{\"mode\":\"{}\",\"offered_rps\":{},\"duration_s\":{:.3},\"sent\":{},\"ok\":{},\"errors\":{},\"connection_errors\":{},\"retried\":{},\"gave_up\":{},\"rps\":{:.1},\"events_per_s\":{:.1},\"statuses\":{{{}}},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"p9999_us\":{},\"max_us\":{}",
             self.mode,
             self.offered_rps.map_or("null".to_string(), |r| format!("{r:.1}")),
             self.duration_s,
@@ -134,6 +139,8 @@ impl Summary {
             self.ok,
             self.errors,
             self.connection_errors,
+            self.retried,
+            self.gave_up,
             self.rps,
             self.events_per_s,
             statuses.join(","),
