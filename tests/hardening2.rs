@@ -403,42 +403,113 @@ fn hole1_no_route_builds_more_than_its_wire_size_allows() {
     let padding = "y".repeat(400_000);
     let big_event = event("h1_big", &format!(r#","properties":{{"p":"{padding}"}}"#));
     let big_call = format!(r#"{{"event":"e","userId":"u","properties":{{"p":"{padding}"}}}}"#);
-    let cases: [(&str, &str, &str, &[u16]); 5] = [
+    let json = ("Content-Type", "application/json");
+    let ndjson = ("Content-Type", "application/x-ndjson");
+    let gzip_encoding = ("Content-Encoding", "gzip");
+    let tiny_invalid_lines = vec!["1"; 1000].join("\n");
+    let segment_call = |extra: &str| {
+        format!(r#"{{"userId":"u","properties":{{"p":"{padding}"}},"traits":{{"t":"x"}}{extra}}}"#)
+    };
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<u8>,
+        Vec<(&'a str, &'a str)>,
+        &'a [u16],
+    );
+    let cases: Vec<Case> = vec![
         (
             "/v1/batch",
             "segment batch, 200 KB shared context, 1000 calls",
-            &segment_batch,
+            segment_batch.clone().into_bytes(),
+            vec![json],
+            &[413],
+        ),
+        (
+            "/v1/batch",
+            "the same, gzipped (bounded by its inflated size)",
+            gzip(segment_batch.as_bytes()),
+            vec![json, gzip_encoding],
             &[413],
         ),
         (
             "/v1/events/batch",
             "1000 invalid 1-byte events (dead letters)",
-            &tiny_invalid,
+            tiny_invalid.clone().into_bytes(),
+            vec![json],
+            &[400],
+        ),
+        (
+            "/v1/events/batch",
+            "1000 invalid 1-byte NDJSON lines (dead letters)",
+            tiny_invalid_lines.into_bytes(),
+            vec![ndjson],
             &[400],
         ),
         (
             "/v1/events/batch",
             "1000 valid events",
-            &native_batch,
+            native_batch.clone().into_bytes(),
+            vec![json],
             &[202],
         ),
-        ("/v1/events", "one 400 KB event", &big_event, &[202]),
+        (
+            "/v1/events",
+            "one 400 KB event",
+            big_event.clone().into_bytes(),
+            vec![json],
+            &[202],
+        ),
         (
             "/v1/track",
             "segment call, 400 KB property",
-            &big_call,
+            big_call.clone().into_bytes(),
+            vec![json],
+            &[200],
+        ),
+        (
+            "/v1/identify",
+            "segment call, 400 KB property",
+            segment_call("").into_bytes(),
+            vec![json],
+            &[200],
+        ),
+        (
+            "/v1/page",
+            "segment call, 400 KB property",
+            segment_call("").into_bytes(),
+            vec![json],
+            &[200],
+        ),
+        (
+            "/v1/screen",
+            "segment call, 400 KB property",
+            segment_call("").into_bytes(),
+            vec![json],
+            &[200],
+        ),
+        (
+            "/v1/group",
+            "segment call, 400 KB property",
+            segment_call(r#","groupId":"g""#).into_bytes(),
+            vec![json],
+            &[200],
+        ),
+        (
+            "/v1/alias",
+            "segment call, 400 KB property",
+            segment_call(r#","previousId":"p""#).into_bytes(),
+            vec![json],
             &[200],
         ),
     ];
     println!("| route | input | body bytes | status | peak RSS growth (MiB) | server CPU (ms) |");
-    for (route, input, body, expected) in cases {
+    for (route, input, body, headers, expected) in cases {
         let before = peak_rss_bytes(sluice.pid());
         let cpu_before = sluice.cpu_time();
-        let response = sluice.post(
-            route,
-            &[("X-CS-API-Key", KEY), ("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
+        let mut all = vec![("X-CS-API-Key", KEY)];
+        all.extend(headers);
+        let response = sluice.post(route, &all, &body);
         let grown_mib = (peak_rss_bytes(sluice.pid()) - before) as f64 / (1 << 20) as f64;
         let cpu_ms = (sluice.cpu_time() - cpu_before).as_secs_f64() * 1000.0;
         println!(
