@@ -39,6 +39,7 @@ fn enrichment() -> Enrichment<'static> {
         tenant_id: "tenant_a",
         project_id: Some("proj_1"),
         received_at_ms: NOW_MS,
+        ..Default::default()
     }
 }
 

@@ -143,6 +143,7 @@ pub fn events(data: &[u8]) {
         tenant_id: "tenant_fuzz",
         project_id: Some("project_fuzz"),
         received_at_ms: RECEIVED_AT_MS,
+        ..Default::default()
     };
     let mut out = Vec::new();
     VALIDATOR.with_borrow_mut(|validator| {
@@ -216,6 +217,7 @@ pub fn segment(data: &[u8]) {
         tenant_id: "tenant_fuzz",
         project_id: None,
         received_at_ms: RECEIVED_AT_MS,
+        ..Default::default()
     };
     let (mut translated, mut out, mut shown) = (Vec::new(), Vec::new(), Vec::new());
     VALIDATOR.with_borrow_mut(|validator| {

@@ -192,3 +192,98 @@ fn a_shed_request_costs_its_key_nothing() {
     let response = post_batch(&sluice, "cs_truth_shed", &batch("after", 4, 100));
     assert_eq!(response.status, 202, "{}", response.text());
 }
+
+// Part 3: events without an `event_id` got a new random id on every
+// attempt, so a retried request could never be recognised downstream. With
+// an `Idempotency-Key` the ids derive from the tenant, the key and the
+// event's position: the same request sent again carries the same ids.
+#[test]
+fn an_idempotency_key_gives_a_retried_request_the_same_event_ids() {
+    let broker = Broker::start();
+    let sluice = Sluice::start(Options {
+        brokers: Some(broker.address.clone()),
+        ..Default::default()
+    });
+    sluice.wait_ready(200, Duration::from_secs(20));
+    let tag = format!("idem_{}", now_ms());
+    let body = format!(
+        r#"{{"events":[{},{},{}]}}"#,
+        event(&format!("{tag}_0"), ""),
+        event(&format!("{tag}_1"), ""),
+        event(
+            &format!("{tag}_2"),
+            r#","event_id":"0f8fad5b-d9cb-469f-a165-70867728950e""#
+        )
+    );
+    let post = |key: &str| {
+        let response = sluice.post(
+            "/v1/events/batch",
+            &[
+                ("X-CS-API-Key", KEY),
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", key),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(response.status, 202, "{}", response.text());
+    };
+    post("order-42-attempt");
+    post("order-42-attempt");
+    post("another-key");
+    let mine = |records: &[Consumed]| -> Vec<(String, String)> {
+        records
+            .iter()
+            .filter(|r| {
+                r.value["user_id"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with(&tag))
+            })
+            .map(|r| {
+                (
+                    r.value["user_id"].as_str().unwrap().to_string(),
+                    r.value["event_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let records = consume_until(&broker.address, TOPIC, Duration::from_secs(30), |records| {
+        mine(records).len() >= 9
+    });
+    let records = mine(&records);
+    for index in 0..2 {
+        let user = format!("{tag}_{index}");
+        let mut ids: Vec<&str> = records
+            .iter()
+            .filter(|(u, _)| *u == user)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            2,
+            "{user}: the same key gives the same id, another key another: {ids:?}"
+        );
+    }
+    let kept: Vec<&str> = records
+        .iter()
+        .filter(|(u, _)| *u == format!("{tag}_2"))
+        .map(|(_, id)| id.as_str())
+        .collect();
+    assert!(
+        kept.iter()
+            .all(|id| *id == "0f8fad5b-d9cb-469f-a165-70867728950e"),
+        "{kept:?}"
+    );
+    // A key over 256 bytes is refused, not cut.
+    let response = sluice.post(
+        "/v1/events",
+        &[
+            ("X-CS-API-Key", KEY),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", &"k".repeat(257)),
+        ],
+        event(&format!("{tag}_long"), "").as_bytes(),
+    );
+    assert_eq!(response.status, 400, "{}", response.text());
+}

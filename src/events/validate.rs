@@ -62,11 +62,38 @@ pub struct EventLimits {
 }
 
 /// Who sent the event and when, added to the record.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Enrichment<'a> {
     pub tenant_id: &'a str,
     pub project_id: Option<&'a str>,
     pub received_at_ms: u64,
+    /// The request's `Idempotency-Key`, if it sent one: an event without
+    /// an `event_id` then gets one derived from the tenant, this key and
+    /// `event_index`, so the same request sent again gets the same ids.
+    pub idempotency_key: Option<&'a [u8]>,
+    /// The event's position in its request.
+    pub event_index: usize,
+}
+
+/// Longest `Idempotency-Key` taken (400 beyond).
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+
+/// The event id of the event at `index` of a request sent with `key` by
+/// `tenant_id`: a UUIDv8 of their SHA-256, the same for every retry of the
+/// request, different for another tenant, key or position.
+pub fn idempotent_event_id(tenant_id: &str, key: &[u8], index: usize) -> uuid::Uuid {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"sluice idempotency-key\0")
+        .chain_update(tenant_id.as_bytes())
+        .chain_update([0])
+        .chain_update(key)
+        .chain_update([0])
+        .chain_update((index as u64).to_le_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 /// Where one enriched record was written in the output buffer.
@@ -160,7 +187,10 @@ impl Validator {
                 .as_bytes(),
         );
         if !fields.has_event_id {
-            let id = self.new_event_id(enrichment.received_at_ms);
+            let id = match enrichment.idempotency_key {
+                Some(key) => idempotent_event_id(enrichment.tenant_id, key, enrichment.event_index),
+                None => self.new_event_id(enrichment.received_at_ms),
+            };
             out.extend_from_slice(b",\"event_id\":\"");
             out.extend_from_slice(
                 id.hyphenated()
@@ -595,6 +625,7 @@ mod tests {
             tenant_id: "tenant_a",
             project_id: Some("proj_1"),
             received_at_ms: NOW_MS,
+            ..Default::default()
         }
     }
 

@@ -46,6 +46,10 @@ pub struct Head {
     /// unknowable, so the request is refused rather than served with either.
     pub repeated_credential: Option<CredentialHeader>,
     pub request_id: Option<Span>,
+    /// An `Idempotency-Key` was sent (draft-ietf-httpapi-idempotency-key-header);
+    /// [`find_header`] finds it. A flag, not a span: the head is held by
+    /// every idle connection's task, and few requests carry the header.
+    pub has_idempotency_key: bool,
     /// `Origin`, sent by browsers on cross-origin requests (CORS).
     pub origin: Option<Span>,
 }
@@ -76,6 +80,18 @@ pub enum Parsed {
     Partial,
 }
 
+/// The value of the first header called `name` (case-insensitive) in a
+/// complete, already validated request head, trimmed.
+pub fn find_header<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    head.split(|&byte| byte == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&byte| byte == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| trim(&line[colon + 1..]))
+    })
+}
+
 /// Parses a request head from `buffer`. `head_bytes_max` bounds the head;
 /// a partial head already over it is an error, so the caller never buffers more.
 pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, FramingError> {
@@ -103,6 +119,7 @@ pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, Framin
         authorization: None,
         repeated_credential: None,
         request_id: None,
+        has_idempotency_key: false,
         origin: None,
     };
     let found = read_headers(&mut head, request.headers, span_of)?;
@@ -211,6 +228,8 @@ fn read_headers(
             }
         } else if is(b"x-request-id") && is_valid_request_id(value) {
             head.request_id = Some(span_of(value));
+        } else if is(b"idempotency-key") {
+            head.has_idempotency_key = true;
         } else if is(b"origin") {
             head.origin = Some(span_of(value));
         }
@@ -349,6 +368,14 @@ pub fn trim(mut value: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_header_reads_a_validated_head() {
+        let head = b"POST /v1/events HTTP/1.1\r\nHost: t\r\nidempotency-KEY:  abc \r\nX: 1\r\n\r\n";
+        assert_eq!(find_header(head, b"Idempotency-Key"), Some(&b"abc"[..]));
+        assert_eq!(find_header(head, b"x"), Some(&b"1"[..]));
+        assert_eq!(find_header(head, b"absent"), None);
+    }
 
     #[test]
     fn host_is_required_once_in_http11() {

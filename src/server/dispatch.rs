@@ -18,7 +18,8 @@ use super::wire::Wire;
 use crate::config::AckMode;
 use crate::error::ApiError;
 use crate::events::split::BodyKind;
-use crate::http::request::{trim, Framing, Head, Method};
+use crate::events::validate::IDEMPOTENCY_KEY_BYTES_MAX;
+use crate::http::request::{find_header, trim, Framing, Head, Method};
 use crate::http::response::CONTINUE;
 use crate::http::{gzip, FramingError};
 use crate::route::{Route, SegmentCall};
@@ -433,15 +434,44 @@ impl<'a> Exchange<'a> {
     ) -> Result<Handed, ApiError> {
         let core = self.core;
         let input = &self.wire.input;
+        let idempotency_key = head
+            .has_idempotency_key
+            .then(|| find_header(&input[..head.head_bytes], b"idempotency-key"))
+            .flatten();
+        if idempotency_key
+            .is_some_and(|key| key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX)
+        {
+            return Err(ApiError::new(
+                400,
+                "bad_request",
+                "Idempotency-Key must be 1 to 256 bytes",
+            ));
+        }
         let gzipped = header(input, &head.content_encoding).is_some_and(gzip::is_gzip);
         if !gzipped {
-            return ingest(core, grant, kind, &input[body], &mut self.rejected);
+            return ingest(
+                core,
+                grant,
+                kind,
+                &input[body],
+                idempotency_key,
+                &mut self.rejected,
+            );
         }
         let mut inflated = std::mem::take(&mut core.scratch.borrow_mut().inflated);
         let limit = core.shared.config.limits.decompressed_body_bytes_max;
         let result = gzip::inflate(&input[body], &mut inflated, limit)
             .map_err(ApiError::from)
-            .and_then(|()| ingest(core, grant, kind, &inflated, &mut self.rejected));
+            .and_then(|()| {
+                ingest(
+                    core,
+                    grant,
+                    kind,
+                    &inflated,
+                    idempotency_key,
+                    &mut self.rejected,
+                )
+            });
         if inflated.capacity() > super::context::POOLED_BUFFER_BYTES_MAX {
             inflated = Vec::new();
         }

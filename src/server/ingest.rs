@@ -49,14 +49,20 @@ pub fn ingest(
     grant: &Grant,
     kind: BodyKind,
     body: &[u8],
+    idempotency_key: Option<&[u8]>,
     rejected_json: &mut Vec<u8>,
 ) -> Result<Handed, ApiError> {
     let mut batch = core.take_batch();
     batch.topic = grant.topic.clone().unwrap_or_else(|| core.topic.clone());
     batch.dead_letter_topic = core.dead_letter_topic.clone();
     batch.tenant_id = Arc::clone(&grant.tenant_id);
-    let (rejected, admission) = match fill_batch(core, grant, kind, body, &mut batch, rejected_json)
-    {
+    let (rejected, admission) = match fill_batch(
+        core,
+        grant,
+        (kind, body, idempotency_key),
+        &mut batch,
+        rejected_json,
+    ) {
         Ok(filled) => filled,
         Err(error) => {
             core.mailbox.recycle(batch);
@@ -82,8 +88,7 @@ pub fn ingest(
 fn fill_batch<'g>(
     core: &Core,
     grant: &'g Grant,
-    kind: BodyKind,
-    body: &[u8],
+    (kind, body, idempotency_key): (BodyKind, &[u8], Option<&[u8]>),
     batch: &mut Batch,
     rejected_json: &mut Vec<u8>,
 ) -> Result<(usize, Admission<'g>), ApiError> {
@@ -117,6 +122,7 @@ fn fill_batch<'g>(
             body,
             shared: &shared,
             spans,
+            idempotency_key,
         },
         translated,
         bytes_max,
@@ -141,6 +147,8 @@ struct Request<'a> {
     body: &'a [u8],
     shared: &'a Shared,
     spans: &'a [Range<usize>],
+    /// Native routes only: a Segment call's `messageId` is its own key.
+    idempotency_key: Option<&'a [u8]>,
 }
 
 /// Validates each event of `spans` into `batch`, refusing the request
@@ -159,12 +167,18 @@ fn build_records(
         body,
         shared,
         spans,
+        idempotency_key,
     } = request;
     let limits = &core.shared.config.limits;
-    let enrichment = Enrichment {
+    let mut enrichment = Enrichment {
         tenant_id: &grant.tenant_id,
         project_id: grant.project_id.as_deref(),
         received_at_ms: core.now_ms(),
+        idempotency_key: match kind {
+            BodyKind::SegmentCall(_) | BodyKind::SegmentBatch => None,
+            _ => idempotency_key,
+        },
+        event_index: 0,
     };
     // A Segment body's calls share one envelope, built once per request.
     let segment_envelope = |endpoint| Envelope {
@@ -181,6 +195,7 @@ fn build_records(
     let mut validator = core.validator.borrow_mut();
     let mut rejected = 0;
     for (index, span) in spans.iter().enumerate() {
+        enrichment.event_index = index;
         let raw = &body[span.clone()];
         let validated = match &segment {
             None => validator.validate_into(raw, &enrichment, &mut batch.data),
