@@ -236,9 +236,10 @@ fn rate_limiting(c: &mut Criterion) {
     c.bench_function("rate_limiter_admit_one_event", |b| {
         b.iter(|| black_box(limiter.admit(black_box(1), black_box(300), now)))
     });
-    // With limits.redis_url set, admissions are also counted for the sync.
-    sluice::tenancy::rate::count_admissions_for_fleet();
-    c.bench_function("rate_limiter_admit_one_event_fleet_counting", |b| {
+    // With limits.redis_url set (and Redis up), admissions also spend the
+    // key's lease from the fleet.
+    sluice::tenancy::rate::set_fleet_mode(true);
+    c.bench_function("rate_limiter_admit_one_event_fleet_lease", |b| {
         b.iter(|| black_box(limiter.admit(black_box(1), black_box(300), now)))
     });
 }

@@ -76,15 +76,23 @@ impl ApiError {
         )
     }
 
-    /// Two credentials in one request (`what` names the headers, or the
-    /// one header sent twice): permanent, the client must send one.
-    pub fn ambiguous_credentials(what: &'static str) -> Self {
-        let message = if what.contains(" and ") {
-            format!("{what} carry different keys: send one credential")
-        } else {
-            format!("the {what} header is sent more than once: send one credential")
-        };
-        ApiError::new(400, "ambiguous_credentials", message)
+    /// `X-CS-API-Key` and an `Authorization` naming another key: which one
+    /// was meant is unknowable. Permanent: the client must send one.
+    pub fn two_credentials() -> Self {
+        ApiError::new(
+            400,
+            "ambiguous_credentials",
+            "X-CS-API-Key and Authorization carry different keys: send one credential",
+        )
+    }
+
+    /// A credential header (`header`) sent more than once.
+    pub fn repeated_credential(header: &'static str) -> Self {
+        ApiError::new(
+            400,
+            "ambiguous_credentials",
+            format!("the {header} header is sent more than once: send one credential"),
+        )
     }
 
     pub fn invalid_api_key() -> Self {

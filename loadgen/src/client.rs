@@ -298,9 +298,11 @@ async fn connection(plan: Rc<Plan>, index: usize, rate: Option<f64>) -> Totals {
             }
         }
         if pending.is_empty() {
-            // Ahead of schedule (open loop), or waiting for a retry.
+            // Ahead of schedule (open loop), or waiting for a retry (a
+            // closed loop has no schedule: it would spin until the retry).
             let now = Instant::now();
-            let scheduled = (now < plan.stop_at).then(|| next_send.min(plan.stop_at));
+            let scheduled =
+                (interval.is_some() && now < plan.stop_at).then(|| next_send.min(plan.stop_at));
             let retry = retries.waiting.front().map(|(due, _)| *due);
             let until = match (scheduled, retry) {
                 (Some(scheduled), Some(retry)) => scheduled.min(retry),

@@ -211,11 +211,16 @@ impl Config {
                 limits.inflight_events_per_core_max >= limits.batch_events_max,
                 "limits.inflight_events_per_core_max must be at least limits.batch_events_max",
             ),
-            // A body of the largest size builds at least as many record
-            // bytes: with a smaller cap it could never be taken.
+            // The largest valid request's records (its body and the
+            // server's fields per event) must fit, or it could never be taken.
             (
-                limits.inflight_bytes_per_core_max >= limits.decompressed_body_bytes_max,
-                "limits.inflight_bytes_per_core_max must be at least limits.decompressed_body_bytes_max (the largest request's records must fit)",
+                limits.inflight_bytes_per_core_max
+                    >= limits.decompressed_body_bytes_max.saturating_add(
+                        limits
+                            .batch_events_max
+                            .saturating_mul(crate::events::validate::RECORD_BYTES_PER_EVENT_MAX),
+                    ),
+                "limits.inflight_bytes_per_core_max must be at least limits.decompressed_body_bytes_max plus 1 KiB per event of limits.batch_events_max (the largest request's records must fit)",
             ),
         ];
         if let Some((_, relation)) = relations.iter().find(|(holds, _)| !holds) {

@@ -78,10 +78,12 @@ pub struct Enrichment<'a> {
 /// Longest `Idempotency-Key` taken (400 beyond).
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 
-/// The event id of the event at `index` of a request sent with `key` by
-/// `tenant_id`: a UUIDv8 of their SHA-256, the same for every retry of the
-/// request, different for another tenant, key or position.
-pub fn idempotent_event_id(tenant_id: &str, key: &[u8], index: usize) -> uuid::Uuid {
+/// The event id of the event `raw` at `index` of a request sent with `key`
+/// by `tenant_id`: a UUIDv8 of their SHA-256, the same for every retry of
+/// the request (same bytes), different for another tenant, key, position
+/// or content: a client that reuses a key for another request must not
+/// have its new events taken for the old ones downstream.
+pub fn idempotent_event_id(tenant_id: &str, key: &[u8], index: usize, raw: &[u8]) -> uuid::Uuid {
     use sha2::{Digest as _, Sha256};
     let digest = Sha256::new()
         .chain_update(b"sluice idempotency-key\0")
@@ -90,6 +92,7 @@ pub fn idempotent_event_id(tenant_id: &str, key: &[u8], index: usize) -> uuid::U
         .chain_update(key)
         .chain_update([0])
         .chain_update((index as u64).to_le_bytes())
+        .chain_update(raw)
         .finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
@@ -188,7 +191,9 @@ impl Validator {
         );
         if !fields.has_event_id {
             let id = match enrichment.idempotency_key {
-                Some(key) => idempotent_event_id(enrichment.tenant_id, key, enrichment.event_index),
+                Some(key) => {
+                    idempotent_event_id(enrichment.tenant_id, key, enrichment.event_index, raw)
+                }
                 None => self.new_event_id(enrichment.received_at_ms),
             };
             out.extend_from_slice(b",\"event_id\":\"");

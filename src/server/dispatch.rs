@@ -279,7 +279,7 @@ impl<'a> Exchange<'a> {
     /// Returns whether the key came from the query (`auth.query_key`).
     fn authenticate(&mut self, head: &Head) -> Result<bool, ApiError> {
         if let Some(repeated) = head.repeated_credential {
-            return Err(ApiError::ambiguous_credentials(repeated.name()));
+            return Err(ApiError::repeated_credential(repeated.name()));
         }
         let input = &self.wire.input;
         let api_key = header(input, &head.api_key);
@@ -297,9 +297,7 @@ impl<'a> Exchange<'a> {
                 None => basic_user(authorization, decoded).then_some(&decoded[..]),
             };
             if other.is_some_and(|other| other != api_key) {
-                return Err(ApiError::ambiguous_credentials(
-                    "X-CS-API-Key and Authorization",
-                ));
+                return Err(ApiError::two_credentials());
             }
         } else if key.is_empty() {
             let decoded = &mut scratch.insert(self.core.scratch.borrow_mut()).decoded_key;

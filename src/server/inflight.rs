@@ -133,13 +133,19 @@ impl Inflight {
         }
     }
 
-    /// Whether a request of at most `records` records and `bytes` bytes
+    /// Whether a request of `records` records and at least `bytes` bytes
     /// would be taken now: checked before its records are built, so that
     /// a full core refuses a request before it costs memory.
     pub fn has_room(&self, records: usize, bytes: usize) -> bool {
         !self.free.is_empty()
             && self.records + records <= self.records_max
             && self.bytes + bytes <= self.bytes_max
+    }
+
+    /// Whether a request of `records` records and `bytes` bytes fits the
+    /// table at all (empty): if not, no retry can ever succeed.
+    pub fn could_ever_hold(&self, records: usize, bytes: usize) -> bool {
+        records <= self.records_max && bytes <= self.bytes_max
     }
 
     /// Reserves a slot for a request of `records` records and `bytes` bytes.

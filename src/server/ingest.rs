@@ -98,8 +98,12 @@ fn fill_batch<'g>(
         spans, translated, ..
     } = &mut *scratch;
     let shared = event_spans(kind, body, spans, limits.batch_events_max)?;
+    // At least the body's bytes will be built; checking for the bound
+    // instead would shed a large request forever once its bound passed
+    // the table's size (a 503 no retry cures). The bound is enforced as
+    // the records are built, and `send` reserves what was built.
     let bytes_max = record_bytes_max(body.len(), spans.len());
-    if !core.inflight.borrow().has_room(spans.len(), bytes_max) {
+    if !core.inflight.borrow().has_room(spans.len(), body.len()) {
         return Err(shed(core));
     }
     // A batch counts as its number of events (rejected ones too), and a
@@ -246,6 +250,17 @@ fn build_records(
 /// thread; a full table or queue sheds the request (503) at once.
 fn send(core: &Core, mut batch: Batch) -> Result<Ticket, ApiError> {
     let metrics = core.metrics();
+    let (records, bytes) = (batch.records.len(), batch.data.len());
+    if !core.inflight.borrow().could_ever_hold(records, bytes) {
+        core.mailbox.recycle(batch);
+        return Err(ApiError::new(
+            413,
+            "payload_too_large",
+            format!(
+                "this request's {records} records take {bytes} bytes, more than a core holds in flight (limits.inflight_bytes_per_core_max, limits.inflight_events_per_core_max)"
+            ),
+        ));
+    }
     let reserved = core.inflight.borrow_mut().reserve(
         batch.records.len(),
         batch.data.len(),

@@ -147,7 +147,7 @@ fn instance_id() -> String {
 
 impl Sync<'_> {
     pub fn run(&self) {
-        crate::tenancy::rate::count_admissions_for_fleet();
+        crate::tenancy::rate::set_fleet_mode(true);
         self.metrics.configured.store(true, Relaxed);
         let mut session: Option<Session> = None;
         let mut last_attempt: Option<Instant> = None;
@@ -188,8 +188,10 @@ impl Sync<'_> {
 
     fn note_down(&self, was_up: &mut bool, error: &redis::RedisError) {
         self.metrics.up.store(false, Relaxed);
-        // Limits are per instance now: no leases, the whole burst.
+        // Limits are per instance now: no leases, the whole burst. The
+        // count starts again, so the first turn back re-shares allowances.
         crate::tenancy::rate::set_fleet_instances(1);
+        self.metrics.instances.store(1, Relaxed);
         crate::tenancy::rate::set_fleet_mode(false);
         if std::mem::replace(was_up, false) {
             // Redis errors name the failure, never the URL's password.
@@ -253,10 +255,7 @@ impl Sync<'_> {
                 }
                 continue;
             }
-            let Some(request) = limiter.lease_requests() else {
-                continue;
-            };
-            requests.push((id, request));
+            requests.push((id, limiter.lease_requests()));
             limiters.push(limiter.clone());
         }
         let mut pipe = redis::pipe();

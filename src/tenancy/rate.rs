@@ -141,19 +141,15 @@ pub struct Refusal {
     pub permanent: bool,
 }
 
-/// Whether the fleet-wide sync runs (`limits.redis_url`): set once at
-/// start, so an instance without Redis pays nothing for leases.
-static FLEET_COUNTING: AtomicBool = AtomicBool::new(false);
-
-/// Turns on fleet mode: admissions spend leases ([`KeyLimiter`]).
-pub fn count_admissions_for_fleet() {
-    set_fleet_mode(true);
-}
+/// Fleet mode: the fleet-wide sync runs (`limits.redis_url`) and Redis is
+/// up, so admissions spend leases ([`KeyLimiter`]); off, an instance
+/// without Redis pays nothing for them.
+static FLEET_MODE: AtomicBool = AtomicBool::new(false);
 
 /// Fleet mode on or off: off while Redis is down, so that each instance
 /// limits alone on its GCRA instead of waiting for leases that cannot come.
 pub fn set_fleet_mode(on: bool) {
-    FLEET_COUNTING.store(on, Ordering::Relaxed);
+    FLEET_MODE.store(on, Ordering::Relaxed);
 }
 
 /// The instances sharing limits through Redis, as the last fleet sync
@@ -277,15 +273,16 @@ impl KeyLimiter {
     /// The sync's request for this key: `(events, bytes)`. Takes the
     /// demand seen since the last call, and the uncharged allowance.
     /// `None` when nothing was asked of the key here since the last call.
-    pub fn lease_requests(&self) -> Option<(LeaseRequest, LeaseRequest)> {
-        let events = Self::lease_request(&self.events, &self.events_lease)?;
-        let bytes = Self::lease_request(&self.bytes, &self.bytes_lease)?;
-        Some((events, bytes))
+    pub fn lease_requests(&self) -> (LeaseRequest, LeaseRequest) {
+        (
+            Self::lease_request(&self.events, &self.events_lease),
+            Self::lease_request(&self.bytes, &self.bytes_lease),
+        )
     }
 
-    fn lease_request(cell: &Cell, lease: &Lease) -> Option<LeaseRequest> {
+    fn lease_request(cell: &Cell, lease: &Lease) -> LeaseRequest {
         if cell.interval_ns == 0 {
-            return Some(LeaseRequest::default());
+            return LeaseRequest::default();
         }
         let demand = lease.demand.swap(0, Ordering::Relaxed);
         let uncharged = lease.uncharged.swap(0, Ordering::Relaxed);
@@ -293,11 +290,11 @@ impl KeyLimiter {
         let target = demand.saturating_mul(2).clamp(1, burst);
         let held = lease.units.load(Ordering::Relaxed).max(0) as u64;
         let wanted = target.saturating_sub(held);
-        Some(LeaseRequest {
+        LeaseRequest {
             charge_us: cell.units_us(uncharged),
             request_us: cell.units_us(wanted),
             tolerance_us: cell.tolerance_ns / 1_000,
-        })
+        }
     }
 
     /// Whether anything was asked of this key here since the last sync.
@@ -357,7 +354,7 @@ impl KeyLimiter {
     pub fn refund(&self, events: u64, bytes: u64) {
         self.events.give_back(events);
         self.bytes.give_back(bytes);
-        if FLEET_COUNTING.load(Ordering::Relaxed) {
+        if FLEET_MODE.load(Ordering::Relaxed) {
             self.events_lease.give_back(events);
             self.bytes_lease.give_back(bytes);
         }
@@ -366,7 +363,7 @@ impl KeyLimiter {
     /// Admits a request of `events` events and `bytes` bytes at `now`, or
     /// refuses it whole: nothing of a refused request counts.
     pub fn admit(&self, events: u64, bytes: u64, now: Instant) -> Result<(), Refusal> {
-        self.admit_in(events, bytes, now, FLEET_COUNTING.load(Ordering::Relaxed))
+        self.admit_in(events, bytes, now, FLEET_MODE.load(Ordering::Relaxed))
     }
 
     /// [`KeyLimiter::admit`], in fleet mode or not.
@@ -377,7 +374,7 @@ impl KeyLimiter {
         }
         // Every limit the request is over counts: the longest wait, named
         // by its dimension.
-        let refusal = |wait_ns: u64, dimension: &'static str, _quota: u64| {
+        let refusal = |wait_ns: u64, dimension: &'static str| {
             let waits = [
                 (self.events.wait_ns(events, now_ns), "events"),
                 (self.bytes.wait_ns(bytes, now_ns), "bytes"),
@@ -400,16 +397,16 @@ impl KeyLimiter {
         };
         if fleet {
             self.lease_take(events, bytes, now_ns)
-                .map_err(|(wait, dimension, quota)| refusal(wait, dimension, quota))?;
+                .map_err(|(wait, dimension)| refusal(wait, dimension))?;
         }
         let local = self
             .events
             .take(events, now_ns)
-            .map_err(|wait| refusal(wait, "events", self.limits.events_per_second))
+            .map_err(|wait| refusal(wait, "events"))
             .and_then(|_| {
                 self.bytes.take(bytes, now_ns).map_err(|wait| {
                     self.events.give_back(events);
-                    refusal(wait, "bytes", self.limits.bytes_per_second)
+                    refusal(wait, "bytes")
                 })
             });
         if local.is_err() && fleet {
@@ -447,36 +444,20 @@ impl KeyLimiter {
         }
     }
 
-    /// Fleet mode: takes both dimensions from their leases, or neither.
-    fn lease_take(
-        &self,
-        events: u64,
-        bytes: u64,
-        now_ns: u64,
-    ) -> Result<(), (u64, &'static str, u64)> {
+    /// Fleet mode: takes both dimensions from their leases, or neither;
+    /// a refusal says how long to wait and which dimension refused.
+    fn lease_take(&self, events: u64, bytes: u64, now_ns: u64) -> Result<(), (u64, &'static str)> {
         let dimensions = [
-            (
-                &self.events,
-                &self.events_lease,
-                events,
-                "events",
-                self.limits.events_per_second,
-            ),
-            (
-                &self.bytes,
-                &self.bytes_lease,
-                bytes,
-                "bytes",
-                self.limits.bytes_per_second,
-            ),
+            (&self.events, &self.events_lease, events, "events"),
+            (&self.bytes, &self.bytes_lease, bytes, "bytes"),
         ];
-        for (cell, lease, units, _, _) in dimensions {
+        for (cell, lease, units, _) in dimensions {
             if cell.interval_ns != 0 {
                 lease.demand.fetch_add(units, Ordering::Relaxed);
             }
         }
-        for (index, (cell, lease, units, dimension, quota)) in dimensions.iter().enumerate() {
-            if cell.interval_ns == 0 || lease.take(*units) {
+        for (index, (cell, lease, units, dimension)) in dimensions.into_iter().enumerate() {
+            if cell.interval_ns == 0 || lease.take(units) {
                 continue;
             }
             if index == 1 && self.events.interval_ns != 0 {
@@ -489,7 +470,7 @@ impl KeyLimiter {
                 .saturating_add(units.saturating_mul(cell.interval_ns))
                 .saturating_sub(cell.tolerance_ns);
             let wait = fits_at.saturating_sub(now_ns).max(LEASE_WAIT_NS);
-            return Err((wait, dimension, *quota));
+            return Err((wait, dimension));
         }
         Ok(())
     }
@@ -597,7 +578,7 @@ mod tests {
         assert_eq!(admitted, 30, "a third of the burst before the first lease");
         let refusal = admit().unwrap_err();
         assert!(refusal.retry_after_seconds >= 1);
-        let (events, _) = limiter.lease_requests().unwrap();
+        let (events, _) = limiter.lease_requests();
         assert_eq!(
             events.charge_us, 30_000_000,
             "the allowance is charged whole"
