@@ -125,6 +125,18 @@ impl ApiError {
         Self::unavailable("server is at capacity; retry later")
     }
 
+    /// 503: an earlier request with the same event is still waiting for
+    /// Kafka; once it is answered a retry is stored or found stored.
+    pub fn event_in_flight(index: usize) -> Self {
+        Self::new(
+            503,
+            "event_in_flight",
+            format!(
+                "event {index} (the same event_id) is being stored by an earlier request; retry once that request is answered"
+            ),
+        )
+    }
+
     pub fn too_many_connections() -> Self {
         Self::unavailable("too many connections on this core").closing()
     }

@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod cors;
 pub mod cpus;
+pub mod dedup;
 pub mod error;
 pub mod events;
 pub mod health;

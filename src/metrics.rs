@@ -67,6 +67,7 @@ pub struct CoreMetrics {
     requests: [[AtomicU64; STATUSES.len()]; Route::ALL.len()],
     events_accepted: AtomicU64,
     events_rejected: AtomicU64,
+    events_duplicate: AtomicU64,
     body_bytes: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
     latency_sum_us: AtomicU64,
@@ -88,6 +89,13 @@ impl CoreMetrics {
     pub fn events(&self, accepted: usize, rejected: usize) {
         bump(&self.events_accepted, accepted as u64);
         bump(&self.events_rejected, rejected as u64);
+    }
+
+    /// Events found already stored (dedup): answered, not published.
+    pub fn duplicates(&self, count: usize) {
+        if count > 0 {
+            bump(&self.events_duplicate, count as u64);
+        }
     }
 
     pub fn body_bytes(&self, bytes: usize) {
@@ -134,6 +142,8 @@ pub struct Metrics {
     pub keys_postgres: crate::tenancy::postgres::PgKeyMetrics,
     /// The fleet-wide limit sync's state (rendered when configured).
     pub fleet: crate::tenancy::fleet::FleetMetrics,
+    /// The local dedup table, when dedup is on.
+    pub dedup: std::sync::OnceLock<std::sync::Arc<crate::dedup::table::DedupTable>>,
     /// Log lines the non-blocking log writer dropped because its queue was
     /// full (a slow log pipe); read at scrape time.
     log_lines_dropped: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
@@ -150,6 +160,7 @@ impl Metrics {
             producers_replaced: AtomicU64::new(0),
             keys_postgres: Default::default(),
             fleet: Default::default(),
+            dedup: std::sync::OnceLock::new(),
             log_lines_dropped: std::sync::OnceLock::new(),
         }
     }
@@ -204,11 +215,16 @@ impl Metrics {
             }
         }
         let log_lines_dropped = self.log_lines_dropped.get().map_or(0, |source| source());
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 12] = [
             (
                 "sluice_events_accepted_total",
-                "Events accepted for Kafka.",
+                "Events accepted for Kafka (duplicates not included).",
                 self.sum(|c| &c.events_accepted),
+            ),
+            (
+                "sluice_events_duplicate_total",
+                "Events answered as already stored (a retry within the dedup window) and not published again.",
+                self.sum(|c| &c.events_duplicate),
             ),
             (
                 "sluice_events_rejected_total",
@@ -280,6 +296,7 @@ impl Metrics {
         );
         self.render_postgres_keys(&mut out);
         self.render_fleet(&mut out);
+        self.render_dedup(&mut out);
         self.render_latency(&mut out);
         let gauges: [Gauge; 4] = [
             (
@@ -371,6 +388,37 @@ impl Metrics {
             "Duration of the last full load.",
             "gauge",
             format_args!("{:.6}", pg.last_load_us.load(Relaxed) as f64 / 1e6),
+        );
+    }
+
+    fn render_dedup(&self, out: &mut String) {
+        let Some(table) = self.dedup.get() else {
+            return;
+        };
+        let counters = &table.counters;
+        write_metric(
+            out,
+            "sluice_dedup_entries_max",
+            "Entries the local dedup table holds (16 bytes each).",
+            "gauge",
+            table.entries(),
+        );
+        write_metric(
+            out,
+            "sluice_dedup_evicted_young_total",
+            "Dedup entries forced out before dedup.window_ms ended (the table is too small for the event rate).",
+            "counter",
+            counters.evicted_young.load(Relaxed),
+        );
+        write_metric(
+            out,
+            "sluice_dedup_last_evicted_age_seconds",
+            "Age of the last entry forced out early: the window the table really keeps.",
+            "gauge",
+            format_args!(
+                "{:.3}",
+                counters.last_evicted_age_ms.load(Relaxed) as f64 / 1e3
+            ),
         );
     }
 

@@ -493,11 +493,11 @@ fn hole8_completion_queue_fits_the_inflight_cap() {
     use sluice::server::inflight::Inflight;
 
     let too_small = Mailbox::new(99);
-    assert!(Inflight::new(0, 10, 100, 1 << 20, &too_small).is_err());
+    assert!(Inflight::new(0, 10, 100, 1 << 20, &too_small, None).is_err());
 
     let metrics = CoreMetrics::default();
     let mailbox = Mailbox::new(100);
-    let mut inflight = Inflight::new(0, 10, 100, 1 << 20, &mailbox).unwrap();
+    let mut inflight = Inflight::new(0, 10, 100, 1 << 20, &mailbox, None).unwrap();
     // Exactly at the cap: 10 requests of 10 records, every report queued
     // before the core applies any.
     let tickets: Vec<_> = (0..10)
@@ -511,14 +511,14 @@ fn hole8_completion_queue_fits_the_inflight_cap() {
         inflight.detach(*ticket, &metrics);
         for _ in 0..10 {
             let queued = mailbox.complete(Completion {
-                opaque: Opaque::new(*ticket, false),
+                opaque: Opaque::new(*ticket, 0, false),
                 delivered: true,
             });
             assert!(queued, "a report found the completion queue full");
         }
     }
     while let Some(completion) = mailbox.next_completion() {
-        inflight.complete(completion, Instant::now(), &metrics);
+        inflight.complete(completion, Instant::now(), 0, &metrics);
     }
     assert_eq!(inflight.requests(), 0, "a slot leaked");
     inflight.reserve(100, 10, Instant::now(), &metrics).unwrap();

@@ -69,7 +69,12 @@ fn start_core() -> std::net::SocketAddr {
     config.limits.inflight_events_per_core_max = 4096;
     config.limits.inflight_requests_per_core_max = 1024;
     let mailboxes: Arc<[Arc<Mailbox>]> = vec![Arc::new(Mailbox::new(4096))].into();
-    let inflight = Inflight::new(0, 1024, 4096, 64 << 20, &mailboxes[0]).unwrap();
+    // Dedup on, as by default: its claims are on the measured path.
+    let dedup = Some(Arc::new(sluice::dedup::table::DedupTable::new(
+        1 << 16,
+        3_600_000,
+    )));
+    let inflight = Inflight::new(0, 1024, 4096, 64 << 20, &mailboxes[0], dedup.clone()).unwrap();
     let readiness = Arc::new(Readiness::default());
     readiness.set_kafka(Ok(()));
     let shared = Arc::new(Shared {
@@ -93,6 +98,7 @@ fn start_core() -> std::net::SocketAddr {
         metrics: Arc::new(Metrics::new(1)),
         readiness,
         mailboxes: mailboxes.clone(),
+        dedup,
         shutdown: Shutdown::new(1, Duration::from_secs(1)),
         config,
     });
@@ -109,8 +115,8 @@ fn start_core() -> std::net::SocketAddr {
                 .map(|record| record.dead_letter)
                 .collect();
             mailbox.recycle(batch);
-            for dead_letter in dead_letters {
-                let opaque = Opaque::new(ticket, dead_letter);
+            for (index, dead_letter) in dead_letters.into_iter().enumerate() {
+                let opaque = Opaque::new(ticket, index, dead_letter);
                 mailbox.complete(Completion {
                     opaque,
                     delivered: true,
@@ -151,11 +157,26 @@ fn request(path: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Event ids that [`send`] makes new for every request: the last 12 hex
+/// digits after this prefix are replaced by a counter.
+const FRESH_ID_PREFIX: &str = "00000000-0000-4000-8000-";
+
+static FRESH_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Sends `request` `count` times on one keep-alive connection, checking 202s.
 fn send(stream: &mut TcpStream, request: &[u8], count: usize) {
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut request = request.to_vec();
+    let fresh = request
+        .windows(FRESH_ID_PREFIX.len())
+        .position(|window| window == FRESH_ID_PREFIX.as_bytes())
+        .map(|at| at + FRESH_ID_PREFIX.len());
     for _ in 0..count {
-        stream.write_all(request).unwrap();
+        if let Some(at) = fresh {
+            let id = FRESH_IDS.fetch_add(1, Ordering::Relaxed);
+            request[at..at + 12].copy_from_slice(format!("{id:012x}").as_bytes());
+        }
+        stream.write_all(&request).unwrap();
         let mut filled = 0;
         loop {
             filled += stream.read(&mut buffer[filled..]).unwrap();
@@ -208,6 +229,24 @@ fn steady_state_requests_allocate_nothing_on_the_core() {
     let per_single = allocations_per_request(address, &single);
     println!("single event: {per_single} allocations per request");
 
+    // With an event_id: a new one each time (claimed in the dedup table,
+    // settled by its report), then the same one (answered as a duplicate).
+    let with_id = |id: &str| {
+        request(
+            "/v1/events",
+            &format!(
+                r#"{{"event_id":"{id}","user_id":"user_123","event_type":"page_view","event_time":{}}}"#,
+                now_ms()
+            ),
+        )
+    };
+    let per_fresh =
+        allocations_per_request(address, &with_id(&format!("{FRESH_ID_PREFIX}000000000000")));
+    println!("single event, new event_id: {per_fresh} allocations per request");
+    let per_duplicate =
+        allocations_per_request(address, &with_id("0f8fad5b-d9cb-469f-a165-70867728950e"));
+    println!("single event, repeated event_id: {per_duplicate} allocations per request");
+
     let events: Vec<String> = (0..100)
         .map(|i| format!(r#"{{"user_id":"user_{i}","event_type":"click","event_time":{},"properties":{{"i":{i}}}}}"#, now_ms()))
         .collect();
@@ -219,5 +258,7 @@ fn steady_state_requests_allocate_nothing_on_the_core() {
     println!("batch of 100: {per_batch} allocations per request");
 
     assert_eq!(per_single, 0.0, "the single-event path allocates");
+    assert_eq!(per_fresh, 0.0, "the dedup claim path allocates");
+    assert_eq!(per_duplicate, 0.0, "the duplicate path allocates");
     assert_eq!(per_batch, 0.0, "the batch path allocates");
 }

@@ -14,12 +14,14 @@ use serde::{Deserialize, Serialize};
 mod auth;
 pub mod bounds;
 mod cors;
+mod dedup;
 mod kafka;
 mod limits;
 mod server;
 
 pub use auth::AuthConfig;
 pub use cors::CorsConfig;
+pub use dedup::DedupConfig;
 pub use kafka::KafkaConfig;
 pub use limits::LimitsConfig;
 pub use server::{AckMode, IoDriver, LogFormat, ServerConfig};
@@ -33,6 +35,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub kafka: KafkaConfig,
     pub cors: CorsConfig,
+    pub dedup: DedupConfig,
     /// Run with librdkafka's in-process mock cluster and a generated dev key.
     pub dev: bool,
 }
@@ -250,8 +253,13 @@ impl Config {
         for origin in &self.cors.allowed_origins {
             crate::cors::check_origin(origin)?;
         }
-        if !self.limits.redis_url.is_empty() {
-            crate::tenancy::fleet::parse_url(self.limits.redis_url.expose())?;
+        for (key, url) in [
+            ("limits.redis_url", &self.limits.redis_url),
+            ("dedup.redis_url", &self.dedup.redis_url),
+        ] {
+            if !url.is_empty() {
+                crate::tenancy::fleet::parse_url(key, url.expose())?;
+            }
         }
         if !self.auth.postgres_url.is_empty() {
             crate::tenancy::postgres::parse_url(self.auth.postgres_url.expose())?;

@@ -105,6 +105,10 @@ pub struct RecordSpans {
     pub key: Range<usize>,
     pub value: Range<usize>,
     pub event_type: Range<usize>,
+    /// The event's id when a retry carries it again: the client's own
+    /// `event_id` (any UUID form, as a number) or one derived from an
+    /// `Idempotency-Key`. `None` for an id generated here (never retried).
+    pub event_id: Option<u128>,
 }
 
 /// Per-core validator with reused parse buffers.
@@ -189,10 +193,14 @@ impl Validator {
                 .format(enrichment.received_at_ms)
                 .as_bytes(),
         );
-        if !fields.has_event_id {
+        let mut event_id = fields.event_id;
+        if event_id.is_none() {
             let id = match enrichment.idempotency_key {
                 Some(key) => {
-                    idempotent_event_id(enrichment.tenant_id, key, enrichment.event_index, raw)
+                    let id =
+                        idempotent_event_id(enrichment.tenant_id, key, enrichment.event_index, raw);
+                    event_id = Some(id.as_u128());
+                    id
                 }
                 None => self.new_event_id(enrichment.received_at_ms),
             };
@@ -213,6 +221,7 @@ impl Validator {
             key,
             value,
             event_type: type_start..out.len(),
+            event_id,
         }
     }
 
@@ -290,7 +299,7 @@ fn trim_object_end(raw: &[u8]) -> &[u8] {
 struct Fields<'a> {
     user_id: &'a str,
     event_type: &'a str,
-    has_event_id: bool,
+    event_id: Option<u128>,
 }
 
 fn invalid(field: &'static str, message: &'static str) -> ApiError {
@@ -339,7 +348,7 @@ struct Seen<'a> {
     user_id: Option<&'a str>,
     event_type: Option<&'a str>,
     event_time: Option<i64>,
-    event_id: bool,
+    event_id: Option<u128>,
     experiment_id: bool,
     variant: bool,
     properties: bool,
@@ -373,10 +382,7 @@ impl<'a> Seen<'a> {
                 "event_time",
                 check_event_time(node, limits, now_ms)?,
             ),
-            "event_id" => {
-                flag_once(&mut self.event_id, "event_id")?;
-                check_event_id(node)
-            }
+            "event_id" => set_once(&mut self.event_id, "event_id", check_event_id(node)?),
             "experiment_id" => {
                 flag_once(&mut self.experiment_id, "experiment_id")?;
                 bounded_string(node, "experiment_id", LABEL_BYTES_MAX).map(|_| ())
@@ -410,17 +416,19 @@ impl<'a> Seen<'a> {
         Ok(Fields {
             user_id,
             event_type,
-            has_event_id: self.event_id,
+            event_id: self.event_id,
         })
     }
 }
 
-fn check_event_id(node: &Node<'_>) -> Result<(), ApiError> {
+/// The event id as a number: every textual form of one UUID (upper or
+/// lower case, braced, URN, no hyphens) is the same id.
+fn check_event_id(node: &Node<'_>) -> Result<u128, ApiError> {
     let Node::String(text) = node else {
         return Err(invalid("event_id", "event_id must be a UUID string"));
     };
     uuid::Uuid::try_parse(text)
-        .map(|_| ())
+        .map(|id| id.as_u128())
         .map_err(|_| invalid("event_id", "event_id must be a UUID string"))
 }
 

@@ -16,7 +16,11 @@ use crossbeam_queue::ArrayQueue;
 /// Cores addressable by a delivery ticket.
 pub const CORES_MAX: usize = 256;
 /// In-flight request slots addressable per core.
-pub const SLOTS_PER_CORE_MAX: usize = 1 << 23;
+pub const SLOTS_PER_CORE_MAX: usize = 1 << 20;
+/// Records of one request addressable by a delivery report.
+pub const RECORDS_PER_BATCH_MAX: usize = 1 << 17;
+/// A slot's generation wraps at this (it names one use of the slot).
+pub const GENERATIONS: u32 = 1 << 18;
 /// Batches kept for reuse per core; more are freed.
 pub const RECYCLED_BATCHES_MAX: usize = 256;
 /// A batch whose buffer grew beyond this (a large request) is freed rather
@@ -33,24 +37,36 @@ pub struct Ticket {
     pub generation: u32,
 }
 
-/// A ticket and the record kind packed into librdkafka's delivery opaque
-/// (a pointer-sized integer, so nothing is boxed per message).
-/// Layout: generation (32 bits) | dead-letter flag (1) | slot (23) | core (8).
+/// A ticket, the record's position in its request and its kind packed
+/// into librdkafka's delivery opaque (a pointer-sized integer, so nothing
+/// is boxed per message). Layout, high bits first: generation (18) |
+/// record (17) | dead-letter flag (1) | slot (20) | core (8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opaque(pub usize);
 
 const _: () = assert!(usize::BITS == 64, "the delivery opaque packs 64 bits");
-const _: () = assert!(CORES_MAX == 1 << 8 && SLOTS_PER_CORE_MAX == 1 << 23);
+const _: () = assert!(
+    CORES_MAX == 1 << 8
+        && SLOTS_PER_CORE_MAX == 1 << 20
+        && RECORDS_PER_BATCH_MAX == 1 << 17
+        && GENERATIONS == 1 << 18
+);
 
 impl Opaque {
-    pub fn new(ticket: Ticket, dead_letter: bool) -> Self {
-        // Start-up refuses more cores or slots than fit (config and
-        // `server::core_count`), so this never fires; if it did, a report
-        // would reach the wrong request.
-        assert!(ticket.core < CORES_MAX && ticket.slot < SLOTS_PER_CORE_MAX);
+    pub fn new(ticket: Ticket, record: usize, dead_letter: bool) -> Self {
+        // Start-up refuses more cores, slots or events per request than
+        // fit (config bounds and `server::core_count`), so this never
+        // fires; if it did, a report would reach the wrong request.
+        assert!(
+            ticket.core < CORES_MAX
+                && ticket.slot < SLOTS_PER_CORE_MAX
+                && record < RECORDS_PER_BATCH_MAX
+                && ticket.generation < GENERATIONS
+        );
         Opaque(
-            (ticket.generation as usize) << 32
-                | usize::from(dead_letter) << 31
+            (ticket.generation as usize) << 46
+                | record << 29
+                | usize::from(dead_letter) << 28
                 | ticket.slot << 8
                 | ticket.core,
         )
@@ -60,12 +76,17 @@ impl Opaque {
         Ticket {
             core: self.0 & 0xff,
             slot: (self.0 >> 8) & (SLOTS_PER_CORE_MAX - 1),
-            generation: (self.0 >> 32) as u32,
+            generation: (self.0 >> 46) as u32,
         }
     }
 
+    /// The record's position among its request's records.
+    pub fn record(self) -> usize {
+        (self.0 >> 29) & (RECORDS_PER_BATCH_MAX - 1)
+    }
+
     pub fn is_dead_letter(self) -> bool {
-        self.0 >> 31 & 1 == 1
+        self.0 >> 28 & 1 == 1
     }
 }
 
@@ -90,6 +111,11 @@ pub struct Batch {
     pub tenant_id: Arc<str>,
     pub data: Vec<u8>,
     pub records: Vec<Record>,
+    /// Per record, its dedup claim (`dedup::table::NO_CLAIM` for none):
+    /// copied into the request's in-flight slot when it is sent.
+    pub claims: Vec<u32>,
+    /// The request's identity in the dedup table's pending slots.
+    pub owner: u64,
 }
 
 impl Batch {
@@ -107,12 +133,15 @@ impl Batch {
             tenant_id: empty.clone(),
             data: Vec::with_capacity(4096),
             records: Vec::with_capacity(16),
+            claims: Vec::with_capacity(16),
+            owner: 0,
         }
     }
 
     pub fn clear(&mut self) {
         self.data.clear();
         self.records.clear();
+        self.claims.clear();
     }
 }
 
@@ -202,18 +231,25 @@ mod tests {
 
     #[test]
     fn opaque_round_trips_every_field() {
-        for (core, slot, generation, dead_letter) in [
-            (0, 0, 0, false),
-            (255, SLOTS_PER_CORE_MAX - 1, u32::MAX, true),
-            (3, 12345, 77, false),
+        for (core, slot, generation, record, dead_letter) in [
+            (0, 0, 0, 0, false),
+            (
+                255,
+                SLOTS_PER_CORE_MAX - 1,
+                GENERATIONS - 1,
+                RECORDS_PER_BATCH_MAX - 1,
+                true,
+            ),
+            (3, 12345, 77, 99_999, false),
         ] {
             let ticket = Ticket {
                 core,
                 slot,
                 generation,
             };
-            let opaque = Opaque::new(ticket, dead_letter);
+            let opaque = Opaque::new(ticket, record, dead_letter);
             assert_eq!(opaque.ticket(), ticket);
+            assert_eq!(opaque.record(), record);
             assert_eq!(opaque.is_dead_letter(), dead_letter);
         }
     }

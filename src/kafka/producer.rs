@@ -374,9 +374,9 @@ fn produce_unless_expired(
 ) {
     if durable && Instant::now() >= batch.deadline {
         let mailbox = &mailboxes[batch.ticket.core];
-        for record in &batch.records {
+        for (index, record) in batch.records.iter().enumerate() {
             mailbox.complete(Completion {
-                opaque: Opaque::new(batch.ticket, record.dead_letter),
+                opaque: Opaque::new(batch.ticket, index, record.dead_letter),
                 delivered: false,
             });
         }
@@ -399,8 +399,8 @@ fn produce(
     client_logs: &RepeatFilter,
 ) {
     let mailbox = &mailboxes[batch.ticket.core];
-    for record in &batch.records {
-        let opaque = Opaque::new(batch.ticket, record.dead_letter);
+    for (index, record) in batch.records.iter().enumerate() {
+        let opaque = Opaque::new(batch.ticket, index, record.dead_letter);
         let topic: &str = if record.dead_letter {
             &batch.dead_letter_topic
         } else {

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use super::context::Core;
+use super::ingest::Outcome;
 use crate::error::ApiError;
 use crate::events::validate::write_error_object;
 use crate::http::request::{Head, REQUEST_ID_BYTES_MAX};
@@ -169,15 +170,16 @@ pub fn write_error(
     log_failure(core, reply, error.status, error.code, tenant);
 }
 
-/// `202 {"accepted": N}`, with `rejected` on the batch routes; a batch with
-/// nothing accepted is a 400 with the same body. Segment's routes answer
-/// 200 `{"success": true, "accepted": N}`.
+/// `202 {"accepted": N}`, with `rejected` on the batch routes and
+/// `duplicates` (indexes of events already stored, not published again)
+/// when there are any; a batch with nothing accepted is a 400 with the
+/// same body. Segment's routes answer 200 `{"success": true, "accepted": N}`.
 pub fn write_accepted(
     core: &Core,
     output: &mut Vec<u8>,
     reply: &Reply,
     accepted: usize,
-    rejected_json: &[u8],
+    outcome: &Outcome,
     tenant: &str,
 ) {
     let mut scratch = core.scratch.borrow_mut();
@@ -194,7 +196,12 @@ pub fn write_accepted(
     body.extend_from_slice(itoa::Buffer::new().format(accepted).as_bytes());
     if matches!(reply.route, Route::EventsBatch | Route::SegmentBatch) {
         body.extend_from_slice(b",\"rejected\":[");
-        body.extend_from_slice(rejected_json);
+        body.extend_from_slice(&outcome.rejected);
+        body.push(b']');
+    }
+    if outcome.duplicate_count > 0 {
+        body.extend_from_slice(b",\"duplicates\":[");
+        body.extend_from_slice(&outcome.duplicates);
         body.push(b']');
     }
     body.push(b'}');

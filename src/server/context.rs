@@ -36,6 +36,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub mailboxes: Arc<[Arc<Mailbox>]>,
+    /// The local dedup table (`None`: `dedup.enabled = false`).
+    pub dedup: Option<Arc<crate::dedup::table::DedupTable>>,
     pub topic: Arc<str>,
     pub dead_letter_topic: Arc<str>,
     pub shutdown: Shutdown,
@@ -68,6 +70,8 @@ pub struct Core {
     buffers: RefCell<Vec<Vec<u8>>>,
     connections: RefCell<ConnectionTable>,
     request_counter: Cell<u64>,
+    /// Requests that claimed dedup slots on this core, to name them.
+    dedup_serial: Cell<u64>,
     log_budget: Cell<(u64, u32)>,
     /// Debug builds only: a target that panics, to test that a panic on a
     /// core aborts the process (`SLUICE_DEBUG_PANIC_TARGET`).
@@ -120,6 +124,7 @@ impl Core {
             buffers: RefCell::new(Vec::new()),
             connections: RefCell::new(ConnectionTable::default()),
             request_counter: Cell::new(seed),
+            dedup_serial: Cell::new(0),
             log_budget: Cell::new((0, 0)),
             #[cfg(debug_assertions)]
             panic_target: std::env::var("SLUICE_DEBUG_PANIC_TARGET")
@@ -127,6 +132,13 @@ impl Core {
                 .map(String::into_bytes),
             shared,
         }
+    }
+
+    /// A new request's identity in the dedup table's pending slots.
+    pub fn next_dedup_owner(&self) -> u64 {
+        let serial = self.dedup_serial.get().wrapping_add(1);
+        self.dedup_serial.set(serial);
+        crate::dedup::table::owner(self.index, serial)
     }
 
     pub fn metrics(&self) -> &CoreMetrics {

@@ -193,20 +193,23 @@ async fn deliver_completions(core: Rc<Core>) {
             match core.mailbox.next_completion() {
                 Some(completion) => {
                     let now = core.tick();
-                    core.inflight
-                        .borrow_mut()
-                        .complete(completion, now, core.metrics());
+                    core.inflight.borrow_mut().complete(
+                        completion,
+                        now,
+                        core.now_ms(),
+                        core.metrics(),
+                    );
                     std::task::Poll::Ready(())
                 }
                 None => std::task::Poll::Pending,
             }
         })
         .await;
-        let now = core.now();
+        let (now, now_ms) = (core.now(), core.now_ms());
         while let Some(completion) = core.mailbox.next_completion() {
             core.inflight
                 .borrow_mut()
-                .complete(completion, now, core.metrics());
+                .complete(completion, now, now_ms, core.metrics());
         }
     }
 }

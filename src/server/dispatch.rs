@@ -13,7 +13,7 @@ use super::answer::{write_accepted, write_error, write_preflight, write_probe, R
 use super::context::Core;
 use super::framing::{read_body, ReadError};
 use super::inflight::Delivery;
-use super::ingest::{ingest, Handed};
+use super::ingest::{ingest, Handed, Outcome};
 use super::wire::Wire;
 use crate::config::AckMode;
 use crate::error::ApiError;
@@ -22,6 +22,7 @@ use crate::events::validate::IDEMPOTENCY_KEY_BYTES_MAX;
 use crate::http::request::{find_header, trim, Framing, Head, Method};
 use crate::http::response::CONTINUE;
 use crate::http::{gzip, FramingError};
+use crate::kafka::handoff::Ticket;
 use crate::route::{Route, SegmentCall};
 use crate::tenancy::credentials::{basic_user, bearer_token, presented_key, query_key};
 use crate::tenancy::keys::{AuthError, Grant, Snapshot};
@@ -77,8 +78,8 @@ pub struct Exchange<'a> {
     pub core: &'a Core,
     pub wire: Wire,
     pub reply: Reply,
-    /// The `rejected` entries of a batch response being built.
-    rejected: Vec<u8>,
+    /// The `rejected` and `duplicates` entries of the answer being built.
+    outcome: Outcome,
     cached_key: Option<Box<CachedKey>>,
 }
 
@@ -88,7 +89,7 @@ impl<'a> Exchange<'a> {
             core,
             wire,
             reply: Reply::default(),
-            rejected: Vec::new(),
+            outcome: Outcome::default(),
             cached_key: None,
         }
     }
@@ -366,7 +367,7 @@ impl<'a> Exchange<'a> {
         body: Range<usize>,
     ) -> Next {
         let core = self.core;
-        self.rejected.clear();
+        self.outcome.clear();
         let handed = match self.hand_off(head, grant, kind, body) {
             Ok(handed) => handed,
             Err(error) => {
@@ -378,23 +379,21 @@ impl<'a> Exchange<'a> {
                 };
             }
         };
-        let delivered = match core.shared.config.server.ack_mode {
-            AckMode::Enqueued => {
-                core.inflight
-                    .borrow_mut()
-                    .detach(handed.ticket, core.metrics());
+        let delivered = match (handed.ticket, core.shared.config.server.ack_mode) {
+            // Every event was already stored: nothing to wait for.
+            (None, _) => true,
+            (Some(ticket), AckMode::Enqueued) => {
+                core.inflight.borrow_mut().detach(ticket, core.metrics());
                 true
             }
-            AckMode::Durable => {
+            (Some(ticket), AckMode::Durable) => {
                 // Answers already written for earlier pipelined requests go
                 // out now, not after this request's wait on Kafka.
                 if !self.wire.output.is_empty() && !self.wire.flush(core).await {
-                    core.inflight
-                        .borrow_mut()
-                        .detach(handed.ticket, core.metrics());
+                    core.inflight.borrow_mut().detach(ticket, core.metrics());
                     return Next::Close;
                 }
-                match self.await_delivery(&handed).await {
+                match self.await_delivery(ticket).await {
                     Ok(delivered) => delivered,
                     Err(error) => {
                         self.reply.keep_alive &= !core.shared.shutdown.is_triggered();
@@ -416,7 +415,7 @@ impl<'a> Exchange<'a> {
             &mut self.wire.output,
             &self.reply,
             handed.accepted,
-            &self.rejected,
+            &self.outcome,
             &grant.tenant_id,
         );
         self.next()
@@ -453,7 +452,7 @@ impl<'a> Exchange<'a> {
                 kind,
                 &input[body],
                 idempotency_key,
-                &mut self.rejected,
+                &mut self.outcome,
             );
         }
         let mut inflated = std::mem::take(&mut core.scratch.borrow_mut().inflated);
@@ -467,7 +466,7 @@ impl<'a> Exchange<'a> {
                     kind,
                     &inflated,
                     idempotency_key,
-                    &mut self.rejected,
+                    &mut self.outcome,
                 )
             });
         if inflated.capacity() > super::context::POOLED_BUFFER_BYTES_MAX {
@@ -478,14 +477,14 @@ impl<'a> Exchange<'a> {
     }
 
     /// Waits for every delivery report of the request, up to the deadline.
-    async fn await_delivery(&mut self, handed: &Handed) -> Result<bool, ApiError> {
+    async fn await_delivery(&mut self, ticket: Ticket) -> Result<bool, ApiError> {
         let core = self.core;
         let deadline =
             core.now() + Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
         let delivery = Delivery {
             inflight: &core.inflight,
             metrics: core.metrics(),
-            ticket: handed.ticket,
+            ticket,
             finished: false,
         };
         let outcome =

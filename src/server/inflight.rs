@@ -13,7 +13,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::kafka::handoff::{Completion, Mailbox, Ticket, SLOTS_PER_CORE_MAX};
+use std::sync::Arc;
+
+use crate::dedup::table::{DedupTable, NO_CLAIM};
+use crate::kafka::handoff::{Completion, Mailbox, Ticket, GENERATIONS, SLOTS_PER_CORE_MAX};
 use crate::metrics::CoreMetrics;
 
 #[derive(Debug)]
@@ -29,7 +32,16 @@ struct Slot {
     waiting: Option<Waker>,
     bytes: usize,
     started: Instant,
+    /// Per record, its dedup claim, settled by the record's report.
+    /// Kept between uses (pooled); empty when dedup is off.
+    claims: Vec<u32>,
+    /// The request's identity in the dedup table.
+    owner: u64,
 }
+
+/// A pooled claims vector longer than this is freed on release, so a
+/// slot keeps at most this many (4 bytes each) between requests.
+const POOLED_CLAIMS_MAX: usize = 4_096;
 
 /// Why a reservation was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,6 +56,7 @@ pub struct Inflight {
     records_max: usize,
     bytes: usize,
     bytes_max: usize,
+    dedup: Option<Arc<DedupTable>>,
 }
 
 /// Bounds an in-flight table cannot be built with.
@@ -90,6 +103,7 @@ impl Inflight {
         records_max: usize,
         bytes_max: usize,
         mailbox: &Mailbox,
+        dedup: Option<Arc<DedupTable>>,
     ) -> Result<Self, BoundsError> {
         if mailbox.completions_capacity() < records_max {
             return Err(BoundsError::CompletionQueueTooSmall {
@@ -100,12 +114,9 @@ impl Inflight {
         if requests_max > SLOTS_PER_CORE_MAX {
             return Err(BoundsError::TooManySlots { requests_max });
         }
-        Ok(Self::with_bounds(
-            core,
-            requests_max,
-            records_max,
-            bytes_max,
-        ))
+        let mut table = Self::with_bounds(core, requests_max, records_max, bytes_max);
+        table.dedup = dedup;
+        Ok(table)
     }
 
     fn with_bounds(core: usize, requests_max: usize, records_max: usize, bytes_max: usize) -> Self {
@@ -120,6 +131,8 @@ impl Inflight {
                 waiting: None,
                 bytes: 0,
                 started: now,
+                claims: Vec::new(),
+                owner: 0,
             })
             .collect();
         Inflight {
@@ -130,6 +143,7 @@ impl Inflight {
             records_max,
             bytes: 0,
             bytes_max,
+            dedup: None,
         }
     }
 
@@ -156,6 +170,22 @@ impl Inflight {
         now: Instant,
         metrics: &CoreMetrics,
     ) -> Result<Ticket, Full> {
+        self.reserve_claimed(records, bytes, &[], 0, now, metrics)
+    }
+
+    /// Reserves a slot for a request whose records hold the dedup
+    /// `claims` of `owner` (one per record, or none at all): each is
+    /// settled when its record's report arrives.
+    pub fn reserve_claimed(
+        &mut self,
+        records: usize,
+        bytes: usize,
+        claims: &[u32],
+        owner: u64,
+        now: Instant,
+        metrics: &CoreMetrics,
+    ) -> Result<Ticket, Full> {
+        debug_assert!(claims.is_empty() || claims.len() == records);
         if self.records + records > self.records_max || self.bytes + bytes > self.bytes_max {
             return Err(Full);
         }
@@ -169,6 +199,11 @@ impl Inflight {
         slot.waiting = None;
         slot.bytes = bytes;
         slot.started = now;
+        slot.claims.clear();
+        if claims.iter().any(|&claim| claim != NO_CLAIM) {
+            slot.claims.extend_from_slice(claims);
+        }
+        slot.owner = owner;
         let ticket = Ticket {
             core: self.core,
             slot: index,
@@ -180,8 +215,18 @@ impl Inflight {
         Ok(ticket)
     }
 
-    /// Frees a reservation whose batch never reached a producer.
+    /// Frees a reservation whose batch never reached a producer; its
+    /// dedup claims are released (nothing was stored).
     pub fn cancel(&mut self, ticket: Ticket, metrics: &CoreMetrics) {
+        let slot = &mut self.slots[ticket.slot];
+        if let Some(dedup) = &self.dedup {
+            for &claim in &slot.claims {
+                if claim != NO_CLAIM {
+                    dedup.settle(claim, slot.owner, false, 0);
+                }
+            }
+        }
+        slot.claims.clear();
         let pending = self.slots[ticket.slot].pending as usize;
         self.records -= pending;
         self.release(ticket.slot, metrics);
@@ -202,8 +247,15 @@ impl Inflight {
         }
     }
 
-    /// Applies one delivery report received at `now`.
-    pub fn complete(&mut self, completion: Completion, now: Instant, metrics: &CoreMetrics) {
+    /// Applies one delivery report received at `now` (`now_ms` on the
+    /// dedup table's clock).
+    pub fn complete(
+        &mut self,
+        completion: Completion,
+        now: Instant,
+        now_ms: u64,
+        metrics: &CoreMetrics,
+    ) {
         let ticket = completion.opaque.ticket();
         let Some(slot) = self.slots.get_mut(ticket.slot) else {
             return;
@@ -219,6 +271,13 @@ impl Inflight {
             .store(self.records as u64, std::sync::atomic::Ordering::Relaxed);
         if !completion.delivered && !completion.opaque.is_dead_letter() {
             slot.failed = true;
+        }
+        if let (Some(dedup), Some(&claim)) =
+            (&self.dedup, slot.claims.get(completion.opaque.record()))
+        {
+            if claim != NO_CLAIM {
+                dedup.settle(claim, slot.owner, completion.delivered, now_ms);
+            }
         }
         if slot.pending > 0 {
             return;
@@ -257,7 +316,11 @@ impl Inflight {
         let slot = &mut self.slots[index];
         slot.in_use = false;
         slot.waiting = None;
-        slot.generation = slot.generation.wrapping_add(1);
+        slot.generation = (slot.generation + 1) % GENERATIONS;
+        slot.claims.clear();
+        if slot.claims.capacity() > POOLED_CLAIMS_MAX {
+            slot.claims = Vec::new();
+        }
         self.bytes -= slot.bytes;
         self.free.push(index);
         self.publish(metrics);
@@ -320,7 +383,7 @@ mod tests {
 
     fn completion(ticket: Ticket, delivered: bool, dead_letter: bool) -> Completion {
         Completion {
-            opaque: Opaque::new(ticket, dead_letter),
+            opaque: Opaque::new(ticket, 0, dead_letter),
             delivered,
         }
     }
@@ -349,7 +412,7 @@ mod tests {
         inflight.cancel(second, &metrics);
         inflight.detach(first, &metrics);
         for _ in 0..5 {
-            inflight.complete(completion(first, true, false), Instant::now(), &metrics);
+            inflight.complete(completion(first, true, false), Instant::now(), 0, &metrics);
         }
         assert_eq!(inflight.requests(), 0);
         inflight.reserve(10, 100, Instant::now(), &metrics).unwrap();
@@ -363,12 +426,18 @@ mod tests {
             .borrow_mut()
             .reserve(2, 10, Instant::now(), &metrics)
             .unwrap();
-        inflight
-            .borrow_mut()
-            .complete(completion(ticket, true, false), Instant::now(), &metrics);
-        inflight
-            .borrow_mut()
-            .complete(completion(ticket, false, true), Instant::now(), &metrics);
+        inflight.borrow_mut().complete(
+            completion(ticket, true, false),
+            Instant::now(),
+            0,
+            &metrics,
+        );
+        inflight.borrow_mut().complete(
+            completion(ticket, false, true),
+            Instant::now(),
+            0,
+            &metrics,
+        );
         let waker = Waker::noop();
         assert_eq!(
             inflight.borrow_mut().poll_ticket(ticket, waker, &metrics),
@@ -379,9 +448,12 @@ mod tests {
             .borrow_mut()
             .reserve(1, 10, Instant::now(), &metrics)
             .unwrap();
-        inflight
-            .borrow_mut()
-            .complete(completion(ticket, false, false), Instant::now(), &metrics);
+        inflight.borrow_mut().complete(
+            completion(ticket, false, false),
+            Instant::now(),
+            0,
+            &metrics,
+        );
         assert_eq!(
             inflight.borrow_mut().poll_ticket(ticket, waker, &metrics),
             Some(false)
@@ -399,14 +471,14 @@ mod tests {
         inflight.cancel(old, &metrics);
         let new = inflight.reserve(1, 1, Instant::now(), &metrics).unwrap();
         assert_eq!(old.slot, new.slot);
-        inflight.complete(completion(old, false, false), Instant::now(), &metrics);
+        inflight.complete(completion(old, false, false), Instant::now(), 0, &metrics);
         let waker = Waker::noop();
         assert_eq!(
             inflight.poll_ticket(new, waker, &metrics),
             None,
             "the stale report completed the new request"
         );
-        inflight.complete(completion(new, true, false), Instant::now(), &metrics);
+        inflight.complete(completion(new, true, false), Instant::now(), 0, &metrics);
         assert_eq!(inflight.poll_ticket(new, waker, &metrics), Some(true));
         assert_eq!(inflight.requests(), 0);
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::TrySendError;
 
 use super::context::{Core, Scratch};
+use crate::dedup::table::{Claim, NO_CLAIM};
 use crate::error::ApiError;
 use crate::events::segment::{dead_letter_raw, translate, Envelope};
 use crate::events::split::{event_spans, BodyKind, Shared};
@@ -36,47 +37,99 @@ impl Admission<'_> {
 /// Events handed to a producer.
 #[derive(Debug)]
 pub struct Handed {
-    pub ticket: Ticket,
+    /// `None` when nothing was left to publish (every event a duplicate).
+    pub ticket: Option<Ticket>,
+    /// Valid events, duplicates included (they are stored).
     pub accepted: usize,
     pub rejected: usize,
 }
 
+/// What the answer says per event, written as the events are checked:
+/// comma-separated JSON, reused between requests.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// `{"index", "code", "message", "field"}` of each rejected event.
+    pub rejected: Vec<u8>,
+    /// The index of each event found already stored (not published again).
+    pub duplicates: Vec<u8>,
+    pub duplicate_count: usize,
+}
+
+impl Outcome {
+    pub fn clear(&mut self) {
+        self.rejected.clear();
+        self.duplicates.clear();
+        self.duplicate_count = 0;
+    }
+
+    fn note_duplicate(&mut self, index: usize) {
+        if self.duplicate_count > 0 {
+            self.duplicates.push(b',');
+        }
+        self.duplicate_count += 1;
+        self.duplicates
+            .extend_from_slice(itoa::Buffer::new().format(index).as_bytes());
+    }
+}
+
 /// Validates `body` and hands its records over. Rejected events of a batch
-/// are described in `rejected_json` (comma-separated objects) and become
-/// dead-letter records. A single invalid event is an error.
+/// are described in `outcome.rejected` and become dead-letter records; a
+/// single invalid event is an error. Events already stored (dedup) are
+/// listed in `outcome.duplicates` and not published again.
 pub fn ingest(
     core: &Core,
     grant: &Grant,
     kind: BodyKind,
     body: &[u8],
     idempotency_key: Option<&[u8]>,
-    rejected_json: &mut Vec<u8>,
+    outcome: &mut Outcome,
 ) -> Result<Handed, ApiError> {
     let mut batch = core.take_batch();
     batch.topic = grant.topic.clone().unwrap_or_else(|| core.topic.clone());
     batch.dead_letter_topic = core.dead_letter_topic.clone();
     batch.tenant_id = Arc::clone(&grant.tenant_id);
+    batch.owner = core.next_dedup_owner();
     let (rejected, admission) = match fill_batch(
         core,
         grant,
         (kind, body, idempotency_key),
         &mut batch,
-        rejected_json,
+        outcome,
     ) {
         Ok(filled) => filled,
         Err(error) => {
+            release_claims(core, &batch);
             core.mailbox.recycle(batch);
             return Err(error);
         }
     };
-    let accepted = batch.records.len() - rejected;
-    let ticket = send(core, batch).inspect_err(|_| admission.refund())?;
-    core.metrics().events(accepted, rejected);
+    let duplicates = outcome.duplicate_count;
+    let accepted = batch.records.len() - rejected + duplicates;
+    let ticket = if batch.records.is_empty() {
+        core.mailbox.recycle(batch);
+        None
+    } else {
+        Some(send(core, batch).inspect_err(|_| admission.refund())?)
+    };
+    core.metrics().events(accepted - duplicates, rejected);
+    core.metrics().duplicates(duplicates);
     Ok(Handed {
         ticket,
         accepted,
         rejected,
     })
+}
+
+/// Gives back the dedup claims of a batch that will not be sent: a
+/// retry must be able to store its events.
+fn release_claims(core: &Core, batch: &Batch) {
+    if let Some(table) = &core.shared.dedup {
+        for &claim in &batch.claims {
+            if claim != NO_CLAIM {
+                table.settle(claim, batch.owner, false, 0);
+            }
+        }
+    }
 }
 
 /// Splits the body, checks what can be checked before building anything
@@ -90,7 +143,7 @@ fn fill_batch<'g>(
     grant: &'g Grant,
     (kind, body, idempotency_key): (BodyKind, &[u8], Option<&[u8]>),
     batch: &mut Batch,
-    rejected_json: &mut Vec<u8>,
+    outcome: &mut Outcome,
 ) -> Result<(usize, Admission<'g>), ApiError> {
     let limits = &core.shared.config.limits;
     let mut scratch = core.scratch.borrow_mut();
@@ -131,7 +184,7 @@ fn fill_batch<'g>(
         translated,
         bytes_max,
         batch,
-        rejected_json,
+        outcome,
     );
     if translated.capacity() > super::context::POOLED_BUFFER_BYTES_MAX {
         *translated = Vec::new();
@@ -164,7 +217,7 @@ fn build_records(
     translated: &mut Vec<u8>,
     bytes_max: usize,
     batch: &mut Batch,
-    rejected_json: &mut Vec<u8>,
+    outcome: &mut Outcome,
 ) -> Result<usize, ApiError> {
     let Request {
         kind,
@@ -197,6 +250,8 @@ fn build_records(
         _ => None,
     };
     let mut validator = core.validator.borrow_mut();
+    let dedup = core.shared.dedup.as_deref();
+    let tenant_hash = dedup.map_or(0, |table| table.tenant_hash(&grant.tenant_id));
     let mut rejected = 0;
     for (index, span) in spans.iter().enumerate() {
         enrichment.event_index = index;
@@ -209,16 +264,36 @@ fn build_records(
                 .and_then(|()| validator.validate_into(translated, &enrichment, &mut batch.data)),
         };
         match validated {
-            Ok(spans) => batch.records.push(Record {
-                dead_letter: false,
-                key: spans.key,
-                value: spans.value,
-                event_type: spans.event_type,
-            }),
+            Ok(spans) => {
+                let claim = match (dedup, spans.event_id) {
+                    (Some(table), Some(id)) => match table.claim(
+                        table.fingerprint(tenant_hash, id),
+                        batch.owner,
+                        enrichment.received_at_ms,
+                    ) {
+                        Claim::Fresh(slot) => slot,
+                        Claim::Duplicate | Claim::Repeated => {
+                            batch.data.truncate(spans.key.start);
+                            outcome.note_duplicate(index);
+                            continue;
+                        }
+                        Claim::InFlight => return Err(ApiError::event_in_flight(index)),
+                        Claim::Busy => return Err(shed(core)),
+                    },
+                    _ => NO_CLAIM,
+                };
+                batch.records.push(Record {
+                    dead_letter: false,
+                    key: spans.key,
+                    value: spans.value,
+                    event_type: spans.event_type,
+                });
+                batch.claims.push(claim);
+            }
             Err(error) if kind.is_single() => return Err(error),
             Err(error) => {
                 rejected += 1;
-                describe_rejection(rejected_json, index, &error);
+                describe_rejection(&mut outcome.rejected, index, &error);
                 // A Segment call's writeKey is an API key: never dead-lettered.
                 let shown = match segment {
                     Some(_) => dead_letter_raw(raw, translated),
@@ -237,6 +312,7 @@ fn build_records(
                     value,
                     event_type: 0..0,
                 });
+                batch.claims.push(NO_CLAIM);
             }
         }
         if batch.data.len() > bytes_max {
@@ -252,6 +328,7 @@ fn send(core: &Core, mut batch: Batch) -> Result<Ticket, ApiError> {
     let metrics = core.metrics();
     let (records, bytes) = (batch.records.len(), batch.data.len());
     if !core.inflight.borrow().could_ever_hold(records, bytes) {
+        release_claims(core, &batch);
         core.mailbox.recycle(batch);
         return Err(ApiError::new(
             413,
@@ -261,13 +338,16 @@ fn send(core: &Core, mut batch: Batch) -> Result<Ticket, ApiError> {
             ),
         ));
     }
-    let reserved = core.inflight.borrow_mut().reserve(
+    let reserved = core.inflight.borrow_mut().reserve_claimed(
         batch.records.len(),
         batch.data.len(),
+        &batch.claims,
+        batch.owner,
         core.now(),
         metrics,
     );
     let Ok(ticket) = reserved else {
+        release_claims(core, &batch);
         core.mailbox.recycle(batch);
         return Err(shed(core));
     };

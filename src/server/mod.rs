@@ -52,6 +52,30 @@ pub fn core_count(configured: usize, default_cores: usize) -> anyhow::Result<usi
     Ok(cores)
 }
 
+/// The local dedup table, allocated whole now (`dedup.entries_max`), or
+/// `None` with `dedup.enabled = false`.
+fn start_dedup(config: &Config) -> Option<Arc<crate::dedup::table::DedupTable>> {
+    use crate::dedup::table::{DedupTable, ENTRY_BYTES};
+    let settings = &config.dedup;
+    if !settings.enabled {
+        tracing::info!("dedup is off (dedup.enabled = false): a retried event may be stored twice");
+        return None;
+    }
+    if !DedupTable::is_lock_free() {
+        tracing::warn!(
+            "this CPU has no 16-byte compare-and-swap: the dedup table takes a lock per event"
+        );
+    }
+    let table = DedupTable::new(settings.entries_max, settings.window_ms);
+    tracing::info!(
+        entries = table.entries(),
+        mib = (table.entries() * ENTRY_BYTES) >> 20,
+        window_ms = settings.window_ms,
+        "dedup table allocated"
+    );
+    Some(Arc::new(table))
+}
+
 /// Runs the server until SIGTERM or SIGINT has drained it. `log_lines_dropped`
 /// counts what the log writer had to drop, for `/metrics`.
 pub fn run(
@@ -90,6 +114,10 @@ pub fn run(
     let mailboxes: Arc<[Arc<Mailbox>]> = (0..cores)
         .map(|_| Arc::new(Mailbox::new(limits.inflight_events_per_core_max)))
         .collect();
+    let dedup = start_dedup(&config);
+    if let Some(table) = &dedup {
+        let _ = metrics.dedup.set(Arc::clone(table));
+    }
     let mut inflight_tables = Vec::with_capacity(cores);
     for (index, mailbox) in mailboxes.iter().enumerate() {
         let table = Inflight::new(
@@ -98,6 +126,7 @@ pub fn run(
             limits.inflight_events_per_core_max,
             limits.inflight_bytes_per_core_max,
             mailbox,
+            dedup.clone(),
         )?;
         inflight_tables.push(table);
     }
@@ -121,6 +150,7 @@ pub fn run(
         metrics,
         readiness,
         mailboxes,
+        dedup,
         shutdown: Shutdown::new(cores, drain_timeout),
     });
     tracing::info!(config = %shared.config.masked_summary(), "effective configuration");
@@ -387,7 +417,10 @@ fn start_control_plane(
     }
 
     if !shared.config.limits.redis_url.is_empty() {
-        let client = crate::tenancy::fleet::parse_url(shared.config.limits.redis_url.expose())?;
+        let client = crate::tenancy::fleet::parse_url(
+            "limits.redis_url",
+            shared.config.limits.redis_url.expose(),
+        )?;
         let sync_shared = shared.clone();
         let sync_stop = stop.clone();
         threads.push(

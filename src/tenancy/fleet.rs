@@ -116,11 +116,11 @@ pub struct FleetMetrics {
     pub last_sync_us: AtomicU64,
 }
 
-/// Checks `limits.redis_url`; the error never repeats the URL.
-pub fn parse_url(url: &str) -> anyhow::Result<redis::Client> {
-    redis::Client::open(url).map_err(|error| {
-        anyhow::anyhow!("limits.redis_url is not a Redis URL ({:?})", error.kind())
-    })
+/// Checks the Redis URL of the setting `key`; the error never repeats
+/// the URL (it may hold a password).
+pub fn parse_url(key: &str, url: &str) -> anyhow::Result<redis::Client> {
+    redis::Client::open(url)
+        .map_err(|error| anyhow::anyhow!("{key} is not a Redis URL ({:?})", error.kind()))
 }
 
 /// The sync loop; runs until `stop`.
@@ -343,8 +343,8 @@ mod tests {
             redis_key(&[0xab; 16]),
             "sluice:{rl}:abababababababababababababababab"
         );
-        let error = parse_url("notredis://user:hunter2@host/").unwrap_err();
+        let error = parse_url("limits.redis_url", "notredis://user:hunter2@host/").unwrap_err();
         assert!(!error.to_string().contains("hunter2"), "{error}");
-        assert!(parse_url("redis://127.0.0.1:6379/").is_ok());
+        assert!(parse_url("limits.redis_url", "redis://127.0.0.1:6379/").is_ok());
     }
 }
