@@ -54,7 +54,7 @@ pub fn core_count(configured: usize, default_cores: usize) -> anyhow::Result<usi
 
 /// The local dedup table, allocated whole now (`dedup.entries_max`), or
 /// `None` with `dedup.enabled = false`.
-fn start_dedup(config: &Config) -> Option<Arc<crate::dedup::table::DedupTable>> {
+fn start_dedup(config: &Config, cores: usize) -> Option<Arc<crate::dedup::table::DedupTable>> {
     use crate::dedup::table::{DedupTable, ENTRY_BYTES};
     let settings = &config.dedup;
     if !settings.enabled {
@@ -64,6 +64,17 @@ fn start_dedup(config: &Config) -> Option<Arc<crate::dedup::table::DedupTable>> 
     if !DedupTable::is_lock_free() {
         tracing::warn!(
             "this CPU has no 16-byte compare-and-swap: the dedup table takes a lock per event"
+        );
+    }
+    // A request's claims stay pending until Kafka answers; sets full of
+    // pending claims refuse new ones (503), so the table should be far
+    // larger than what may be in flight.
+    let inflight_max = cores.saturating_mul(config.limits.inflight_events_per_core_max);
+    if settings.entries_max < inflight_max.saturating_mul(4) {
+        tracing::warn!(
+            entries_max = settings.entries_max,
+            inflight_events_max = inflight_max,
+            "dedup.entries_max is under 4x the events that may be in flight (server.cores x limits.inflight_events_per_core_max): with Kafka slow, requests may be shed while their sets of the table are all pending"
         );
     }
     let table = DedupTable::new(settings.entries_max, settings.window_ms);
@@ -114,7 +125,7 @@ pub fn run(
     let mailboxes: Arc<[Arc<Mailbox>]> = (0..cores)
         .map(|_| Arc::new(Mailbox::new(limits.inflight_events_per_core_max)))
         .collect();
-    let dedup = start_dedup(&config);
+    let dedup = start_dedup(&config, cores);
     if let Some(table) = &dedup {
         let _ = metrics.dedup.set(Arc::clone(table));
     }

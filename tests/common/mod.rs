@@ -729,6 +729,61 @@ pub fn consume_until(
     consume_until_with(brokers, topic, &[], timeout, predicate)
 }
 
+/// Every record of `topic` stored so far, each as often as it is stored:
+/// a sentinel record is produced to every partition, and each partition
+/// is read up to its sentinel (order holds within a partition; Tansu's
+/// high watermarks were seen to lag behind its records). The sentinels
+/// stay in the topic: a JSON object with only `sluice_test_sentinel`.
+pub fn consume_to_end(brokers: &str, topic: &str, timeout: Duration) -> Vec<Consumed> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    let nonce = format!("{}-{}", std::process::id(), now_ms());
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("log_level", "3")
+        .create()
+        .expect("producer");
+    for partition in 0..PARTITIONS {
+        let value = format!(r#"{{"sluice_test_sentinel":"{nonce}"}}"#);
+        producer
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .partition(partition)
+                    .payload(&value),
+            )
+            .expect("sentinel queued");
+    }
+    producer.flush(timeout).expect("sentinels stored");
+    let consumer = consumer_from_beginning(brokers, topic, &[]);
+    let deadline = Instant::now() + timeout;
+    let mut done = vec![false; PARTITIONS as usize];
+    let mut records = Vec::new();
+    while done.iter().any(|done| !done) {
+        assert!(Instant::now() < deadline, "sentinels read: {done:?}");
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let partition = message.partition() as usize;
+        if done[partition] {
+            continue;
+        }
+        let raw_value = message.payload().unwrap_or_default().to_vec();
+        let value: serde_json::Value = serde_json::from_slice(&raw_value).unwrap_or_default();
+        if value["sluice_test_sentinel"] == nonce.as_str() {
+            done[partition] = true;
+            continue;
+        }
+        records.push(Consumed {
+            partition: message.partition(),
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            value,
+            raw_value,
+            headers: Vec::new(),
+        });
+    }
+    records
+}
+
 /// [`consume_until`] with extra client properties (security settings).
 pub fn consume_until_with(
     brokers: &str,
