@@ -142,6 +142,8 @@ pub struct Metrics {
     pub keys_postgres: crate::tenancy::postgres::PgKeyMetrics,
     /// The fleet-wide limit sync's state (rendered when configured).
     pub fleet: crate::tenancy::fleet::FleetMetrics,
+    /// The fleet dedup's state, when `dedup.redis_url` is set.
+    pub dedup_fleet: std::sync::OnceLock<std::sync::Arc<crate::dedup::fleet::FleetDedup>>,
     /// The local dedup table, when dedup is on.
     pub dedup: std::sync::OnceLock<std::sync::Arc<crate::dedup::table::DedupTable>>,
     /// Log lines the non-blocking log writer dropped because its queue was
@@ -161,6 +163,7 @@ impl Metrics {
             keys_postgres: Default::default(),
             fleet: Default::default(),
             dedup: std::sync::OnceLock::new(),
+            dedup_fleet: std::sync::OnceLock::new(),
             log_lines_dropped: std::sync::OnceLock::new(),
         }
     }
@@ -297,6 +300,7 @@ impl Metrics {
         self.render_postgres_keys(&mut out);
         self.render_fleet(&mut out);
         self.render_dedup(&mut out);
+        self.render_dedup_fleet(&mut out);
         self.render_latency(&mut out);
         let gauges: [Gauge; 4] = [
             (
@@ -420,6 +424,30 @@ impl Metrics {
                 counters.last_evicted_age_ms.load(Relaxed) as f64 / 1e3
             ),
         );
+    }
+
+    fn render_dedup_fleet(&self, out: &mut String) {
+        let Some(fleet) = self.dedup_fleet.get() else {
+            return;
+        };
+        write_metric(
+            out,
+            "sluice_dedup_redis_up",
+            "Whether the fleet dedup's Redis answered its last round trip (0: each instance dedups alone).",
+            "gauge",
+            u8::from(fleet.up.load(Relaxed)),
+        );
+        let counters = [
+            ("sluice_dedup_redis_checked_total", "Events asked about in Redis.", &fleet.checked),
+            ("sluice_dedup_redis_duplicates_total", "Events Redis knew stored (by another instance): answered as duplicates, not published.", &fleet.duplicates),
+            ("sluice_dedup_redis_in_flight_total", "Events another instance was storing: answered 503 event_in_flight.", &fleet.in_flight),
+            ("sluice_dedup_redis_unchecked_batches_total", "Batches sent on unchecked because Redis did not answer in time.", &fleet.unchecked_batches),
+            ("sluice_dedup_redis_failures_total", "Failed round trips to Redis.", &fleet.failures),
+            ("sluice_dedup_redis_settles_dropped_total", "Outcomes not sent to Redis because its queue was full (their keys expire).", &fleet.settles_dropped),
+        ];
+        for (name, help, counter) in counters {
+            write_metric(out, name, help, "counter", counter.load(Relaxed));
+        }
     }
 
     fn render_fleet(&self, out: &mut String) {

@@ -314,3 +314,92 @@ fn the_window_the_bound_and_the_switch_are_kept() {
     );
     assert_eq!(counts.get(&format!("{tag}off")), Some(&2), "{counts:?}");
 }
+
+fn fleet_instance(broker: &Broker, redis: &services::Redis, extra: &str) -> Sluice {
+    Sluice::start(Options {
+        brokers: Some(broker.address.clone()),
+        extra_config: format!(
+            "[server]\ndelivery_timeout_ms = 2000\n[dedup]\nredis_url = \"{}\"\n{extra}",
+            redis.url()
+        ),
+        ..Default::default()
+    })
+}
+
+// Fleet-wide dedup: a retry that lands on another instance is caught,
+// whether the first attempt is stored or still in flight there; with
+// Redis gone each instance serves on, deduplicating alone.
+#[test]
+fn a_retry_on_another_instance_is_caught_through_redis() {
+    // Two brokers: B's stays up while A's hangs, so that B takes the
+    // retry of an event A is still storing (with one broker B would
+    // refuse everything as "kafka is unreachable" first). What matters is
+    // the sum over both.
+    let broker = Broker::start();
+    let broker_b = Broker::start();
+    let mut redis = services::Redis::start();
+    let a = fleet_instance(&broker, &redis, "");
+    let b = fleet_instance(&broker_b, &redis, "");
+    a.wait_ready(200, Duration::from_secs(20));
+    b.wait_ready(200, Duration::from_secs(20));
+    let tag = format!("fleet{}_", now_ms());
+    let base = now_ms() % 1_000_000 * 1_000;
+
+    // Stored by A, retried on B.
+    let stored = with_id(&format!("{tag}stored"), &uuid(base));
+    assert_eq!(
+        post(&a, "/v1/events", KEY, &[], &stored).text(),
+        r#"{"accepted":1}"#
+    );
+    wait_until("A's outcome reached Redis", Duration::from_secs(10), || {
+        post(&b, "/v1/events", KEY, &[], &stored).text() == r#"{"accepted":1,"duplicates":[0]}"#
+    });
+
+    // In flight on A (the broker hangs past A's deadline), retried on B.
+    let hung = with_id(&format!("{tag}hung"), &uuid(base + 1));
+    broker.hang();
+    let first = post(&a, "/v1/events", KEY, &[], &hung);
+    assert_eq!(first.status, 503, "{}", first.text());
+    let elsewhere = post(&b, "/v1/events", KEY, &[], &hung);
+    assert_eq!(elsewhere.status, 503, "{}", elsewhere.text());
+    assert_eq!(elsewhere.code(), "event_in_flight", "{}", elsewhere.text());
+    assert!(elsewhere.header("Retry-After").is_some());
+    broker.signal(libc::SIGCONT);
+    wait_until(
+        "the retry on B answered 2xx",
+        Duration::from_secs(30),
+        || {
+            let response = post(&b, "/v1/events", KEY, &[], &hung);
+            assert!(matches!(response.status, 202 | 503), "{}", response.text());
+            response.status == 202
+        },
+    );
+    assert!(b.metric("sluice_dedup_redis_in_flight_total") >= 1.0);
+    assert_eq!(b.metric("sluice_dedup_redis_up"), 1.0);
+
+    // Redis gone: both instances serve, each deduplicating alone.
+    redis.kill();
+    let alone = with_id(&format!("{tag}alone"), &uuid(base + 2));
+    assert_eq!(post(&a, "/v1/events", KEY, &[], &alone).status, 202);
+    assert_eq!(
+        post(&a, "/v1/events", KEY, &[], &alone).text(),
+        r#"{"accepted":1,"duplicates":[0]}"#
+    );
+    wait_until("redis_up turned 0", Duration::from_secs(10), || {
+        a.metric("sluice_dedup_redis_up") == 0.0
+    });
+    assert!(
+        a.logs().contains("Redis unreachable for dedup"),
+        "no warn line"
+    );
+
+    let (counts_a, counts_b) = (counts(&broker, &tag), counts(&broker_b, &tag));
+    for user in ["stored", "hung", "alone"] {
+        let key = format!("{tag}{user}");
+        assert_eq!(
+            counts_a.get(&key).copied().unwrap_or(0) + counts_b.get(&key).copied().unwrap_or(0),
+            1,
+            "{user}: {counts_a:?} {counts_b:?}"
+        );
+    }
+}

@@ -493,11 +493,11 @@ fn hole8_completion_queue_fits_the_inflight_cap() {
     use sluice::server::inflight::Inflight;
 
     let too_small = Mailbox::new(99);
-    assert!(Inflight::new(0, 10, 100, 1 << 20, &too_small, None).is_err());
+    assert!(Inflight::new(0, 10, 100, 1 << 20, &too_small, None, None).is_err());
 
     let metrics = CoreMetrics::default();
     let mailbox = Mailbox::new(100);
-    let mut inflight = Inflight::new(0, 10, 100, 1 << 20, &mailbox, None).unwrap();
+    let mut inflight = Inflight::new(0, 10, 100, 1 << 20, &mailbox, None, None).unwrap();
     // Exactly at the cap: 10 requests of 10 records, every report queued
     // before the core applies any.
     let tickets: Vec<_> = (0..10)
@@ -510,10 +510,8 @@ fn hole8_completion_queue_fits_the_inflight_cap() {
     for ticket in &tickets {
         inflight.detach(*ticket, &metrics);
         for _ in 0..10 {
-            let queued = mailbox.complete(Completion {
-                opaque: Opaque::new(*ticket, 0, false),
-                delivered: true,
-            });
+            let queued =
+                mailbox.complete(Completion::produced(Opaque::new(*ticket, 0, false), true));
             assert!(queued, "a report found the completion queue full");
         }
     }

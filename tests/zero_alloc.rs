@@ -74,7 +74,8 @@ fn start_core() -> std::net::SocketAddr {
         1 << 16,
         3_600_000,
     )));
-    let inflight = Inflight::new(0, 1024, 4096, 64 << 20, &mailboxes[0], dedup.clone()).unwrap();
+    let inflight =
+        Inflight::new(0, 1024, 4096, 64 << 20, &mailboxes[0], dedup.clone(), None).unwrap();
     let readiness = Arc::new(Readiness::default());
     readiness.set_kafka(Ok(()));
     let shared = Arc::new(Shared {
@@ -117,10 +118,7 @@ fn start_core() -> std::net::SocketAddr {
             mailbox.recycle(batch);
             for (index, dead_letter) in dead_letters.into_iter().enumerate() {
                 let opaque = Opaque::new(ticket, index, dead_letter);
-                mailbox.complete(Completion {
-                    opaque,
-                    delivered: true,
-                });
+                mailbox.complete(Completion::produced(opaque, true));
             }
         }
     });

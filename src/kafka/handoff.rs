@@ -98,6 +98,13 @@ pub struct Record {
     pub value: Range<usize>,
     /// Empty for dead-letter records.
     pub event_type: Range<usize>,
+    /// The event's id when a retry would carry it again (dedup's key).
+    pub event_id: Option<u128>,
+    /// The event's position in its request.
+    pub event: u32,
+    /// Not to be produced: the fleet dedup found it stored or in flight
+    /// elsewhere, and has reported it to its core already.
+    pub skip: bool,
 }
 
 /// The records of one request, handed to a producer thread.
@@ -150,6 +157,32 @@ impl Batch {
 pub struct Completion {
     pub opaque: Opaque,
     pub delivered: bool,
+    /// What the fleet dedup found instead of producing the record.
+    pub fleet: FleetVerdict,
+    /// The event's position in its request (for `FleetVerdict`s).
+    pub event: u32,
+}
+
+impl Completion {
+    /// Kafka's (or the producer's) report for a record it was given.
+    pub fn produced(opaque: Opaque, delivered: bool) -> Self {
+        Completion {
+            opaque,
+            delivered,
+            fleet: FleetVerdict::Produced,
+            event: 0,
+        }
+    }
+}
+
+/// Whether a record went to Kafka, or the fleet dedup kept it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetVerdict {
+    Produced,
+    /// Stored already (by another instance, within the window).
+    Duplicate,
+    /// Being stored by another instance's request right now.
+    InFlight,
 }
 
 /// What producer threads send back to one core.

@@ -151,7 +151,7 @@ impl ProducerContext for DeliveryRouter {
                 self.identity_lost.store(true, Ordering::Relaxed);
             }
         }
-        self.mailboxes[opaque.ticket().core].complete(Completion { opaque, delivered });
+        self.mailboxes[opaque.ticket().core].complete(Completion::produced(opaque, delivered));
     }
 }
 
@@ -375,10 +375,13 @@ fn produce_unless_expired(
     if durable && Instant::now() >= batch.deadline {
         let mailbox = &mailboxes[batch.ticket.core];
         for (index, record) in batch.records.iter().enumerate() {
-            mailbox.complete(Completion {
-                opaque: Opaque::new(batch.ticket, index, record.dead_letter),
-                delivered: false,
-            });
+            if record.skip {
+                continue;
+            }
+            mailbox.complete(Completion::produced(
+                Opaque::new(batch.ticket, index, record.dead_letter),
+                false,
+            ));
         }
         if let Some(repeated) = written(client_logs.check("batch expired", Instant::now())) {
             tracing::warn!(
@@ -400,6 +403,9 @@ fn produce(
 ) {
     let mailbox = &mailboxes[batch.ticket.core];
     for (index, record) in batch.records.iter().enumerate() {
+        if record.skip {
+            continue;
+        }
         let opaque = Opaque::new(batch.ticket, index, record.dead_letter);
         let topic: &str = if record.dead_letter {
             &batch.dead_letter_topic
@@ -444,10 +450,7 @@ fn produce(
                             "kafka produce failed"
                         );
                     }
-                    mailbox.complete(Completion {
-                        opaque,
-                        delivered: false,
-                    });
+                    mailbox.complete(Completion::produced(opaque, false));
                     break;
                 }
             }
@@ -483,6 +486,9 @@ mod tests {
             key: 0..1,
             value: 1..3,
             event_type: 0..0,
+            event_id: None,
+            event: 0,
+            skip: false,
         });
         (factory.create().unwrap(), mailboxes, batch)
     }

@@ -199,9 +199,14 @@ pub fn write_accepted(
         body.extend_from_slice(&outcome.rejected);
         body.push(b']');
     }
-    if outcome.duplicate_count > 0 {
+    if !outcome.duplicates.is_empty() {
         body.extend_from_slice(b",\"duplicates\":[");
-        body.extend_from_slice(&outcome.duplicates);
+        for (position, index) in outcome.duplicates.iter().enumerate() {
+            if position > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(itoa::Buffer::new().format(*index).as_bytes());
+        }
         body.push(b']');
     }
     body.push(b'}');

@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq as _;
 use super::answer::{write_accepted, write_error, write_preflight, write_probe, Reply};
 use super::context::Core;
 use super::framing::{read_body, ReadError};
-use super::inflight::Delivery;
+use super::inflight::{Delivery, Settled};
 use super::ingest::{ingest, Handed, Outcome};
 use super::wire::Wire;
 use crate::config::AckMode;
@@ -379,6 +379,7 @@ impl<'a> Exchange<'a> {
                 };
             }
         };
+        let mut in_flight_elsewhere = None;
         let delivered = match (handed.ticket, core.shared.config.server.ack_mode) {
             // Every event was already stored: nothing to wait for.
             (None, _) => true,
@@ -394,7 +395,10 @@ impl<'a> Exchange<'a> {
                     return Next::Close;
                 }
                 match self.await_delivery(ticket).await {
-                    Ok(delivered) => delivered,
+                    Ok(settled) => {
+                        in_flight_elsewhere = settled.in_flight_elsewhere;
+                        settled.delivered
+                    }
                     Err(error) => {
                         self.reply.keep_alive &= !core.shared.shutdown.is_triggered();
                         self.write_error(&error, Some(&grant.tenant_id));
@@ -405,11 +409,17 @@ impl<'a> Exchange<'a> {
         };
         // Shutdown may have started while this request waited for Kafka.
         self.reply.keep_alive &= !core.shared.shutdown.is_triggered();
+        if let Some(event) = in_flight_elsewhere {
+            let error = ApiError::event_in_flight(event as usize);
+            self.write_error(&error, Some(&grant.tenant_id));
+            return self.next();
+        }
         if !delivered {
             let error = ApiError::unavailable("kafka did not store the events");
             self.write_error(&error, Some(&grant.tenant_id));
             return self.next();
         }
+        self.outcome.duplicates.sort_unstable();
         write_accepted(
             core,
             &mut self.wire.output,
@@ -477,7 +487,7 @@ impl<'a> Exchange<'a> {
     }
 
     /// Waits for every delivery report of the request, up to the deadline.
-    async fn await_delivery(&mut self, ticket: Ticket) -> Result<bool, ApiError> {
+    async fn await_delivery(&mut self, ticket: Ticket) -> Result<Settled, ApiError> {
         let core = self.core;
         let deadline =
             core.now() + Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
@@ -486,6 +496,7 @@ impl<'a> Exchange<'a> {
             metrics: core.metrics(),
             ticket,
             finished: false,
+            duplicates: &mut self.outcome.duplicates,
         };
         let outcome =
             monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), delivery).await;

@@ -15,8 +15,11 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
+use crate::dedup::fleet::{FleetDedup, Settle};
 use crate::dedup::table::{DedupTable, NO_CLAIM};
-use crate::kafka::handoff::{Completion, Mailbox, Ticket, GENERATIONS, SLOTS_PER_CORE_MAX};
+use crate::kafka::handoff::{
+    Completion, FleetVerdict, Mailbox, Record, Ticket, GENERATIONS, SLOTS_PER_CORE_MAX,
+};
 use crate::metrics::CoreMetrics;
 
 #[derive(Debug)]
@@ -37,6 +40,22 @@ struct Slot {
     claims: Vec<u32>,
     /// The request's identity in the dedup table.
     owner: u64,
+    /// Fleet dedup only: the tenant and, per record, its event id.
+    tenant: Option<Arc<str>>,
+    event_ids: Vec<u128>,
+    /// Events the fleet dedup found stored elsewhere (answered as
+    /// duplicates), and one it found in flight elsewhere (a 503).
+    fleet_duplicates: Vec<u32>,
+    in_flight_elsewhere: Option<u32>,
+}
+
+/// How a request's records ended, once every report arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Every event record is stored (or was already).
+    pub delivered: bool,
+    /// An event another instance is storing right now.
+    pub in_flight_elsewhere: Option<u32>,
 }
 
 /// A pooled claims vector longer than this is freed on release, so a
@@ -57,6 +76,7 @@ pub struct Inflight {
     bytes: usize,
     bytes_max: usize,
     dedup: Option<Arc<DedupTable>>,
+    fleet: Option<Arc<FleetDedup>>,
 }
 
 /// Bounds an in-flight table cannot be built with.
@@ -104,6 +124,7 @@ impl Inflight {
         bytes_max: usize,
         mailbox: &Mailbox,
         dedup: Option<Arc<DedupTable>>,
+        fleet: Option<Arc<FleetDedup>>,
     ) -> Result<Self, BoundsError> {
         if mailbox.completions_capacity() < records_max {
             return Err(BoundsError::CompletionQueueTooSmall {
@@ -116,6 +137,7 @@ impl Inflight {
         }
         let mut table = Self::with_bounds(core, requests_max, records_max, bytes_max);
         table.dedup = dedup;
+        table.fleet = fleet;
         Ok(table)
     }
 
@@ -133,6 +155,10 @@ impl Inflight {
                 started: now,
                 claims: Vec::new(),
                 owner: 0,
+                tenant: None,
+                event_ids: Vec::new(),
+                fleet_duplicates: Vec::new(),
+                in_flight_elsewhere: None,
             })
             .collect();
         Inflight {
@@ -144,6 +170,7 @@ impl Inflight {
             bytes: 0,
             bytes_max,
             dedup: None,
+            fleet: None,
         }
     }
 
@@ -170,22 +197,21 @@ impl Inflight {
         now: Instant,
         metrics: &CoreMetrics,
     ) -> Result<Ticket, Full> {
-        self.reserve_claimed(records, bytes, &[], 0, now, metrics)
+        self.reserve_claimed(records, bytes, Claims::default(), now, metrics)
     }
 
-    /// Reserves a slot for a request whose records hold the dedup
-    /// `claims` of `owner` (one per record, or none at all): each is
-    /// settled when its record's report arrives.
+    /// Reserves a slot for a request whose records hold dedup claims
+    /// (one per record, or none at all): each is settled when its
+    /// record's report arrives.
     pub fn reserve_claimed(
         &mut self,
         records: usize,
         bytes: usize,
-        claims: &[u32],
-        owner: u64,
+        claims: Claims<'_>,
         now: Instant,
         metrics: &CoreMetrics,
     ) -> Result<Ticket, Full> {
-        debug_assert!(claims.is_empty() || claims.len() == records);
+        debug_assert!(claims.claims.is_empty() || claims.claims.len() == records);
         if self.records + records > self.records_max || self.bytes + bytes > self.bytes_max {
             return Err(Full);
         }
@@ -200,10 +226,23 @@ impl Inflight {
         slot.bytes = bytes;
         slot.started = now;
         slot.claims.clear();
-        if claims.iter().any(|&claim| claim != NO_CLAIM) {
-            slot.claims.extend_from_slice(claims);
+        slot.event_ids.clear();
+        slot.fleet_duplicates.clear();
+        slot.in_flight_elsewhere = None;
+        slot.tenant = None;
+        if claims.claims.iter().any(|&claim| claim != NO_CLAIM) {
+            slot.claims.extend_from_slice(claims.claims);
+            if self.fleet.is_some() {
+                slot.tenant = claims.tenant.cloned();
+                slot.event_ids.extend(
+                    claims
+                        .records
+                        .iter()
+                        .map(|record| record.event_id.unwrap_or(0)),
+                );
+            }
         }
-        slot.owner = owner;
+        slot.owner = claims.owner;
         let ticket = Ticket {
             core: self.core,
             slot: index,
@@ -272,11 +311,28 @@ impl Inflight {
         if !completion.delivered && !completion.opaque.is_dead_letter() {
             slot.failed = true;
         }
-        if let (Some(dedup), Some(&claim)) =
-            (&self.dedup, slot.claims.get(completion.opaque.record()))
-        {
+        let record = completion.opaque.record();
+        match completion.fleet {
+            FleetVerdict::Produced => {}
+            FleetVerdict::Duplicate => slot.fleet_duplicates.push(completion.event),
+            FleetVerdict::InFlight => {
+                slot.in_flight_elsewhere.get_or_insert(completion.event);
+            }
+        }
+        if let (Some(dedup), Some(&claim)) = (&self.dedup, slot.claims.get(record)) {
             if claim != NO_CLAIM {
                 dedup.settle(claim, slot.owner, completion.delivered, now_ms);
+                // Only a record this instance produced settles its key in
+                // Redis; the others' keys belong to another instance.
+                if let (Some(fleet), Some(tenant), FleetVerdict::Produced) =
+                    (&self.fleet, &slot.tenant, completion.fleet)
+                {
+                    fleet.settle(Settle {
+                        tenant: Arc::clone(tenant),
+                        event_id: slot.event_ids[record],
+                        stored: completion.delivered,
+                    });
+                }
             }
         }
         if slot.pending > 0 {
@@ -290,20 +346,26 @@ impl Inflight {
         }
     }
 
-    /// `Some(delivered)` once every report of `ticket` arrived; the slot is
-    /// then freed. Otherwise registers `waker`.
+    /// How the request ended, once every report of `ticket` arrived (the
+    /// fleet's duplicates appended to `duplicates`); the slot is then
+    /// freed. Otherwise registers `waker`.
     fn poll_ticket(
         &mut self,
         ticket: Ticket,
         waker: &Waker,
         metrics: &CoreMetrics,
-    ) -> Option<bool> {
+        duplicates: &mut Vec<u32>,
+    ) -> Option<Settled> {
         let slot = &mut self.slots[ticket.slot];
         debug_assert!(slot.in_use && slot.generation == ticket.generation);
         if slot.pending == 0 {
-            let delivered = !slot.failed;
+            let settled = Settled {
+                delivered: !slot.failed,
+                in_flight_elsewhere: slot.in_flight_elsewhere,
+            };
+            duplicates.extend_from_slice(&slot.fleet_duplicates);
             self.release(ticket.slot, metrics);
-            return Some(delivered);
+            return Some(settled);
         }
         match &slot.waiting {
             Some(current) if current.will_wake(waker) => {}
@@ -318,8 +380,13 @@ impl Inflight {
         slot.waiting = None;
         slot.generation = (slot.generation + 1) % GENERATIONS;
         slot.claims.clear();
+        slot.event_ids.clear();
+        slot.fleet_duplicates.clear();
+        slot.tenant = None;
         if slot.claims.capacity() > POOLED_CLAIMS_MAX {
             slot.claims = Vec::new();
+            slot.event_ids = Vec::new();
+            slot.fleet_duplicates = Vec::new();
         }
         self.bytes -= slot.bytes;
         self.free.push(index);
@@ -341,27 +408,42 @@ impl Inflight {
     }
 }
 
-/// Resolves to whether every event record of a request was stored. Dropping
-/// it early (deadline) detaches the ticket instead of leaking the slot.
+/// The dedup state a request's records carry into its slot.
+#[derive(Default, Clone, Copy)]
+pub struct Claims<'a> {
+    /// One per record ([`NO_CLAIM`] for none), or empty.
+    pub claims: &'a [u32],
+    pub owner: u64,
+    pub tenant: Option<&'a Arc<str>>,
+    pub records: &'a [Record],
+}
+
+/// Resolves to how a request's records ended. Dropping it early
+/// (deadline) detaches the ticket instead of leaking the slot.
 pub struct Delivery<'a> {
     pub inflight: &'a RefCell<Inflight>,
     pub metrics: &'a CoreMetrics,
     pub ticket: Ticket,
     pub finished: bool,
+    /// Where the events found stored elsewhere are appended.
+    pub duplicates: &'a mut Vec<u32>,
 }
 
 impl Future for Delivery<'_> {
-    type Output = bool;
+    type Output = Settled;
 
-    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<bool> {
-        let result =
-            self.inflight
-                .borrow_mut()
-                .poll_ticket(self.ticket, context.waker(), self.metrics);
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Settled> {
+        let this = &mut *self;
+        let result = this.inflight.borrow_mut().poll_ticket(
+            this.ticket,
+            context.waker(),
+            this.metrics,
+            this.duplicates,
+        );
         match result {
-            Some(delivered) => {
-                self.finished = true;
-                Poll::Ready(delivered)
+            Some(settled) => {
+                this.finished = true;
+                Poll::Ready(settled)
             }
             None => Poll::Pending,
         }
@@ -382,10 +464,7 @@ mod tests {
     use crate::kafka::handoff::Opaque;
 
     fn completion(ticket: Ticket, delivered: bool, dead_letter: bool) -> Completion {
-        Completion {
-            opaque: Opaque::new(ticket, 0, dead_letter),
-            delivered,
-        }
+        Completion::produced(Opaque::new(ticket, 0, dead_letter), delivered)
     }
 
     #[test]
@@ -440,7 +519,10 @@ mod tests {
         );
         let waker = Waker::noop();
         assert_eq!(
-            inflight.borrow_mut().poll_ticket(ticket, waker, &metrics),
+            inflight
+                .borrow_mut()
+                .poll_ticket(ticket, waker, &metrics, &mut Vec::new())
+                .map(|settled| settled.delivered),
             Some(true)
         );
 
@@ -455,7 +537,10 @@ mod tests {
             &metrics,
         );
         assert_eq!(
-            inflight.borrow_mut().poll_ticket(ticket, waker, &metrics),
+            inflight
+                .borrow_mut()
+                .poll_ticket(ticket, waker, &metrics, &mut Vec::new())
+                .map(|settled| settled.delivered),
             Some(false)
         );
     }
@@ -474,12 +559,17 @@ mod tests {
         inflight.complete(completion(old, false, false), Instant::now(), 0, &metrics);
         let waker = Waker::noop();
         assert_eq!(
-            inflight.poll_ticket(new, waker, &metrics),
+            inflight.poll_ticket(new, waker, &metrics, &mut Vec::new()),
             None,
             "the stale report completed the new request"
         );
         inflight.complete(completion(new, true, false), Instant::now(), 0, &metrics);
-        assert_eq!(inflight.poll_ticket(new, waker, &metrics), Some(true));
+        assert_eq!(
+            inflight
+                .poll_ticket(new, waker, &metrics, &mut Vec::new())
+                .map(|settled| settled.delivered),
+            Some(true)
+        );
         assert_eq!(inflight.requests(), 0);
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::TrySendError;
 
 use super::context::{Core, Scratch};
+use super::inflight::Claims;
 use crate::dedup::table::{Claim, NO_CLAIM};
 use crate::error::ApiError;
 use crate::events::segment::{dead_letter_raw, translate, Envelope};
@@ -50,25 +51,15 @@ pub struct Handed {
 pub struct Outcome {
     /// `{"index", "code", "message", "field"}` of each rejected event.
     pub rejected: Vec<u8>,
-    /// The index of each event found already stored (not published again).
-    pub duplicates: Vec<u8>,
-    pub duplicate_count: usize,
+    /// The index of each event found already stored (not published
+    /// again), here or, with fleet dedup, by another instance.
+    pub duplicates: Vec<u32>,
 }
 
 impl Outcome {
     pub fn clear(&mut self) {
         self.rejected.clear();
         self.duplicates.clear();
-        self.duplicate_count = 0;
-    }
-
-    fn note_duplicate(&mut self, index: usize) {
-        if self.duplicate_count > 0 {
-            self.duplicates.push(b',');
-        }
-        self.duplicate_count += 1;
-        self.duplicates
-            .extend_from_slice(itoa::Buffer::new().format(index).as_bytes());
     }
 }
 
@@ -103,7 +94,7 @@ pub fn ingest(
             return Err(error);
         }
     };
-    let duplicates = outcome.duplicate_count;
+    let duplicates = outcome.duplicates.len();
     let accepted = batch.records.len() - rejected + duplicates;
     let ticket = if batch.records.is_empty() {
         core.mailbox.recycle(batch);
@@ -274,7 +265,7 @@ fn build_records(
                         Claim::Fresh(slot) => slot,
                         Claim::Duplicate | Claim::Repeated => {
                             batch.data.truncate(spans.key.start);
-                            outcome.note_duplicate(index);
+                            outcome.duplicates.push(index as u32);
                             continue;
                         }
                         Claim::InFlight => return Err(ApiError::event_in_flight(index)),
@@ -287,6 +278,9 @@ fn build_records(
                     key: spans.key,
                     value: spans.value,
                     event_type: spans.event_type,
+                    event_id: spans.event_id,
+                    event: index as u32,
+                    skip: false,
                 });
                 batch.claims.push(claim);
             }
@@ -311,6 +305,9 @@ fn build_records(
                     key,
                     value,
                     event_type: 0..0,
+                    event_id: None,
+                    event: index as u32,
+                    skip: false,
                 });
                 batch.claims.push(NO_CLAIM);
             }
@@ -341,8 +338,12 @@ fn send(core: &Core, mut batch: Batch) -> Result<Ticket, ApiError> {
     let reserved = core.inflight.borrow_mut().reserve_claimed(
         batch.records.len(),
         batch.data.len(),
-        &batch.claims,
-        batch.owner,
+        Claims {
+            claims: &batch.claims,
+            owner: batch.owner,
+            tenant: Some(&batch.tenant_id),
+            records: &batch.records,
+        },
         core.now(),
         metrics,
     );

@@ -129,6 +129,11 @@ pub fn run(
     if let Some(table) = &dedup {
         let _ = metrics.dedup.set(Arc::clone(table));
     }
+    let fleet = (dedup.is_some() && !config.dedup.redis_url.is_empty())
+        .then(|| Arc::new(crate::dedup::fleet::FleetDedup::default()));
+    if let Some(fleet) = &fleet {
+        let _ = metrics.dedup_fleet.set(Arc::clone(fleet));
+    }
     let mut inflight_tables = Vec::with_capacity(cores);
     for (index, mailbox) in mailboxes.iter().enumerate() {
         let table = Inflight::new(
@@ -138,10 +143,36 @@ pub fn run(
             limits.inflight_bytes_per_core_max,
             mailbox,
             dedup.clone(),
+            fleet.clone(),
         )?;
         inflight_tables.push(table);
     }
-    let (batches, batch_receiver) = crossbeam_channel::bounded(config.kafka.queue_batches_max);
+    let (mut batches, batch_receiver) = crossbeam_channel::bounded(config.kafka.queue_batches_max);
+    // With fleet dedup, batches pass through its thread on their way to
+    // the producers.
+    let fleet_thread = match fleet {
+        Some(state) => {
+            let (to_fleet, from_cores) = crossbeam_channel::bounded(config.kafka.queue_batches_max);
+            let to_producers = std::mem::replace(&mut batches, to_fleet);
+            let fleet = crate::dedup::fleet::Fleet {
+                client: crate::tenancy::fleet::parse_url(
+                    "dedup.redis_url",
+                    config.dedup.redis_url.expose(),
+                )?,
+                timeout: Duration::from_millis(config.dedup.redis_timeout_ms),
+                window_ms: config.dedup.window_ms,
+                pending_ttl_ms: config.kafka.message_timeout_ms + 10_000,
+                state,
+                mailboxes: mailboxes.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name("sluice-dedup".into())
+                .spawn(move || fleet.run(from_cores, to_producers))
+                .context("spawning the dedup thread")?;
+            Some(thread)
+        }
+        None => None,
+    };
     let producers = ProducerPool::start(
         &config,
         &brokers,
@@ -196,6 +227,11 @@ pub fn run(
     announce(&shared, address, cores, dev_key.as_deref());
 
     for thread in core_threads {
+        let _ = thread.join();
+    }
+    // Every core's sender is gone: the dedup thread forwards what it holds
+    // and stops, and with it the producers' input.
+    if let Some(thread) = fleet_thread {
         let _ = thread.join();
     }
     // The same deadline as the cores' drain: the whole shutdown takes the
