@@ -143,7 +143,7 @@ pub struct Metrics {
     /// The fleet-wide limit sync's state (rendered when configured).
     pub fleet: crate::tenancy::fleet::FleetMetrics,
     /// The fleet dedup's state, when `dedup.redis_url` is set.
-    pub dedup_fleet: std::sync::OnceLock<std::sync::Arc<crate::dedup::fleet::FleetDedup>>,
+    pub dedup_fleet: std::sync::OnceLock<std::sync::Arc<crate::dedup::state::FleetDedup>>,
     /// The local dedup table, when dedup is on.
     pub dedup: std::sync::OnceLock<std::sync::Arc<crate::dedup::table::DedupTable>>,
     /// Log lines the non-blocking log writer dropped because its queue was

@@ -443,7 +443,7 @@ fn consume_responses(
         let Some(request) = pending.pop_front() else {
             return consumed;
         };
-        if plan.args.retries > 0 && matches!(status, 408 | 429 | 503) {
+        if plan.args.retries > 0 && matches!(status, 408 | 429 | 502 | 503 | 504) {
             // Retryable: sent again after Retry-After (whole seconds) at
             // least; the answer is counted, the outcome comes later.
             let retry_after = response

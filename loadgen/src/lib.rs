@@ -76,8 +76,10 @@ pub struct Args {
     /// Give up verifying after this many seconds without finding a new event.
     #[arg(long, default_value_t = 30.0)]
     pub verify_idle_timeout: f64,
-    /// Retry a request answered 408, 429 or 503, or lost (its connection
-    /// closed, or no answer within --timeout-ms), up to this many times,
+    /// Retry a request answered 408, 429 or 503 (or 502/504: a load
+    /// balancer's "the instance failed", which may or may not have stored
+    /// it), or lost (its connection closed, or no answer within
+    /// --timeout-ms), up to this many times,
     /// with the same bytes (so the same event ids); never a permanent
     /// refusal (any other 4xx). 0: no retries.
     #[arg(long, default_value_t = 0)]

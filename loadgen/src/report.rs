@@ -117,8 +117,8 @@ impl Summary {
         if let Some(v) = &self.verification {
             let _ = writeln!(
                 out,
-                "verify        acknowledged {}, found {}, missing {}",
-                v.acknowledged, v.found, v.missing
+                "verify        acknowledged {}, found {}, missing {}, duplicated {}",
+                v.acknowledged, v.found, v.missing, v.duplicated
             );
         }
         out
@@ -154,8 +154,8 @@ impl Summary {
         if let Some(v) = &self.verification {
             let _ = write!(
                 out,
-                ",\"acknowledged\":{},\"found\":{},\"missing\":{}",
-                v.acknowledged, v.found, v.missing
+                ",\"acknowledged\":{},\"found\":{},\"missing\":{},\"duplicated\":{}",
+                v.acknowledged, v.found, v.missing, v.duplicated
             );
         }
         out.push('}');

@@ -1,7 +1,8 @@
 //! `--verify`: consume the topic from the beginning and check that every
-//! acknowledged event_id is there.
+//! acknowledged event_id is there, and count the event ids stored more
+//! than once (loadgen's ids are random: any id twice is a duplicate).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -16,7 +17,14 @@ pub struct Verification {
     pub acknowledged: usize,
     pub found: usize,
     pub missing: usize,
+    /// Extra copies of event ids in the topic (an id stored three times
+    /// counts 2), over everything read.
+    pub duplicated: usize,
 }
+
+/// After every acknowledged id was found, reading goes on until the topic
+/// is quiet this long, to see copies stored later.
+const QUIET: Duration = Duration::from_secs(3);
 
 /// Reads `topic` until every id is found or nothing new arrives for `idle_timeout`.
 pub fn verify(
@@ -49,11 +57,17 @@ pub fn verify(
     }
     consumer.assign(&assignment)?;
     let mut last_progress = Instant::now();
-    while !wanted.is_empty() && last_progress.elapsed() < idle_timeout {
+    let mut last_message = Instant::now();
+    let mut seen: HashMap<u128, u32> = HashMap::new();
+    while last_progress.elapsed() < idle_timeout
+        && !(wanted.is_empty() && last_message.elapsed() >= QUIET)
+    {
         let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
+        last_message = Instant::now();
         if let Some(id) = message.payload().and_then(event_id_of) {
+            *seen.entry(id).or_default() += 1;
             if wanted.remove(&id) {
                 last_progress = Instant::now();
             }
@@ -63,5 +77,6 @@ pub fn verify(
         acknowledged: total,
         found: total - wanted.len(),
         missing: wanted.len(),
+        duplicated: seen.values().map(|&count| count as usize - 1).sum(),
     })
 }

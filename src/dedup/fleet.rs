@@ -30,73 +30,22 @@
 //!
 //! Needs Redis 7.0 or later (`SET` with both `NX` and `GET`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use crossbeam_queue::ArrayQueue;
 
+pub use super::state::{FleetDedup, Settle};
+use super::state::SETTLES_MAX;
 use crate::kafka::handoff::{Batch, Completion, FleetVerdict, Mailbox, Opaque};
 
-/// Settles queued by the cores and not yet sent; more are dropped (their
-/// keys then expire at the pending TTL) and counted.
-const SETTLES_MAX: usize = 1 << 16;
 /// Batches checked in one round trip at most.
 const BATCHES_PER_TURN: usize = 256;
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 /// Compare-and-delete: the claim is released only if it is still ours.
 const RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
-
-/// A record's outcome, for its key in Redis.
-#[derive(Debug)]
-pub struct Settle {
-    pub tenant: Arc<str>,
-    pub event_id: u128,
-    pub stored: bool,
-}
-
-/// What the cores and `/metrics` share with the fleet thread.
-#[derive(Debug)]
-pub struct FleetDedup {
-    settles: ArrayQueue<Settle>,
-    pub up: AtomicBool,
-    /// Events asked about.
-    pub checked: AtomicU64,
-    /// Events found stored by another instance (or an earlier attempt).
-    pub duplicates: AtomicU64,
-    /// Events found in flight elsewhere.
-    pub in_flight: AtomicU64,
-    /// Batches forwarded unchecked because Redis did not answer.
-    pub unchecked_batches: AtomicU64,
-    pub settles_dropped: AtomicU64,
-    pub failures: AtomicU64,
-}
-
-impl Default for FleetDedup {
-    fn default() -> Self {
-        FleetDedup {
-            settles: ArrayQueue::new(SETTLES_MAX),
-            up: AtomicBool::new(false),
-            checked: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            unchecked_batches: AtomicU64::new(0),
-            settles_dropped: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-        }
-    }
-}
-
-impl FleetDedup {
-    /// Called by a core when a record's delivery report arrives.
-    pub fn settle(&self, settle: Settle) {
-        if self.settles.push(settle).is_err() {
-            self.settles_dropped.fetch_add(1, Relaxed);
-        }
-    }
-}
 
 /// The fleet thread's settings.
 pub struct Fleet {
@@ -137,7 +86,7 @@ impl Fleet {
                 }
             }
             while settles.len() < SETTLES_MAX {
-                match self.state.settles.pop() {
+                match self.state.pop_settle() {
                     Some(settle) => settles.push(settle),
                     None => break,
                 }

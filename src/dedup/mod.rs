@@ -2,4 +2,5 @@
 //! published again. [`table`] is this instance's memory of it.
 
 pub mod fleet;
+pub mod state;
 pub mod table;

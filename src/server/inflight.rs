@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use crate::dedup::fleet::{FleetDedup, Settle};
+use crate::dedup::state::{FleetDedup, Settle};
 use crate::dedup::table::{DedupTable, NO_CLAIM};
 use crate::kafka::handoff::{
     Completion, FleetVerdict, Mailbox, Record, Ticket, GENERATIONS, SLOTS_PER_CORE_MAX,

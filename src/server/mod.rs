@@ -130,7 +130,7 @@ pub fn run(
         let _ = metrics.dedup.set(Arc::clone(table));
     }
     let fleet = (dedup.is_some() && !config.dedup.redis_url.is_empty())
-        .then(|| Arc::new(crate::dedup::fleet::FleetDedup::default()));
+        .then(|| Arc::new(crate::dedup::state::FleetDedup::default()));
     if let Some(fleet) = &fleet {
         let _ = metrics.dedup_fleet.set(Arc::clone(fleet));
     }

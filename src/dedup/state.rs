@@ -1,0 +1,65 @@
+//! What the cores and `/metrics` share with the fleet dedup thread
+//! (`fleet.rs`): the outcomes the cores send it, and its counters.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+/// Settles queued by the cores and not yet sent; more are dropped (their
+/// keys then expire at the pending TTL) and counted.
+pub(super) const SETTLES_MAX: usize = 1 << 16;
+
+/// A record's outcome, for its key in Redis.
+#[derive(Debug)]
+pub struct Settle {
+    pub tenant: Arc<str>,
+    pub event_id: u128,
+    pub stored: bool,
+}
+
+/// What the cores and `/metrics` share with the fleet thread.
+#[derive(Debug)]
+pub struct FleetDedup {
+    settles: ArrayQueue<Settle>,
+    pub up: AtomicBool,
+    /// Events asked about.
+    pub checked: AtomicU64,
+    /// Events found stored by another instance (or an earlier attempt).
+    pub duplicates: AtomicU64,
+    /// Events found in flight elsewhere.
+    pub in_flight: AtomicU64,
+    /// Batches forwarded unchecked because Redis did not answer.
+    pub unchecked_batches: AtomicU64,
+    pub settles_dropped: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl Default for FleetDedup {
+    fn default() -> Self {
+        FleetDedup {
+            settles: ArrayQueue::new(SETTLES_MAX),
+            up: AtomicBool::new(false),
+            checked: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            unchecked_batches: AtomicU64::new(0),
+            settles_dropped: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl FleetDedup {
+    pub(super) fn pop_settle(&self) -> Option<Settle> {
+        self.settles.pop()
+    }
+
+    /// Called by a core when a record's delivery report arrives.
+    pub fn settle(&self, settle: Settle) {
+        if self.settles.push(settle).is_err() {
+            self.settles_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
