@@ -59,6 +59,7 @@ pub fn verify(
     let mut last_progress = Instant::now();
     let mut last_message = Instant::now();
     let mut seen: HashMap<u128, u32> = HashMap::new();
+    let mut duplicates_shown = 0;
     while last_progress.elapsed() < idle_timeout
         && !(wanted.is_empty() && last_message.elapsed() >= QUIET)
     {
@@ -67,11 +68,23 @@ pub fn verify(
         };
         last_message = Instant::now();
         if let Some(id) = message.payload().and_then(event_id_of) {
-            *seen.entry(id).or_default() += 1;
+            let count = seen.entry(id).or_default();
+            *count += 1;
+            if *count == 2 && duplicates_shown < 20 {
+                duplicates_shown += 1;
+                eprintln!(
+                    "verify: event_id {id:032x} stored again (partition {}, offset {})",
+                    message.partition(),
+                    message.offset()
+                );
+            }
             if wanted.remove(&id) {
                 last_progress = Instant::now();
             }
         }
+    }
+    for id in wanted.iter().take(20) {
+        eprintln!("verify: acknowledged and not found: event_id {id:032x}");
     }
     Ok(Verification {
         acknowledged: total,
