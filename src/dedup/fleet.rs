@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-pub use super::state::{FleetDedup, Settle};
 use super::state::SETTLES_MAX;
+pub use super::state::{FleetDedup, Settle};
 use crate::kafka::handoff::{Batch, Completion, FleetVerdict, Mailbox, Opaque};
 
 /// Batches checked in one round trip at most.
