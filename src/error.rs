@@ -18,6 +18,9 @@ pub struct ApiError {
     pub close: bool,
     /// For 429: which limit refused and how long to wait.
     pub rate_limit: Option<crate::tenancy::rate::Refusal>,
+    /// A JSON Pointer to the part of the event at fault (schema
+    /// violations); shown as `field`, in place of the named field.
+    pub pointer: Option<Box<str>>,
 }
 
 impl ApiError {
@@ -29,6 +32,7 @@ impl ApiError {
             field: None,
             close: false,
             rate_limit: None,
+            pointer: None,
         }
     }
 

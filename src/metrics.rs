@@ -137,6 +137,9 @@ pub struct Metrics {
     dead_letter_failures: AtomicU64,
     key_reloads: AtomicU64,
     key_reload_failures: AtomicU64,
+    schema_reloads: AtomicU64,
+    schema_reload_failures: AtomicU64,
+    schemas: AtomicU64,
     producers_replaced: AtomicU64,
     /// The PostgreSQL key loader's state (rendered when configured).
     pub keys_postgres: crate::tenancy::postgres::PgKeyMetrics,
@@ -159,6 +162,9 @@ impl Metrics {
             dead_letter_failures: AtomicU64::new(0),
             key_reloads: AtomicU64::new(0),
             key_reload_failures: AtomicU64::new(0),
+            schema_reloads: AtomicU64::new(0),
+            schema_reload_failures: AtomicU64::new(0),
+            schemas: AtomicU64::new(0),
             producers_replaced: AtomicU64::new(0),
             keys_postgres: Default::default(),
             fleet: Default::default(),
@@ -196,6 +202,19 @@ impl Metrics {
             &self.key_reload_failures
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn schema_reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.schema_reloads
+        } else {
+            &self.schema_reload_failures
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn schemas_loaded(&self, count: usize) {
+        self.schemas.store(count as u64, Relaxed);
     }
 
     fn sum(&self, field: impl Fn(&CoreMetrics) -> &AtomicU64) -> u64 {
@@ -289,6 +308,20 @@ impl Metrics {
             "Keys file reloads by result.",
             self.key_reloads.load(Relaxed),
             self.key_reload_failures.load(Relaxed),
+        );
+        write_by_result(
+            &mut out,
+            "sluice_schema_reloads_total",
+            "Event schema set reloads by result (an error keeps the last good set).",
+            self.schema_reloads.load(Relaxed),
+            self.schema_reload_failures.load(Relaxed),
+        );
+        write_metric(
+            &mut out,
+            "sluice_schemas_loaded",
+            "Event schemas (JSON Schema files) in the set in use.",
+            "gauge",
+            self.schemas.load(Relaxed),
         );
         write_metric(
             &mut out,

@@ -99,6 +99,7 @@ fn start_core() -> std::net::SocketAddr {
         metrics: Arc::new(Metrics::new(1)),
         readiness,
         mailboxes: mailboxes.clone(),
+        schemas: None,
         dedup,
         shutdown: Shutdown::new(1, Duration::from_secs(1)),
         config,

@@ -17,6 +17,7 @@ mod cors;
 mod dedup;
 mod kafka;
 mod limits;
+mod schemas;
 mod server;
 
 pub use auth::AuthConfig;
@@ -24,6 +25,7 @@ pub use cors::CorsConfig;
 pub use dedup::DedupConfig;
 pub use kafka::KafkaConfig;
 pub use limits::LimitsConfig;
+pub use schemas::SchemasConfig;
 pub use server::{AckMode, IoDriver, LogFormat, ServerConfig};
 
 /// The whole configuration, as read from TOML.
@@ -36,6 +38,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub cors: CorsConfig,
     pub dedup: DedupConfig,
+    pub schemas: SchemasConfig,
     /// Run with librdkafka's in-process mock cluster and a generated dev key.
     pub dev: bool,
 }

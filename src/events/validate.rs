@@ -277,7 +277,10 @@ pub fn write_error_fields(out: &mut Vec<u8>, error: &ApiError) {
     out.extend_from_slice(error.code.as_bytes());
     out.extend_from_slice(b"\",\"message\":");
     write_json_string(out, error.message.as_bytes());
-    if let Some(field) = error.field {
+    if let Some(pointer) = &error.pointer {
+        out.extend_from_slice(b",\"field\":");
+        write_json_string(out, pointer.as_bytes());
+    } else if let Some(field) = error.field {
         out.extend_from_slice(b",\"field\":\"");
         out.extend_from_slice(field.as_bytes());
         out.push(b'"');

@@ -36,6 +36,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub mailboxes: Arc<[Arc<Mailbox>]>,
+    /// The event contracts (`None`: no `schemas.dir`).
+    pub schemas: crate::events::schema::Schemas,
     /// The local dedup table (`None`: `dedup.enabled = false`).
     pub dedup: Option<Arc<crate::dedup::table::DedupTable>>,
     pub topic: Arc<str>,

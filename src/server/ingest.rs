@@ -242,6 +242,7 @@ fn build_records(
     };
     let mut validator = core.validator.borrow_mut();
     let dedup = core.shared.dedup.as_deref();
+    let schemas = core.shared.schemas.as_ref().map(|set| set.load());
     let tenant_hash = dedup.map_or(0, |table| table.tenant_hash(&grant.tenant_id));
     let mut rejected = 0;
     for (index, span) in spans.iter().enumerate() {
@@ -253,6 +254,27 @@ fn build_records(
             // batch's shared context was copied in.
             Some(envelope) => translate(raw, envelope, translated)
                 .and_then(|()| validator.validate_into(translated, &enrichment, &mut batch.data)),
+        };
+        // The event contract, on the event as sent (a Segment call as
+        // translated), once the fixed fields passed.
+        let validated = match (validated, &schemas) {
+            (Ok(spans), Some(set)) => {
+                let document = if segment.is_some() {
+                    &translated[..]
+                } else {
+                    raw
+                };
+                let event_type =
+                    std::str::from_utf8(&batch.data[spans.event_type.clone()]).unwrap_or("");
+                match set.check(&grant.tenant_id, event_type, document) {
+                    Ok(()) => Ok(spans),
+                    Err(error) => {
+                        batch.data.truncate(spans.key.start);
+                        Err(error)
+                    }
+                }
+            }
+            (validated, _) => validated,
         };
         match validated {
             Ok(spans) => {

@@ -52,6 +52,59 @@ pub fn core_count(configured: usize, default_cores: usize) -> anyhow::Result<usi
     Ok(cores)
 }
 
+/// The event contracts of `schemas.dir`, compiled now; start-up stops on
+/// any file that does not parse or compile, naming each.
+fn load_schemas(config: &Config) -> anyhow::Result<crate::events::schema::Schemas> {
+    let dir = config.schemas.dir.trim();
+    if dir.is_empty() {
+        return Ok(None);
+    }
+    match crate::events::schema::SchemaSet::load(std::path::Path::new(dir), config.schemas.require)
+    {
+        Ok(set) => {
+            tracing::info!(
+                dir,
+                schemas = set.len(),
+                require = config.schemas.require,
+                "event schemas loaded"
+            );
+            Ok(Some(Arc::new(arc_swap::ArcSwap::from_pointee(set))))
+        }
+        Err(problems) => {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow::bail!("schemas.dir {dir}: {}", list.join("; "))
+        }
+    }
+}
+
+/// Compiles `schemas.dir` again and swaps the set in; a set with a broken
+/// file is refused (logged, counted) and the last good one stays.
+fn reload_schemas(shared: &Shared, trigger: &str) {
+    let Some(current) = &shared.schemas else {
+        return;
+    };
+    let dir = std::path::Path::new(shared.config.schemas.dir.trim());
+    match crate::events::schema::SchemaSet::load(dir, shared.config.schemas.require) {
+        Ok(set) => {
+            shared.metrics.schema_reload(true);
+            shared.metrics.schemas_loaded(set.len());
+            tracing::info!(trigger, schemas = set.len(), "event schemas reloaded");
+            current.store(Arc::new(set));
+        }
+        Err(problems) => {
+            shared.metrics.schema_reload(false);
+            for problem in &problems {
+                tracing::error!(
+                    trigger,
+                    file = %problem.file.display(),
+                    reason = %problem.reason,
+                    "event schema not loaded; the last good set stays in use"
+                );
+            }
+        }
+    }
+}
+
 /// The local dedup table, allocated whole now (`dedup.entries_max`), or
 /// `None` with `dedup.enabled = false`.
 fn start_dedup(config: &Config, cores: usize) -> Option<Arc<crate::dedup::table::DedupTable>> {
@@ -125,6 +178,10 @@ pub fn run(
     let mailboxes: Arc<[Arc<Mailbox>]> = (0..cores)
         .map(|_| Arc::new(Mailbox::new(limits.inflight_events_per_core_max)))
         .collect();
+    let schemas = load_schemas(&config)?;
+    if let Some(set) = &schemas {
+        metrics.schemas_loaded(set.load().len());
+    }
     let dedup = start_dedup(&config, cores);
     if let Some(table) = &dedup {
         let _ = metrics.dedup.set(Arc::clone(table));
@@ -192,6 +249,7 @@ pub fn run(
         metrics,
         readiness,
         mailboxes,
+        schemas,
         dedup,
         shutdown: Shutdown::new(cores, drain_timeout),
     });
@@ -428,9 +486,18 @@ fn start_control_plane(
             .spawn(move || {
                 let interval =
                     Duration::from_millis(watcher.config.auth.reload_interval_ms.max(10));
+                let schemas_dir = std::path::PathBuf::from(watcher.config.schemas.dir.trim());
+                let mut schemas_seen = crate::events::schema::fingerprint(&schemas_dir);
                 while watcher_stop.sleep(interval) {
                     if let Some(result) = watcher.keys.reload_if_changed() {
                         log_reload(&watcher, "file change", result);
+                    }
+                    if watcher.schemas.is_some() {
+                        let now = crate::events::schema::fingerprint(&schemas_dir);
+                        if now != schemas_seen {
+                            schemas_seen = now;
+                            reload_schemas(&watcher, "file change");
+                        }
                     }
                 }
             })?,
@@ -498,6 +565,7 @@ fn start_control_plane(
             for signal in signals.forever() {
                 if signal == SIGHUP {
                     log_reload(&signalled, "SIGHUP", signalled.keys.reload());
+                    reload_schemas(&signalled, "SIGHUP");
                     continue;
                 }
                 signalled.readiness.start_draining();
