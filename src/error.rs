@@ -16,8 +16,9 @@ pub struct ApiError {
     /// Whether the connection must be closed after the response because
     /// the request's framing, and so the next request's start, is unknown.
     pub close: bool,
-    /// For 429: which limit refused and how long to wait.
-    pub rate_limit: Option<crate::tenancy::rate::Refusal>,
+    /// For 429: which limit refused and how long to wait (boxed: a
+    /// refusal path, and it keeps every `Result<_, ApiError>` small).
+    pub rate_limit: Option<Box<crate::tenancy::rate::Refusal>>,
     /// A JSON Pointer to the part of the event at fault (schema
     /// violations); shown as `field`, in place of the named field.
     pub pointer: Option<Box<str>>,
@@ -50,7 +51,7 @@ impl ApiError {
             refusal.quota_per_second, refusal.dimension, refusal.retry_after_seconds
         );
         ApiError {
-            rate_limit: Some(refusal),
+            rate_limit: Some(Box::new(refusal)),
             ..Self::new(429, "rate_limited", message)
         }
     }

@@ -145,6 +145,7 @@ pub fn write_error(
         retry_after_seconds: error.retry_after().then(|| {
             error
                 .rate_limit
+                .as_deref()
                 .map_or(RETRY_AFTER_SECONDS.into(), |refusal| {
                     refusal.retry_after_seconds
                 })
@@ -153,6 +154,7 @@ pub fn write_error(
         close: error.close,
         rate_limit: error
             .rate_limit
+            .as_deref()
             .map(|refusal| crate::http::response::RateLimitFields {
                 policy: refusal.dimension,
                 quota: refusal.burst,
