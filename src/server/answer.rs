@@ -152,10 +152,8 @@ pub fn write_error(
         }),
         allow: (error.status == 405).then(|| reply.route.allowed_methods()),
         close: error.close,
-        rate_limit: error
-            .rate_limit
-            .as_deref()
-            .map(|refusal| crate::http::response::RateLimitFields {
+        rate_limit: error.rate_limit.as_deref().map(|refusal| {
+            crate::http::response::RateLimitFields {
                 policy: refusal.dimension,
                 quota: refusal.burst,
                 window_seconds: refusal
@@ -164,7 +162,8 @@ pub fn write_error(
                     .max(1),
                 content_bytes: refusal.dimension == "bytes",
                 reset_seconds: refusal.retry_after_seconds,
-            }),
+            }
+        }),
         preflight: None,
     };
     write_response(core, output, reply, error.status, JSON, &body, extra);
