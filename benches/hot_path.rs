@@ -281,9 +281,55 @@ fn dedup(c: &mut Criterion) {
     group.finish();
 }
 
+/// An event contract per event: a typical schema (ten properties, an
+/// enum, a pattern, bounds) on a valid event and on one that breaks it.
+/// `check` parses the event into a `serde_json::Value` (arbitrary
+/// precision) and validates it: what the server does per event.
+fn schemas(c: &mut Criterion) {
+    use sluice::events::schema::SchemaSet;
+    let dir = std::env::temp_dir().join(format!("sluice-bench-schemas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("checkout.json"),
+        r#"{"type":"object","required":["user_id","event_type","properties"],
+            "properties":{"properties":{"type":"object","additionalProperties":false,
+              "required":["order_id","amount","currency"],
+              "properties":{
+                "order_id":{"type":"string","pattern":"^ord_[0-9a-f]{8}$"},
+                "amount":{"type":"number","exclusiveMinimum":0,"maximum":1000000},
+                "currency":{"enum":["EUR","USD","GBP"]},
+                "items":{"type":"integer","minimum":1,"maximum":100},
+                "coupon":{"type":["string","null"],"maxLength":12},
+                "gift":{"type":"boolean"},
+                "note":{"type":"string","minLength":2,"maxLength":5},
+                "tags":{"type":"array","items":{"type":"string"},"maxItems":3,"uniqueItems":true},
+                "channel":{"const":"web"},
+                "rank":{"type":"integer","multipleOf":5}}}}}"#,
+    )
+    .unwrap();
+    let set = SchemaSet::load(&dir, false).unwrap();
+    let valid = br#"{"user_id":"user_123","event_type":"checkout","event_time":1710000000000,"properties":{"order_id":"ord_0123abcd","amount":12.5,"currency":"EUR","items":2,"coupon":null,"gift":false,"note":"hi","tags":["a","b"],"channel":"web","rank":10}}"#;
+    let invalid = br#"{"user_id":"user_123","event_type":"checkout","event_time":1710000000000,"properties":{"order_id":"ord_0123abcd","amount":12.5,"currency":"JPY","items":2,"coupon":null,"gift":false,"note":"hi","tags":["a","b"],"channel":"web","rank":10}}"#;
+    let mut group = c.benchmark_group("schema");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("check_valid_event_10_properties", |b| {
+        b.iter(|| black_box(set.check("tenant_a", "checkout", black_box(valid)).is_ok()))
+    });
+    // Where the time goes: the event into a serde_json::Value alone.
+    group.bench_function("parse_only_into_serde_json_value", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(valid)).is_ok()))
+    });
+    group.bench_function("check_violating_event_10_properties", |b| {
+        b.iter(|| black_box(set.check("tenant_a", "checkout", black_box(invalid)).is_err()))
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 criterion_group!(
     benches,
     dedup,
+    schemas,
     head_parsing,
     validation,
     segment_calls,
