@@ -320,7 +320,12 @@ fn schemas(c: &mut Criterion) {
         b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(valid)).is_ok()))
     });
     group.bench_function("check_violating_event_10_properties", |b| {
-        b.iter(|| black_box(set.check("tenant_a", "checkout", black_box(invalid)).is_err()))
+        b.iter(|| {
+            black_box(
+                set.check("tenant_a", "checkout", black_box(invalid))
+                    .is_err(),
+            )
+        })
     });
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);

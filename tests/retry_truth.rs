@@ -313,6 +313,18 @@ fn an_idempotency_key_gives_a_retried_request_the_same_event_ids() {
             .all(|id| *id == "0f8fad5b-d9cb-469f-a165-70867728950e"),
         "{kept:?}"
     );
+    // A key with a character outside printable ASCII (a tab) is refused,
+    // as the OpenAPI document's pattern says.
+    let response = sluice.post(
+        "/v1/events",
+        &[
+            ("X-CS-API-Key", KEY),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", "order\t42"),
+        ],
+        event(&format!("{tag}_tab"), "").as_bytes(),
+    );
+    assert_eq!(response.status, 400, "{}", response.text());
     // A key over 256 bytes is refused, not cut.
     let response = sluice.post(
         "/v1/events",

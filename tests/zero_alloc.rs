@@ -291,6 +291,9 @@ fn allocations_per_event_with_schemas_on_are_bounded() {
     );
     let per_event = allocations_per_request(address, &single);
     println!("schemas on, single event (9 values): {per_event} allocations per event");
-    assert!(per_event > 0.0, "no allocation counted: is the schema applied?");
+    assert!(
+        per_event > 0.0,
+        "no allocation counted: is the schema applied?"
+    );
     assert!(per_event <= 40.0, "{per_event} allocations per event");
 }

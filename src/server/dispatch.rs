@@ -445,13 +445,20 @@ impl<'a> Exchange<'a> {
             .has_idempotency_key
             .then(|| find_header(&input[..head.head_bytes], b"idempotency-key"))
             .flatten();
-        if idempotency_key
-            .is_some_and(|key| key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX)
-        {
+        // As the OpenAPI document states it: 1 to 256 printable ASCII
+        // characters, not starting or ending with a space.
+        let printable = |key: &[u8]| {
+            key.iter().all(|byte| (0x20..=0x7e).contains(byte))
+                && key.first() != Some(&b' ')
+                && key.last() != Some(&b' ')
+        };
+        if idempotency_key.is_some_and(|key| {
+            key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX || !printable(key)
+        }) {
             return Err(ApiError::new(
                 400,
                 "bad_request",
-                "Idempotency-Key must be 1 to 256 bytes",
+                "Idempotency-Key must be 1 to 256 printable ASCII characters",
             ));
         }
         let gzipped = header(input, &head.content_encoding).is_some_and(gzip::is_gzip);
