@@ -17,23 +17,7 @@ use sluice::events::schema::SchemaSet;
 /// The schemas: (event type, schema).
 const SCHEMAS: &[(&str, &str)] = &[
     // A typical contract: ten properties, an enum, a pattern, bounds.
-    (
-        "checkout",
-        r#"{"type":"object","required":["user_id","event_type","properties"],
-            "properties":{"properties":{"type":"object","additionalProperties":false,
-              "required":["order_id","amount","currency"],
-              "properties":{
-                "order_id":{"type":"string","pattern":"^ord_[0-9a-f]{8}$"},
-                "amount":{"type":"number","exclusiveMinimum":0,"maximum":1000000},
-                "currency":{"enum":["EUR","USD","GBP"]},
-                "items":{"type":"integer","minimum":1,"maximum":100},
-                "coupon":{"type":["string","null"],"maxLength":12},
-                "gift":{"type":"boolean"},
-                "note":{"type":"string","minLength":2,"maxLength":5},
-                "tags":{"type":"array","items":{"type":"string"},"maxItems":3,"uniqueItems":true},
-                "channel":{"const":"web"},
-                "rank":{"type":"integer","multipleOf":5}}}}}"#,
-    ),
+    ("checkout", include_str!("fixtures/checkout.schema.json")),
     // Numbers: integers written as 1.0, big numbers, exact bounds.
     (
         "metric",
