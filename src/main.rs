@@ -44,6 +44,10 @@ struct Flags {
     /// No external services: in-process mock Kafka and a printed dev key. Not durable.
     #[arg(long)]
     dev: bool,
+    /// With --dev: use this API key instead of a new one each start (1 to
+    /// 256 printable ASCII characters).
+    #[arg(long, value_name = "KEY", env = "SLUICE_DEV_KEY", requires = "dev")]
+    dev_key: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,16 @@ fn main() -> ExitCode {
         }
     };
     config.apply_property_environment(std::env::vars());
+    if let Some(key) = flags.dev_key {
+        if key.is_empty()
+            || key.len() > 256
+            || !key.bytes().all(|byte| (0x21..=0x7e).contains(&byte))
+        {
+            eprintln!("sluice: --dev-key must be 1 to 256 printable ASCII characters, no spaces");
+            return ExitCode::from(2);
+        }
+        config.dev_key = Some(key);
+    }
     if config.dev && overrides.listen.is_none() && std::env::var("SLUICE_SERVER_LISTEN").is_err() {
         // A dev server is for this machine only unless asked otherwise.
         config.server.listen = "127.0.0.1:8080".into();

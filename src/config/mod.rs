@@ -41,6 +41,10 @@ pub struct Config {
     pub schemas: SchemasConfig,
     /// Run with librdkafka's in-process mock cluster and a generated dev key.
     pub dev: bool,
+    /// `--dev-key`: the dev key to use instead of a generated one (a flag
+    /// only, never read from or shown in the file).
+    #[serde(skip)]
+    pub dev_key: Option<String>,
 }
 
 /// Flags given on the command line; `None` leaves the key as configured.

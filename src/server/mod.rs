@@ -143,7 +143,7 @@ fn start_dedup(config: &Config, cores: usize) -> Option<Arc<crate::dedup::table:
 /// Runs the server until SIGTERM or SIGINT has drained it. `log_lines_dropped`
 /// counts what the log writer had to drop, for `/metrics`.
 pub fn run(
-    config: Config,
+    mut config: Config,
     log_lines_dropped: impl Fn() -> u64 + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let topics = [config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
@@ -156,9 +156,14 @@ pub fn run(
         || config.kafka.brokers.clone(),
         DevCluster::bootstrap_servers,
     );
-    let dev_key = dev
-        .as_ref()
-        .map(|_| format!("sluice_dev_{:016x}", context::random_seed()));
+    // The logged configuration names the brokers really used.
+    config.kafka.brokers.clone_from(&brokers);
+    let dev_key = dev.as_ref().map(|_| {
+        config
+            .dev_key
+            .clone()
+            .unwrap_or_else(|| format!("sluice_dev_{:016x}", context::random_seed()))
+    });
     let keys = open_keys(&config, dev_key.as_deref())?;
     if config.server.ack_mode == crate::config::AckMode::Durable {
         crate::kafka::check_durable_properties(&config.kafka.properties)?;
@@ -282,7 +287,13 @@ pub fn run(
         core_threads.push(thread);
     }
     drop(batches);
-    announce(&shared, address, cores, dev_key.as_deref());
+    announce(
+        &shared,
+        address,
+        cores,
+        dev_key.as_deref(),
+        dev.as_ref().map(DevCluster::bootstrap_servers).as_deref(),
+    );
 
     for thread in core_threads {
         let _ = thread.join();
@@ -429,9 +440,15 @@ fn claim_address(address: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-fn announce(shared: &Shared, address: SocketAddr, cores: usize, dev_key: Option<&str>) {
+fn announce(
+    shared: &Shared,
+    address: SocketAddr,
+    cores: usize,
+    dev_key: Option<&str>,
+    dev_bootstrap: Option<&str>,
+) {
     let config = &shared.config;
-    if let Some(key) = dev_key {
+    if let (Some(key), Some(bootstrap)) = (dev_key, dev_bootstrap) {
         tracing::warn!("--dev: in-process mock Kafka cluster; NOTHING IS DURABLE");
         tracing::warn!(dev_api_key = key, "--dev: use this API key");
         let host = if address.ip().is_unspecified() {
@@ -442,6 +459,10 @@ fn announce(shared: &Shared, address: SocketAddr, cores: usize, dev_key: Option<
         eprintln!(
             "\n  try: curl -i -H 'X-CS-API-Key: {key}' -H 'Content-Type: application/json' \\\n         -d '{{\"user_id\":\"user_123\",\"event_type\":\"page_view\",\"event_time\":'$(date +%s%3N)'}}' \\\n         http://{host}:{}/v1/events\n",
             address.port()
+        );
+        eprintln!(
+            "  mock Kafka bootstrap servers: {bootstrap}\n  read the events back: kcat -C -b {bootstrap} -t {} -o beginning -e\n  (or loadgen --verify {bootstrap}; the key stays the same across starts with --dev-key KEY)\n",
+            config.kafka.topic
         );
     }
     tracing::info!(
