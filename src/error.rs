@@ -114,11 +114,24 @@ impl ApiError {
         )
     }
 
-    pub fn unsupported_media_type() -> Self {
+    /// 415, naming what the request sent and what is accepted.
+    pub fn unsupported_media_type(content_type: &[u8], content_encoding: &[u8]) -> Self {
+        let shown = |value: &[u8]| {
+            let text = String::from_utf8_lossy(&value[..value.len().min(64)]).into_owned();
+            if text.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{text:?}")
+            }
+        };
         Self::new(
             415,
             "unsupported_media_type",
-            "Content-Type must be application/json (or application/x-ndjson for batches) and Content-Encoding gzip or none",
+            format!(
+                "got Content-Type {} and Content-Encoding {}; accepted: Content-Type application/json (or application/x-ndjson on /v1/events/batch) and Content-Encoding gzip, identity or none",
+                shown(content_type),
+                shown(content_encoding)
+            ),
         )
     }
 

@@ -537,13 +537,29 @@ fn check_event_time(node: &Node<'_>, limits: &EventLimits, now_ms: u64) -> Resul
     let earliest = now.saturating_sub(i64::try_from(limits.event_time_past_ms).unwrap_or(i64::MAX));
     let latest = now.saturating_add(i64::try_from(limits.event_time_future_ms).unwrap_or(i64::MAX));
     if millis < earliest || millis > latest {
+        // Seconds and microseconds are the usual mistakes: say so when the
+        // value would fit the window in that unit.
+        let fits = |candidate: i64| (earliest..=latest).contains(&candidate);
+        let unit_hint = if fits(millis.saturating_mul(1_000)) {
+            format!(
+                "; {millis} looks like seconds: send {} (milliseconds)",
+                millis.saturating_mul(1_000)
+            )
+        } else if fits(millis / 1_000) {
+            format!(
+                "; {millis} looks like microseconds: send {} (milliseconds)",
+                millis / 1_000
+            )
+        } else {
+            String::new()
+        };
         return Err(ApiError {
             field: Some("event_time"),
             ..ApiError::new(
                 400,
                 "invalid_event",
                 format!(
-                    "event_time must be within {} ms before and {} ms after the server clock ({now_ms})",
+                    "event_time must be Unix epoch milliseconds within {} ms before and {} ms after the server clock ({now_ms}){unit_hint}",
                     limits.event_time_past_ms, limits.event_time_future_ms
                 ),
             )

@@ -263,7 +263,10 @@ impl<'a> Exchange<'a> {
         let encoding_ok = header(input, &head.content_encoding)
             .is_none_or(|value| gzip::is_gzip(value) || value.eq_ignore_ascii_case(b"identity"));
         if !media_ok || !encoding_ok {
-            return Err(ApiError::unsupported_media_type());
+            return Err(ApiError::unsupported_media_type(
+                header(input, &head.content_type).unwrap_or_default(),
+                header(input, &head.content_encoding).unwrap_or_default(),
+            ));
         }
         if self.core.shared.shutdown.is_triggered() {
             return Err(ApiError::unavailable("server is shutting down"));

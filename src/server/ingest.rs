@@ -306,6 +306,7 @@ fn build_records(
                 });
                 batch.claims.push(claim);
             }
+            Err(error) if kind == BodyKind::Single => return Err(batch_hint(body, error)),
             Err(error) if kind.is_single() => return Err(error),
             Err(error) => {
                 rejected += 1;
@@ -396,6 +397,25 @@ fn shed(core: &Core) -> ApiError {
     core.metrics().shed();
     core.shared.readiness.note_shed(core.now_ms());
     ApiError::overloaded()
+}
+
+/// A batch body sent to the single-event route fails as one event (it has
+/// no `user_id`): the answer says where it should have gone.
+fn batch_hint(body: &[u8], error: ApiError) -> ApiError {
+    let start = body.trim_ascii_start();
+    let looks_like_batch = start.starts_with(b"[")
+        || (start.starts_with(b"{") && start[1..].trim_ascii_start().starts_with(b"\"events\""));
+    if !looks_like_batch {
+        return error;
+    }
+    ApiError {
+        message: format!(
+            "{}; this body looks like a batch: POST {{\"events\": [...]}} to /v1/events/batch",
+            error.message
+        )
+        .into(),
+        ..error
+    }
 }
 
 fn describe_rejection(out: &mut Vec<u8>, index: usize, error: &ApiError) {
