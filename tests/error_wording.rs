@@ -64,4 +64,40 @@ fn errors_name_the_fix() {
         text.contains(r#"got Content-Type "text/xml""#) && text.contains("application/json"),
         "{text}"
     );
+
+    // A trailing comma: plain words and where, not "ExpectedObjectKey at
+    // character 32".
+    let trailing = post(&sluice, "application/json", &at(now_ms).replace('}', ",}"));
+    assert_eq!(trailing.status, 400);
+    let text = message(&trailing);
+    assert!(
+        text.contains("trailing comma") && text.contains("line 1, column"),
+        "{text}"
+    );
+
+    // The key in a near-miss header, or in the query string with
+    // auth.query_key off.
+    let misnamed = sluice.post(
+        "/v1/events",
+        &[("X-API-Key", KEY), ("Content-Type", "application/json")],
+        at(now_ms).as_bytes(),
+    );
+    assert_eq!(misnamed.status, 401);
+    assert!(
+        message(&misnamed).contains("the header is X-CS-API-Key"),
+        "{}",
+        misnamed.text()
+    );
+    let in_query = sluice.post(
+        &format!("/v1/events?api_key={KEY}"),
+        &[("Content-Type", "application/json")],
+        at(now_ms).as_bytes(),
+    );
+    assert_eq!(in_query.status, 401);
+    assert!(
+        message(&in_query).contains("auth.query_key"),
+        "{}",
+        in_query.text()
+    );
+    assert!(!in_query.text().contains(KEY), "the key echoed back");
 }

@@ -155,7 +155,7 @@ impl Validator {
             Err(error) => Err(ApiError::new(
                 400,
                 "invalid_json",
-                format!("event is not valid JSON: {error}"),
+                describe_json_error(raw, &error),
             )),
             Ok(()) => inspect(&tape.0, &self.limits, enrichment.received_at_ms)
                 .map(|fields| self.write_record(raw, &fields, enrichment, out)),
@@ -295,6 +295,47 @@ fn trim_object_end(raw: &[u8]) -> &[u8] {
         .rposition(|&b| b == b'}')
         .expect("a parsed object ends with }");
     &raw[..end]
+}
+
+/// A JSON syntax error in plain words, with where it is (line and column
+/// within the event, counted from 1).
+fn describe_json_error(raw: &[u8], error: &simd_json::Error) -> String {
+    use simd_json::ErrorType as E;
+    let what = match error.error() {
+        E::ExpectedObjectKey | E::KeyMustBeAString | E::BadKeyType => {
+            "expected a member name in double quotes (a trailing comma before '}'?)"
+        }
+        E::ExpectedObjectColon => "expected ':' after the member name",
+        E::ExpectedMapComma | E::ExpectedArrayComma => {
+            "expected ',' between values or the closing bracket"
+        }
+        E::ExpectedArrayContent | E::ExpectedObjectContent => {
+            "expected a value (a trailing comma before ']'?)"
+        }
+        E::Eof | E::ExpectedMapEnd => "the JSON ends before it is complete",
+        E::TrailingData => "there is more after the end of the JSON value",
+        E::UnterminatedString => "a string is missing its closing double quote",
+        E::InvalidEscape | E::InvalidUnicodeEscape | E::InvalidUnicodeCodepoint => {
+            "a string has an invalid escape (\\ must be written \\\\)"
+        }
+        E::InvalidUtf8 => "the text is not valid UTF-8",
+        E::InvalidNumber | E::InvalidExponent | E::Overflow => "a number is not valid JSON",
+        E::ExpectedTrue | E::ExpectedFalse | E::ExpectedNull | E::UnexpectedCharacter => {
+            "unexpected text (strings need double quotes; true, false and null are lower case)"
+        }
+        E::DepthLimitExceeded => "the JSON nests too deeply",
+        _ => "it is not a JSON value",
+    };
+    let at = error.index().min(raw.len());
+    let before = &raw[..at];
+    let line = before.iter().filter(|&&byte| byte == b'\n').count() + 1;
+    let column = at
+        - before
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |newline| newline + 1)
+        + 1;
+    format!("event is not valid JSON: {what}, at line {line}, column {column}")
 }
 
 /// What validation extracts for the record.

@@ -340,7 +340,14 @@ impl<'a> Exchange<'a> {
                 limiter: grant.limiter.clone(),
                 refused_from_ms: grant.refused_from_ms,
             },
-            Err(AuthError::Missing) => return Err(ApiError::missing_api_key()),
+            Err(AuthError::Missing) => {
+                let input = &self.wire.input;
+                return Err(missing_key_hint(
+                    &input[..head.head_bytes],
+                    &input[head.path.clone()],
+                    self.core.shared.config.auth.query_key,
+                ));
+            }
             // A configured key source not loaded yet: the key may be valid,
             // so the client is told to retry, not that its key is wrong.
             Err(AuthError::Invalid) if !snapshot.is_complete() => {
@@ -522,6 +529,47 @@ impl<'a> Exchange<'a> {
             }
         }
     }
+}
+
+/// The 401 for a request with no key, saying where the key was probably
+/// meant to be when the request put it somewhere else: a near-miss header
+/// name, or the query string with `auth.query_key` off. Off the hot path.
+fn missing_key_hint(head: &[u8], target: &[u8], query_key_on: bool) -> ApiError {
+    let mut error = ApiError::missing_api_key();
+    let near_misses: [&[u8]; 6] = [
+        b"x-api-key",
+        b"api-key",
+        b"apikey",
+        b"x-cs-apikey",
+        b"x-cs-api_key",
+        b"x-cs-key",
+    ];
+    let hint = if let Some(name) = near_misses
+        .iter()
+        .find(|name| find_header(head, name).is_some())
+    {
+        Some(format!(
+            "; this request sent a {} header: the header is X-CS-API-Key",
+            String::from_utf8_lossy(name)
+        ))
+    } else if !query_key_on
+        && target
+            .split(|&byte| byte == b'?')
+            .nth(1)
+            .is_some_and(|query| {
+                query
+                    .split(|&byte| byte == b'&')
+                    .any(|pair| pair.starts_with(b"api_key="))
+            })
+    {
+        Some("; a key in the query string (?api_key=) is taken only with auth.query_key = true (for browsers' sendBeacon); send it in X-CS-API-Key".to_string())
+    } else {
+        None
+    };
+    if let Some(hint) = hint {
+        error.message = format!("{}{hint}", error.message).into();
+    }
+    error
 }
 
 /// A header's value in the read buffer, if the request sent it.
