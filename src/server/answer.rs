@@ -257,7 +257,11 @@ pub fn write_probe(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
         _ => (
             200,
             PROMETHEUS_TEXT,
-            Cow::Owned(shared.metrics.render(readiness.is_ok()).into_bytes()),
+            Cow::Owned({
+                let mut text = shared.metrics.render(readiness.is_ok());
+                crate::metrics::render_keys_loaded(&mut text, shared.keys.load().len());
+                text.into_bytes()
+            }),
         ),
     };
     let extra = Extra {
