@@ -36,10 +36,16 @@ fn process_metrics_describe_the_process() {
         .unwrap()
         .count() as f64;
     assert!(open > 3.0 && open <= max, "open {open}, max {max}");
-    assert!((open - in_proc).abs() <= 8.0, "open {open}, /proc says {in_proc}");
+    assert!(
+        (open - in_proc).abs() <= 8.0,
+        "open {open}, /proc says {in_proc}"
+    );
     let started = sluice.metric("process_start_time_seconds");
     let now = now_ms() as f64 / 1e3;
-    assert!((now - started).abs() < 120.0, "started {started}, now {now}");
+    assert!(
+        (now - started).abs() < 120.0,
+        "started {started}, now {now}"
+    );
     assert!(sluice.metric("process_cpu_seconds_total") >= 0.0);
     assert!(sluice.metric("process_virtual_memory_bytes") >= resident);
     // The test keys file's three keys (one disabled: a refusal is loaded
