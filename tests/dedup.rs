@@ -409,3 +409,32 @@ fn a_retry_on_another_instance_is_caught_through_redis() {
         );
     }
 }
+
+// Found in review: with Redis unreachable from the start, the warn line
+// was written at every reconnect (once a second while requests came).
+#[test]
+fn redis_down_from_the_start_is_said_once_and_served_around() {
+    let broker = Broker::start();
+    let nothing_there = free_port();
+    let sluice = Sluice::start(Options {
+        brokers: Some(broker.address.clone()),
+        extra_config: format!("[dedup]\nredis_url = \"redis://127.0.0.1:{nothing_there}/\"\n"),
+        ..Default::default()
+    });
+    sluice.wait_ready(200, Duration::from_secs(20));
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_millis(3_500) {
+        let body = with_id(
+            &format!("down{sent}"),
+            &uuid(now_ms() % 1_000_000 * 1_000 + sent),
+        );
+        let response = post(&sluice, "/v1/events", KEY, &[], &body);
+        assert_eq!(response.status, 202, "{}", response.text());
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sluice.metric("sluice_dedup_redis_up"), 0.0);
+    let warned = sluice.logs().matches("Redis unreachable for dedup").count();
+    assert_eq!(warned, 1, "{warned} warn lines for one outage");
+}

@@ -260,6 +260,11 @@ impl Config {
         for origin in &self.cors.allowed_origins {
             crate::cors::check_origin(origin)?;
         }
+        if !self.dedup.enabled && !self.dedup.redis_url.is_empty() {
+            bail!(
+                "dedup.redis_url is set but dedup.enabled = false: fleet-wide dedup needs dedup on; unset one of them"
+            );
+        }
         for (key, url) in [
             ("limits.redis_url", &self.limits.redis_url),
             ("dedup.redis_url", &self.dedup.redis_url),
@@ -444,6 +449,20 @@ mod tests {
         assert_eq!(
             config.cors.allowed_origins,
             ["https://a.example.com", "https://b.example.com"]
+        );
+    }
+
+    #[test]
+    fn fleet_dedup_without_dedup_is_refused() {
+        let env = |name: &str| match name {
+            "SLUICE_DEDUP_ENABLED" => Some("false".to_string()),
+            "SLUICE_DEDUP_REDIS_URL" => Some("redis://127.0.0.1:6379/".to_string()),
+            _ => None,
+        };
+        let error = Config::load(&Overrides::default(), env).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("dedup.enabled = false"),
+            "{error:#}"
         );
     }
 

@@ -71,6 +71,7 @@ impl Fleet {
         let token = format!("P{:x}-{nanos:x}", std::process::id());
         let mut connection: Option<redis::Connection> = None;
         let mut last_attempt: Option<Instant> = None;
+        let mut reported_down = false;
         let mut batches: Vec<Batch> = Vec::with_capacity(BATCHES_PER_TURN);
         let mut settles: Vec<Settle> = Vec::new();
         loop {
@@ -105,7 +106,7 @@ impl Fleet {
                         }
                         connection = Some(connected);
                     }
-                    Err(error) => self.note_down(&error),
+                    Err(error) => self.note_down(&error, &mut reported_down),
                 }
             }
             let checked = match connection.as_mut() {
@@ -117,7 +118,7 @@ impl Fleet {
                 Err(error) => {
                     if let Some(error) = error {
                         self.state.failures.fetch_add(1, Relaxed);
-                        self.note_down(&error);
+                        self.note_down(&error, &mut reported_down);
                         connection = None;
                     }
                     self.state
@@ -142,8 +143,11 @@ impl Fleet {
         Ok(connection)
     }
 
-    fn note_down(&self, error: &redis::RedisError) {
-        if self.state.up.swap(false, Relaxed) || self.state.failures.load(Relaxed) <= 1 {
+    /// Says once that Redis is gone: when it was up, or at the first
+    /// failure if it never was (`reported`), not at every reconnect.
+    fn note_down(&self, error: &redis::RedisError, reported: &mut bool) {
+        let was_up = self.state.up.swap(false, Relaxed);
+        if was_up || !std::mem::replace(reported, true) {
             // Redis errors name the failure, never the URL's password.
             tracing::warn!(
                 error = %error,

@@ -139,9 +139,9 @@ impl DedupTable {
         self.seed.hash_one((tenant_hash, event_id)).max(1)
     }
 
-    fn set_of(&self, fingerprint: u64) -> &Set {
-        let index = fingerprint.checked_shr(self.shift).unwrap_or(0) as usize;
-        &self.sets[index]
+    /// The set a fingerprint lives in: its top bits.
+    fn set_index(&self, fingerprint: u64) -> usize {
+        fingerprint.checked_shr(self.shift).unwrap_or(0) as usize
     }
 
     /// Claims `fingerprint` for the request `owner` at `now_ms`.
@@ -160,7 +160,7 @@ impl DedupTable {
 
     /// Looks for the key in its set: what was found, or the slot to take.
     fn scan(&self, fingerprint: u64, owner: u64, now_ms: u64) -> Result<Victim, Claim> {
-        let set_index = fingerprint.checked_shr(self.shift).unwrap_or(0) as usize;
+        let set_index = self.set_index(fingerprint);
         let mut victim: Option<Victim> = None;
         for (way, slot) in self.sets[set_index].0.iter().enumerate() {
             let value = slot.load(SeqCst);
@@ -249,7 +249,7 @@ impl DedupTable {
 
     /// Whether a stored key is remembered (for tests and the fleet tier).
     pub fn is_stored(&self, fingerprint: u64, now_ms: u64) -> bool {
-        self.set_of(fingerprint).0.iter().any(|slot| {
+        self.sets[self.set_index(fingerprint)].0.iter().any(|slot| {
             let (print, meta) = split(slot.load(SeqCst));
             print == fingerprint && meta & STATE_MASK == STORED && self.is_young(meta, now_ms)
         })
