@@ -5,6 +5,40 @@ use std::borrow::Cow;
 use crate::http::gzip::GzipError;
 use crate::http::FramingError;
 
+/// Every error code a refusal carries, in metrics order
+/// (`sluice_http_refusals_total{code}`); tests/refusal_codes.rs checks
+/// that every code in src/ is listed.
+pub const CODES: [&str; 20] = [
+    "ambiguous_credentials",
+    "bad_request",
+    "event_in_flight",
+    "expectation_failed",
+    "header_too_large",
+    "invalid_api_key",
+    "invalid_event",
+    "invalid_json",
+    "length_required",
+    "method_not_allowed",
+    "missing_api_key",
+    "not_found",
+    "origin_not_allowed",
+    "payload_too_large",
+    "rate_limited",
+    "request_timeout",
+    "reserved_field",
+    "schema_violation",
+    "unavailable",
+    "unsupported_media_type",
+];
+
+/// The code's index in [`CODES`]; `CODES.len()` for one not listed.
+pub fn code_index(code: &str) -> usize {
+    CODES
+        .iter()
+        .position(|&known| known == code)
+        .unwrap_or(CODES.len())
+}
+
 /// A refusal sent to the client as `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

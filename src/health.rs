@@ -150,6 +150,44 @@ impl Readiness {
     }
 }
 
+/// One `GET path` to a sluice at `address` (`0.0.0.0` and `[::]` read as
+/// loopback), for `sluice probe`: the status of its answer.
+pub fn probe(address: &str, path: &str, timeout: std::time::Duration) -> std::io::Result<u16> {
+    use std::io::{Read as _, Write as _};
+    use std::net::ToSocketAddrs as _;
+    let mut target = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{address}: no address")))?;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let mut filled = 0;
+    while filled < 12 {
+        match stream.read(&mut head[filled..])? {
+            0 => break,
+            read => filled += read,
+        }
+    }
+    std::str::from_utf8(&head[..filled])
+        .ok()
+        .and_then(|text| text.strip_prefix("HTTP/1.1 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,11 +12,13 @@
 //! - [`kafka`]: the only module that knows rdkafka; producer threads and the
 //!   hand-off to and from the cores.
 //! - [`server`]: core threads, connections, in-flight tracking, control plane.
+//! - [`check`]: `sluice check`, the configuration dry run.
 //! - [`cpus`]: CPU lists, affinity, cgroup quotas (start-up only).
 //! - [`route`], [`cors`]: which target goes where, and which origins may send.
 //! - [`metrics`], [`health`], [`shutdown`], [`error`], [`clock`], [`secret`]:
 //!   cross-cutting state.
 
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod cors;

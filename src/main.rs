@@ -3,46 +3,56 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use sluice::config::{Config, LogFormat, Overrides};
 use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit codes, for `--help` and the README.
+const EXIT_CODES: &str = "Exit codes:
+  0  stopped cleanly (drained), or `check`/`probe` found nothing wrong
+  1  failed while serving (a drain that could not flush every event)
+  2  did not start: a configuration, keys, schema or address problem
+     (the message names the file, line and key); `check` found a problem;
+     `probe` got no 200";
+
 /// Thread-per-core HTTP/1.1-to-Kafka event ingestion server.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version)]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Listen address (server.listen), default 0.0.0.0:8080.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     listen: Option<String>,
     /// Event-loop cores (server.cores); 0 = one per CPU.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", global = true)]
     cores: Option<usize>,
     /// Kafka bootstrap brokers (kafka.brokers), comma-separated.
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", global = true)]
     brokers: Option<String>,
     /// Topic for events (kafka.topic).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     topic: Option<String>,
     /// Dead-letter topic (kafka.dlq_topic).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     dlq_topic: Option<String>,
     /// API keys file (auth.keys_file).
     #[arg(long, value_name = "FILE")]
     keys_file: Option<PathBuf>,
     /// When to answer 202: after Kafka acks (durable) or once queued (enqueued).
-    #[arg(long, value_name = "durable|enqueued")]
+    #[arg(long, value_name = "durable|enqueued", global = true)]
     ack_mode: Option<String>,
     /// Log format (server.log_format).
-    #[arg(long, value_name = "text|json")]
+    #[arg(long, value_name = "text|json", global = true)]
     log_format: Option<String>,
     /// No external services: in-process mock Kafka and a printed dev key. Not durable.
-    #[arg(long)]
+    #[arg(long, global = true)]
     dev: bool,
     /// With --dev: use this API key instead of a new one each start (1 to
     /// 256 printable ASCII characters).
@@ -50,8 +60,42 @@ struct Flags {
     dev_key: Option<String>,
 }
 
+/// What to do instead of serving.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the configuration without starting: the file, environment and
+    /// flags, the keys file, the schemas, the secret files, Kafka's
+    /// reachability and topics, and host limits (open files, io_uring, the
+    /// listen address). Prints every problem with its place and fix; exits
+    /// 0 when there is none, 2 otherwise.
+    Check {
+        /// Leave Kafka out (for a start check: sluice starts while Kafka is down).
+        #[arg(long)]
+        skip_kafka: bool,
+        /// How long Kafka may take to answer.
+        #[arg(long, value_name = "MS", default_value_t = 5_000)]
+        kafka_timeout_ms: u64,
+    },
+    /// Ask a running sluice whether it is alive (GET /healthz), or ready
+    /// with --ready (GET /readyz): exit 0 on 200, 2 otherwise. For a
+    /// container HEALTHCHECK, which has no curl.
+    Probe {
+        /// GET /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// The server's address; default: server.listen from the
+        /// configuration, with 0.0.0.0 read as 127.0.0.1.
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
+        /// How long the answer may take.
+        #[arg(long, value_name = "MS", default_value_t = 2_000)]
+        timeout_ms: u64,
+    },
+}
+
 fn main() -> ExitCode {
-    let command = Flags::command().after_help(Config::environment_help());
+    let command =
+        Flags::command().after_help(format!("{}\n{EXIT_CODES}", Config::environment_help()));
     let flags = match Flags::from_arg_matches(&command.get_matches()) {
         Ok(flags) => flags,
         Err(error) => error.exit(),
@@ -68,6 +112,18 @@ fn main() -> ExitCode {
         log_format: flags.log_format,
         dev: flags.dev,
     };
+    match flags.command {
+        Some(Command::Check {
+            skip_kafka,
+            kafka_timeout_ms,
+        }) => return check(&overrides, skip_kafka, kafka_timeout_ms),
+        Some(Command::Probe {
+            ready,
+            address,
+            timeout_ms,
+        }) => return probe(&overrides, ready, address, timeout_ms),
+        None => {}
+    }
     let mut config = match Config::load(&overrides, |name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(error) => {
@@ -99,9 +155,71 @@ fn main() -> ExitCode {
     }
     match sluice::server::run(config, move || log_lines_dropped.dropped_lines() as u64) {
         Ok(()) => ExitCode::SUCCESS,
+        // Before the ready line the server did not start (2, as a
+        // configuration refused before logging); after it, it failed (1).
+        Err(error) if !sluice::server::reached_ready() => {
+            tracing::error!("sluice did not start: {error:#}");
+            ExitCode::from(2)
+        }
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "sluice failed");
+            tracing::error!("sluice failed: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice check`: prints each finding, then a summary; 0 or 2.
+fn check(overrides: &Overrides, skip_kafka: bool, kafka_timeout_ms: u64) -> ExitCode {
+    let variables: Vec<(String, String)> = std::env::vars().collect();
+    let options = sluice::check::Options {
+        skip_kafka,
+        kafka_timeout: std::time::Duration::from_millis(kafka_timeout_ms),
+    };
+    // librdkafka's own log lines would interleave with the findings.
+    let findings = sluice::check::run(
+        overrides,
+        |name| std::env::var(name).ok(),
+        &variables,
+        &options,
+    );
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let problems = findings
+        .iter()
+        .filter(|finding| finding.severity == sluice::check::Severity::Problem)
+        .count();
+    if problems == 0 {
+        println!("sluice check: no problem found");
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "sluice check: {problems} problem{} found",
+            if problems == 1 { "" } else { "s" }
+        );
+        ExitCode::from(2)
+    }
+}
+
+/// `sluice probe`: one GET on loopback, 0 on a 200.
+fn probe(overrides: &Overrides, ready: bool, address: Option<String>, timeout_ms: u64) -> ExitCode {
+    let address = address.unwrap_or_else(|| {
+        Config::assemble(overrides, &|name| std::env::var(name).ok())
+            .map_or_else(|_| "127.0.0.1:8080".into(), |config| config.server.listen)
+    });
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match sluice::health::probe(&address, path, std::time::Duration::from_millis(timeout_ms)) {
+        Ok(200) => {
+            println!("{path} 200");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("{path} {status}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            println!("{path}: {error}");
+            ExitCode::from(2)
         }
     }
 }
@@ -127,7 +245,9 @@ fn init_logging(format: LogFormat) -> (WorkerGuard, ErrorCounter) {
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
-        LogFormat::Json => builder.json().init(),
+        // Flat: an event's fields sit beside `timestamp`, `level` and
+        // `message`, where log pipelines look for them.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
     (guard, dropped)

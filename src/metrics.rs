@@ -4,6 +4,7 @@
 //! The delivery-latency histogram uses fixed Prometheus buckets, which is
 //! what the exposition format wants; hdrhistogram is the load generator's.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -19,6 +20,40 @@ const LATENCY_BOUNDS_US: [u64; 14] = [
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
     2_500_000, 5_000_000, 10_000_000,
 ];
+
+/// Upper bounds of the request-duration buckets, in microseconds.
+const DURATION_BOUNDS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Status classes of the request-duration histogram.
+const STATUS_CLASSES: [&str; 4] = ["2xx", "4xx", "5xx", "other"];
+
+fn status_class(status: u16) -> usize {
+    match status / 100 {
+        2 => 0,
+        4 => 1,
+        5 => 2,
+        _ => 3,
+    }
+}
+
+/// Per-tenant counters: one slot per labelled tenant, plus `other`.
+const TENANT_SLOTS: usize = crate::tenancy::labels::TENANT_LABELS_MAX + 1;
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(value: &str) -> Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(value);
+    }
+    Cow::Owned(
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
+    )
+}
 
 fn status_index(status: u16) -> usize {
     STATUSES
@@ -152,6 +187,9 @@ fn write_by_result(out: &mut String, name: &str, help: &str, ok: u64, error: u64
     );
 }
 
+/// One per-tenant counter array of a core.
+type TenantField = fn(&CoreMetrics) -> &[AtomicU64; TENANT_SLOTS];
+
 /// A per-core gauge: name, help, and the field it reads.
 type Gauge = (&'static str, &'static str, fn(&CoreMetrics) -> &AtomicU64);
 
@@ -165,7 +203,6 @@ fn bump(counter: &AtomicU64, by: u64) {
 
 /// One core's counters. Written only by the core that owns them.
 #[repr(align(128))]
-#[derive(Default)]
 pub struct CoreMetrics {
     requests: [[AtomicU64; STATUSES.len()]; Route::ALL.len()],
     events_accepted: AtomicU64,
@@ -174,6 +211,13 @@ pub struct CoreMetrics {
     body_bytes: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
     latency_sum_us: AtomicU64,
+    durations:
+        [[[AtomicU64; DURATION_BOUNDS_US.len() + 1]; STATUS_CLASSES.len()]; Route::ALL.len()],
+    duration_sum_us: [[AtomicU64; STATUS_CLASSES.len()]; Route::ALL.len()],
+    refusals: [AtomicU64; crate::error::CODES.len() + 1],
+    tenant_accepted: [AtomicU64; TENANT_SLOTS],
+    tenant_rejected: [AtomicU64; TENANT_SLOTS],
+    tenant_refused: [AtomicU64; TENANT_SLOTS],
     shed: AtomicU64,
     delivery_timeouts: AtomicU64,
     logs_suppressed: AtomicU64,
@@ -184,9 +228,71 @@ pub struct CoreMetrics {
     pub connections: AtomicU64,
 }
 
+impl Default for CoreMetrics {
+    fn default() -> Self {
+        // Arrays this large have no derived Default: every counter is zero.
+        CoreMetrics {
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            events_accepted: AtomicU64::new(0),
+            events_rejected: AtomicU64::new(0),
+            events_duplicate: AtomicU64::new(0),
+            body_bytes: AtomicU64::new(0),
+            latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_sum_us: AtomicU64::new(0),
+            durations: std::array::from_fn(|_| {
+                std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            }),
+            duration_sum_us: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            tenant_accepted: std::array::from_fn(|_| AtomicU64::new(0)),
+            tenant_rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            tenant_refused: std::array::from_fn(|_| AtomicU64::new(0)),
+            shed: AtomicU64::new(0),
+            delivery_timeouts: AtomicU64::new(0),
+            logs_suppressed: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
+            inflight_requests: AtomicU64::new(0),
+            inflight_events: AtomicU64::new(0),
+            inflight_bytes: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+        }
+    }
+}
+
 impl CoreMetrics {
-    pub fn request(&self, route: Route, status: u16) {
+    /// A response, and how long its request took (from its head's first
+    /// parse to the response being written).
+    pub fn request(&self, route: Route, status: u16, took: Duration) {
         bump(&self.requests[route as usize][status_index(status)], 1);
+        let micros = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = DURATION_BOUNDS_US
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(DURATION_BOUNDS_US.len());
+        let class = status_class(status);
+        bump(&self.durations[route as usize][class][bucket], 1);
+        bump(&self.duration_sum_us[route as usize][class], micros);
+    }
+
+    /// A refused request: by its error code, and by tenant when the key was known.
+    pub fn refusal(&self, code: &str, tenant_slot: Option<u16>) {
+        bump(&self.refusals[crate::error::code_index(code)], 1);
+        if let Some(slot) = tenant_slot {
+            bump(
+                &self.tenant_refused[usize::from(slot).min(TENANT_SLOTS - 1)],
+                1,
+            );
+        }
+    }
+
+    /// A tenant's events in an answered request: accepted (duplicates
+    /// included: the client's events are stored) and rejected.
+    pub fn tenant_events(&self, tenant_slot: u16, accepted: usize, rejected: usize) {
+        let slot = usize::from(tenant_slot).min(TENANT_SLOTS - 1);
+        bump(&self.tenant_accepted[slot], accepted as u64);
+        if rejected > 0 {
+            bump(&self.tenant_rejected[slot], rejected as u64);
+        }
     }
 
     pub fn events(&self, accepted: usize, rejected: usize) {
@@ -438,6 +544,9 @@ impl Metrics {
         self.render_dedup(&mut out);
         self.render_dedup_fleet(&mut out);
         self.render_latency(&mut out);
+        self.render_durations(&mut out);
+        self.render_refusals(&mut out);
+        self.render_tenants(&mut out);
         render_process(&mut out);
         let gauges: [Gauge; 4] = [
             (
@@ -629,6 +738,83 @@ impl Metrics {
         );
     }
 
+    fn render_durations(&self, out: &mut String) {
+        let name = "sluice_http_request_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} Time from a request's head to its response being written (durable requests include Kafka's acknowledgement), by route and status class.\n# TYPE {name} histogram");
+        for (route_index, route) in Route::ALL.iter().map(|r| r.label()).enumerate() {
+            for (class_index, class) in STATUS_CLASSES.iter().enumerate() {
+                let total: u64 = (0..=DURATION_BOUNDS_US.len())
+                    .map(|bucket| {
+                        self.sum(|core| &core.durations[route_index][class_index][bucket])
+                    })
+                    .sum();
+                if total == 0 {
+                    continue;
+                }
+                let labels = format!("route=\"{route}\",status_class=\"{class}\"");
+                let mut cumulative = 0;
+                for (bucket, bound) in DURATION_BOUNDS_US.iter().enumerate() {
+                    cumulative +=
+                        self.sum(|core| &core.durations[route_index][class_index][bucket]);
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
+                        *bound as f64 / 1e6
+                    );
+                }
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+                let sum = self.sum(|core| &core.duration_sum_us[route_index][class_index]);
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum as f64 / 1e6);
+                let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+            }
+        }
+    }
+
+    fn render_refusals(&self, out: &mut String) {
+        let name = "sluice_http_refusals_total";
+        let _ = writeln!(out, "# HELP {name} Requests refused, by the error code of the answer.\n# TYPE {name} counter");
+        for (index, code) in crate::error::CODES
+            .iter()
+            .chain(["other"].iter())
+            .enumerate()
+        {
+            let count = self.sum(|core| &core.refusals[index]);
+            let _ = writeln!(out, "{name}{{code=\"{code}\"}} {count}");
+        }
+    }
+
+    fn render_tenants(&self, out: &mut String) {
+        let names = crate::tenancy::labels::names();
+        let series: [(&str, &str, TenantField); 3] = [
+            (
+                "sluice_tenant_events_accepted_total",
+                "Events accepted per tenant (duplicates of stored events included); tenants past the first 100 are counted as tenant=\"other\".",
+                |core| &core.tenant_accepted,
+            ),
+            (
+                "sluice_tenant_events_rejected_total",
+                "Events of accepted batches rejected by validation, per tenant.",
+                |core| &core.tenant_rejected,
+            ),
+            (
+                "sluice_tenant_requests_refused_total",
+                "Authenticated requests refused (4xx and 5xx), per tenant.",
+                |core| &core.tenant_refused,
+            ),
+        ];
+        for (name, help, field) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (slot, tenant) in names.iter().enumerate() {
+                let count = self.sum(|core| &field(core)[slot]);
+                let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {count}", label_value(tenant));
+            }
+            let other = self.sum(|core| &field(core)[TENANT_SLOTS - 1]);
+            if other > 0 {
+                let _ = writeln!(out, "{name}{{tenant=\"other\"}} {other}");
+            }
+        }
+    }
+
     fn render_latency(&self, out: &mut String) {
         let name = "sluice_kafka_delivery_seconds";
         let _ = writeln!(out, "# HELP {name} Time from hand-off to the last delivery report of a request.\n# TYPE {name} histogram");
@@ -659,9 +845,10 @@ mod tests {
     #[test]
     fn render_sums_cores_and_accumulates_buckets() {
         let metrics = Metrics::new(2);
-        metrics.cores[0].request(Route::Events, 202);
-        metrics.cores[1].request(Route::Events, 202);
-        metrics.cores[1].request(Route::EventsBatch, 413);
+        let ms = Duration::from_millis;
+        metrics.cores[0].request(Route::Events, 202, ms(3));
+        metrics.cores[1].request(Route::Events, 202, ms(30));
+        metrics.cores[1].request(Route::EventsBatch, 413, ms(0));
         metrics.cores[0].delivery_latency(Duration::from_micros(700));
         metrics.cores[1].delivery_latency(Duration::from_secs(60));
         let text = metrics.render(true);
@@ -674,5 +861,34 @@ mod tests {
         assert!(text.contains("sluice_kafka_delivery_seconds_bucket{le=\"0.001\"} 1\n"));
         assert!(text.contains("sluice_kafka_delivery_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("sluice_ready 1\n"));
+        let histogram =
+            "sluice_http_request_duration_seconds_bucket{route=\"/v1/events\",status_class=\"2xx\"";
+        assert!(text.contains(&format!("{histogram},le=\"0.0025\"}} 0\n")));
+        assert!(text.contains(&format!("{histogram},le=\"0.005\"}} 1\n")));
+        assert!(text.contains(&format!("{histogram},le=\"0.05\"}} 2\n")));
+        assert!(text.contains("sluice_http_request_duration_seconds_count{route=\"/v1/events/batch\",status_class=\"4xx\"} 1\n"));
+        assert!(text.contains("sluice_http_request_duration_seconds_sum{route=\"/v1/events\",status_class=\"2xx\"} 0.033\n"));
+    }
+
+    #[test]
+    fn refusals_count_by_code_and_tenants_by_slot() {
+        let metrics = Metrics::new(2);
+        let slot = crate::tenancy::labels::slot("metrics-test-tenant");
+        metrics.cores[0].refusal("rate_limited", Some(slot));
+        metrics.cores[1].refusal("rate_limited", None);
+        metrics.cores[1].refusal("no_such_code", None);
+        metrics.cores[0].tenant_events(slot, 7, 2);
+        metrics.cores[1].tenant_events(crate::tenancy::labels::OTHER_SLOT, 5, 0);
+        let text = metrics.render(true);
+        assert!(text.contains("sluice_http_refusals_total{code=\"rate_limited\"} 2\n"));
+        assert!(text.contains("sluice_http_refusals_total{code=\"other\"} 1\n"));
+        assert!(text
+            .contains("sluice_tenant_events_accepted_total{tenant=\"metrics-test-tenant\"} 7\n"));
+        assert!(text
+            .contains("sluice_tenant_events_rejected_total{tenant=\"metrics-test-tenant\"} 2\n"));
+        assert!(text
+            .contains("sluice_tenant_requests_refused_total{tenant=\"metrics-test-tenant\"} 1\n"));
+        assert!(text.contains("sluice_tenant_events_accepted_total{tenant=\"other\"} 5\n"));
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -134,30 +134,39 @@ pub const BOUNDS: &[Bound] = &[
 ];
 
 /// Checks every value of `table` (the configuration as TOML) against
-/// [`BOUNDS`], naming the first one out of range.
-pub fn check(table: &toml::Table) -> anyhow::Result<()> {
+/// [`BOUNDS`], naming each one out of range.
+pub fn problems(table: &toml::Table) -> Vec<super::Problem> {
+    let mut problems = Vec::new();
     for bound in BOUNDS {
+        let key = format!("{}.{}", bound.section, bound.key);
         let Some(value) = table
             .get(bound.section)
             .and_then(|section| section.get(bound.key))
         else {
-            bail!(
-                "{}.{}: not in the configuration (a bug)",
-                bound.section,
-                bound.key
-            );
+            problems.push(super::Problem::new(
+                &key,
+                "not in the configuration (a bug)".into(),
+            ));
+            continue;
         };
         let number = value.as_integer().unwrap_or(-1);
         if number < 0 || (number as u64) < bound.min || (number as u64) > bound.max {
-            bail!(
-                "{}.{} = {value} is out of range: it must be {}..={} ({})",
-                bound.section,
-                bound.key,
-                bound.min,
-                bound.max,
-                bound.unit
-            );
+            problems.push(super::Problem::new(
+                &key,
+                format!(
+                    "{value} is out of range: it must be {}..={} ({})",
+                    bound.min, bound.max, bound.unit
+                ),
+            ));
         }
     }
-    Ok(())
+    problems
+}
+
+/// The first value of `table` out of its range, as an error.
+pub fn check(table: &toml::Table) -> anyhow::Result<()> {
+    match problems(table).into_iter().next() {
+        Some(problem) => bail!("{problem}"),
+        None => Ok(()),
+    }
 }

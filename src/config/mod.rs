@@ -47,6 +47,166 @@ pub struct Config {
     pub dev_key: Option<String>,
 }
 
+/// One thing wrong with a configuration: the key it concerns, when one
+/// does, and what is wrong, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with `key` (dotted: `server.cores`).
+    pub fn new(key: &str, message: String) -> Self {
+        Problem {
+            key: Some(key.to_string()),
+            message,
+        }
+    }
+
+    /// A problem that is not one key's.
+    pub fn general(message: String) -> Self {
+        Problem { key: None, message }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            Some(key) => write!(out, "{key}: {}", self.message),
+            None => write!(out, "{}", self.message),
+        }
+    }
+}
+
+/// A TOML error as one readable line: `FILE:LINE:COLUMN: what is wrong`
+/// (toml's own text is a multi-line caret diagram, which a log line
+/// escapes into one unreadable string).
+pub fn toml_error(file: &str, text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("{file}:{line}:{column}: {message}")
+        }
+        None => format!("{file}: {message}"),
+    }
+}
+
+/// serde's wording for a wrong value ("invalid value: integer `-1`,
+/// expected usize") in an operator's words, with a hint for an unknown key.
+pub fn plain_serde_message(message: &str) -> String {
+    let message = message.trim().replace('\n', "; ");
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((unknown, expected)) = rest.split_once("`, expected one of ") {
+            let known: Vec<&str> = expected
+                .split(", ")
+                .map(|name| name.trim_matches('`'))
+                .collect();
+            let closest = known
+                .iter()
+                .map(|name| (edit_distance(unknown, name), *name))
+                .min()
+                .filter(|(distance, _)| *distance <= 3);
+            return match closest {
+                Some((_, name)) => format!("unknown key `{unknown}`: did you mean `{name}`?"),
+                None => format!(
+                    "unknown key `{unknown}`; the keys here are {}",
+                    known.join(", ")
+                ),
+            };
+        }
+        if let Some((unknown, _)) = rest.split_once('`') {
+            return format!("unknown key `{unknown}` (`sluice --help` lists every key)");
+        }
+    }
+    let mut plain = message;
+    for (serde, words) in [
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number, 0 or more"),
+        ("expected u8", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected a string in double quotes"),
+        ("invalid value: integer", "the number"),
+        ("invalid type: integer", "got the number"),
+        ("invalid type: string", "got the string"),
+        ("invalid type: boolean", "got"),
+        ("invalid type: sequence", "got a list"),
+    ] {
+        plain = plain.replace(serde, words);
+    }
+    plain
+}
+
+/// Levenshtein distance, for "did you mean" (short key names only).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// A TOML error of a configuration or keys file, in one line:
+/// `FILE:LINE:COLUMN: section.key: what is wrong, in plain words`.
+pub fn located_error(name: &str, text: &str, error: &toml::de::Error) -> String {
+    let located = toml_error(name, text, error);
+    let (place, message) = located.split_once(": ").unwrap_or(("", &located));
+    let message = plain_serde_message(message);
+    match key_at(text, error.span().map_or(0, |span| span.start)) {
+        Some(key)
+            if !message.contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(&key))) =>
+        {
+            format!("{place}: {key}: {message}")
+        }
+        _ => format!("{place}: {message}"),
+    }
+}
+
+/// The dotted key written on the line holding byte `offset` of a TOML
+/// text (`server.cores`), from its `key =` and the `[section]` above it.
+pub fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find_map(|line| line.strip_prefix('[')?.strip_suffix(']'));
+    Some(match section {
+        Some(section) => format!("{}.{key}", section.trim()),
+        None => key.to_string(),
+    })
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |start| start.chars().count())
+        + 1;
+    (line, column)
+}
+
 /// Flags given on the command line; `None` leaves the key as configured.
 #[derive(Debug, Default)]
 pub struct Overrides {
@@ -118,20 +278,53 @@ pub fn cpu_list(text: &str) -> Option<Vec<usize>> {
 }
 
 impl Config {
-    /// Builds the effective configuration from defaults, file, environment and flags.
+    /// Builds the effective configuration from defaults, file, environment
+    /// and flags, and checks it (every problem named).
     pub fn load(
         overrides: &Overrides,
         environment: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Config> {
-        let mut table = match &overrides.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<toml::Table>(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
-            }
+        let config = Self::assemble(overrides, &environment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without the checks of [`Config::problems`]: what
+    /// the file, environment and flags say, and the secret files read.
+    pub fn assemble(
+        overrides: &Overrides,
+        environment: &impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let table = match &overrides.config {
+            Some(path) => Self::file_table(path)?,
             None => toml::Table::new(),
         };
+        Self::from_table(table, overrides, environment)
+    }
+
+    /// The configuration file as a table, its first mistake reported at
+    /// its line and column, with its key, in plain words.
+    pub fn file_table(path: &std::path::Path) -> anyhow::Result<toml::Table> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading config file {} (the path given to --config)",
+                path.display()
+            )
+        })?;
+        let name = path.display().to_string();
+        if let Err(error) = toml::from_str::<Config>(&text) {
+            bail!("{}", located_error(&name, &text, &error));
+        }
+        toml::from_str::<toml::Table>(&text)
+            .map_err(|error| anyhow::anyhow!(located_error(&name, &text, &error)))
+    }
+
+    /// The configuration from a file's table, the environment and the flags.
+    pub fn from_table(
+        mut table: toml::Table,
+        overrides: &Overrides,
+        environment: &impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
         let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
         for (section, key) in Self::keys() {
             let name = env_name(&section, &key);
@@ -161,12 +354,13 @@ impl Config {
             }
         }
         apply_flags(&mut table, overrides)?;
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .context("invalid configuration")?;
+        let mut config: Config = toml::Value::Table(table).try_into().map_err(|error| {
+            anyhow::anyhow!(
+                "invalid configuration (from the environment or a flag): {}",
+                plain_serde_message(error.message())
+            )
+        })?;
         config.kafka.read_secret_files()?;
-        config.validate()?;
-        config.kafka.check_security()?;
         Ok(config)
     }
 
@@ -204,22 +398,56 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        self.listen_address()?;
-        let table = toml::Table::try_from(self).context("configuration")?;
-        bounds::check(&table)?;
+        let problems = self.problems();
+        match problems.len() {
+            0 => Ok(()),
+            1 => bail!("{}", problems[0]),
+            _ => bail!(
+                "{} problems:\n  {}",
+                problems.len(),
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            ),
+        }
+    }
+
+    /// Every problem of the configuration: values out of their range,
+    /// relations between keys that do not hold, lists and URLs that do
+    /// not parse. Each names its key and what to do.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.listen_address().is_err() {
+            problems.push(Problem::new(
+                "server.listen",
+                format!(
+                    "{:?} is not an address: write IP:PORT, for example 0.0.0.0:8080 or 127.0.0.1:8080",
+                    self.server.listen
+                ),
+            ));
+        }
+        match toml::Table::try_from(self) {
+            Ok(table) => problems.extend(bounds::problems(&table)),
+            Err(error) => problems.push(Problem::general(format!("configuration: {error}"))),
+        }
         let limits = &self.limits;
         let relations = [
             (
                 limits.event_bytes_max <= limits.decompressed_body_bytes_max,
-                "limits.event_bytes_max must not exceed limits.decompressed_body_bytes_max",
+                "limits.event_bytes_max",
+                "must not exceed limits.decompressed_body_bytes_max",
             ),
             (
                 limits.body_bytes_max <= limits.decompressed_body_bytes_max,
-                "limits.body_bytes_max must not exceed limits.decompressed_body_bytes_max",
+                "limits.body_bytes_max",
+                "must not exceed limits.decompressed_body_bytes_max",
             ),
             (
                 limits.inflight_events_per_core_max >= limits.batch_events_max,
-                "limits.inflight_events_per_core_max must be at least limits.batch_events_max",
+                "limits.inflight_events_per_core_max",
+                "must be at least limits.batch_events_max",
             ),
             // The largest valid request's records (its body and the
             // server's fields per event) must fit, or it could never be taken.
@@ -230,73 +458,103 @@ impl Config {
                             .batch_events_max
                             .saturating_mul(crate::events::validate::RECORD_BYTES_PER_EVENT_MAX),
                     ),
-                "limits.inflight_bytes_per_core_max must be at least limits.decompressed_body_bytes_max plus 1 KiB per event of limits.batch_events_max (the largest request's records must fit)",
+                "limits.inflight_bytes_per_core_max",
+                "must be at least limits.decompressed_body_bytes_max plus 1 KiB per event of limits.batch_events_max (the largest request's records must fit)",
             ),
         ];
-        if let Some((_, relation)) = relations.iter().find(|(holds, _)| !holds) {
-            bail!("{relation}");
+        for (_, key, relation) in relations.iter().filter(|(holds, _, _)| !holds) {
+            problems.push(Problem::new(key, (*relation).into()));
         }
         let message_bytes_max = match self.kafka.properties.get("message.max.bytes") {
-            None => crate::events::validate::KAFKA_MESSAGE_BYTES_MAX_DEFAULT,
-            Some(value) => value.parse().with_context(|| {
-                format!("kafka.properties message.max.bytes {value:?} is not a number")
-            })?,
+            None => Some(crate::events::validate::KAFKA_MESSAGE_BYTES_MAX_DEFAULT),
+            Some(value) => match value.parse() {
+                Ok(number) => Some(number),
+                Err(_) => {
+                    problems.push(Problem::new(
+                        "kafka.properties.\"message.max.bytes\"",
+                        format!("{value:?} is not a number"),
+                    ));
+                    None
+                }
+            },
         };
         let overhead = crate::events::validate::RECORD_OVERHEAD_BYTES_MAX;
-        if limits.event_bytes_max.saturating_add(overhead) > message_bytes_max {
-            bail!(
-                "limits.event_bytes_max ({}) plus what the server adds to a record ({overhead} bytes) must fit Kafka's message.max.bytes ({message_bytes_max}): a larger event would be refused by Kafka after its client waited; lower limits.event_bytes_max or raise message.max.bytes in [kafka.properties] (and the topic's max.message.bytes)",
-                limits.event_bytes_max
-            );
+        if let Some(message_bytes_max) = message_bytes_max {
+            if limits.event_bytes_max.saturating_add(overhead) > message_bytes_max {
+                problems.push(Problem::new(
+                    "limits.event_bytes_max",
+                    format!(
+                        "{} plus what the server adds to a record ({overhead} bytes) must fit Kafka's message.max.bytes ({message_bytes_max}): a larger event would be refused by Kafka after its client waited; lower limits.event_bytes_max or raise message.max.bytes in [kafka.properties] (and the topic's max.message.bytes)",
+                        limits.event_bytes_max
+                    ),
+                ));
+            }
         }
         for (key, list) in [
             ("server.cpus", &self.server.cpus),
             ("kafka.producer_cpus", &self.kafka.producer_cpus),
         ] {
             if !list.trim().is_empty() {
-                crate::cpus::parse_cpu_list(list).with_context(|| format!("{key} {list:?}"))?;
+                if let Err(error) = crate::cpus::parse_cpu_list(list) {
+                    problems.push(Problem::new(key, format!("{list:?}: {error:#}")));
+                }
             }
         }
         for origin in &self.cors.allowed_origins {
-            crate::cors::check_origin(origin)?;
+            if let Err(error) = crate::cors::check_origin(origin) {
+                problems.push(Problem::new("cors.allowed_origins", format!("{error:#}")));
+            }
         }
         if !self.dedup.enabled && !self.dedup.redis_url.is_empty() {
-            bail!(
-                "dedup.redis_url is set but dedup.enabled = false: fleet-wide dedup needs dedup on; unset one of them"
-            );
+            problems.push(Problem::new(
+                "dedup.redis_url",
+                "is set but dedup.enabled = false: fleet-wide dedup needs dedup on; unset one of them".into(),
+            ));
         }
         for (key, url) in [
             ("limits.redis_url", &self.limits.redis_url),
             ("dedup.redis_url", &self.dedup.redis_url),
         ] {
             if !url.is_empty() {
-                crate::tenancy::fleet::parse_url(key, url.expose())?;
+                if let Err(error) = crate::tenancy::fleet::parse_url(key, url.expose()) {
+                    problems.push(Problem::new(key, format!("{error:#}")));
+                }
             }
         }
         if !self.auth.postgres_url.is_empty() {
-            crate::tenancy::postgres::parse_url(self.auth.postgres_url.expose())?;
+            if let Err(error) = crate::tenancy::postgres::parse_url(self.auth.postgres_url.expose())
+            {
+                problems.push(Problem::new("auth.postgres_url", format!("{error:#}")));
+            }
         }
         if self.kafka.message_timeout_ms < self.server.delivery_timeout_ms {
-            bail!(
-                "kafka.message_timeout_ms ({}) must be at least server.delivery_timeout_ms ({}): librdkafka would give up on records a client is still waiting for",
-                self.kafka.message_timeout_ms,
-                self.server.delivery_timeout_ms
-            );
+            problems.push(Problem::new(
+                "kafka.message_timeout_ms",
+                format!(
+                    "{} must be at least server.delivery_timeout_ms ({}): librdkafka would give up on records a client is still waiting for",
+                    self.kafka.message_timeout_ms, self.server.delivery_timeout_ms
+                ),
+            ));
         }
         match self.kafka.partitioner.as_str() {
             "murmur2_random" | "murmur2" | "consistent_random" | "consistent" | "random"
             | "fnv1a" | "fnv1a_random" => {}
-            other => bail!(
-                "kafka.partitioner {other:?} is not one of murmur2_random, murmur2, consistent_random, consistent, random, fnv1a, fnv1a_random"
-            ),
+            other => problems.push(Problem::new(
+                "kafka.partitioner",
+                format!("{other:?} is not one of murmur2_random, murmur2, consistent_random, consistent, random, fnv1a, fnv1a_random"),
+            )),
         }
         match self.kafka.compression.as_str() {
             "none" | "gzip" | "snappy" | "lz4" | "zstd" => {}
-            other => {
-                bail!("kafka.compression {other:?} is not one of none, gzip, snappy, lz4, zstd")
-            }
+            other => problems.push(Problem::new(
+                "kafka.compression",
+                format!("{other:?} is not one of none, gzip, snappy, lz4, zstd"),
+            )),
         }
-        Ok(())
+        if let Err(error) = self.kafka.check_security() {
+            problems.push(Problem::general(format!("{error:#}")));
+        }
+        problems
     }
 
     /// The parsed listen address.
@@ -307,19 +565,39 @@ impl Config {
             .with_context(|| format!("server.listen {:?} is not an address", self.server.listen))
     }
 
-    /// The configuration as TOML with secrets masked, for the start-up log.
-    pub fn masked_summary(&self) -> String {
+    /// The configuration as (key, value) pairs with secrets masked, for
+    /// the start-up log: `server.cores` = `0`, `kafka.properties."linger.ms"`
+    /// = `5`; strings as they are, other values as TOML writes them.
+    pub fn masked_entries(&self) -> Vec<(String, String)> {
+        fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+            for (key, value) in table {
+                let bare = !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+                let name = match (prefix.is_empty(), bare) {
+                    (true, _) => key.clone(),
+                    (false, true) => format!("{prefix}.{key}"),
+                    (false, false) => format!("{prefix}.{key:?}"),
+                };
+                match value {
+                    toml::Value::Table(inner) => flatten(&name, inner, out),
+                    toml::Value::String(text) => out.push((name, text.clone())),
+                    other => out.push((name, other.to_string())),
+                }
+            }
+        }
         let mut copy = self.clone();
         copy.kafka = self.kafka.masked();
-        let text = toml::to_string(&copy).unwrap_or_default();
-        text.split('\n')
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ")
+        let table = toml::Table::try_from(&copy).unwrap_or_default();
+        let mut entries = Vec::new();
+        flatten("", &table, &mut entries);
+        entries
     }
 }
 
-fn env_name(section: &str, key: &str) -> String {
+/// The environment variable of a key: `SLUICE_<SECTION>_<KEY>`.
+pub fn env_name(section: &str, key: &str) -> String {
     let path = if section.is_empty() {
         key.to_string()
     } else {
@@ -551,7 +829,7 @@ mod tests {
         assert!(system_trust
             .security_properties()
             .contains(&("ssl.ca.location", "probe")));
-        assert!(!config.masked_summary().contains("s3cret"));
+        assert!(!format!("{:?}", config.masked_entries()).contains("s3cret"));
         assert!(!format!("{config:?}").contains("s3cret"));
     }
 
@@ -625,9 +903,14 @@ mod tests {
             .kafka
             .properties
             .insert("sasl.password".into(), "hunter2".into());
-        let summary = config.masked_summary();
-        assert!(!summary.contains("hunter2"));
-        assert!(summary.contains("***"));
+        let entries = config.masked_entries();
+        let password = entries
+            .iter()
+            .find(|(key, _)| key == "kafka.properties.\"sasl.password\"")
+            .expect("the property is listed");
+        assert_eq!(password.1, "***");
+        assert!(!format!("{entries:?}").contains("hunter2"));
+        assert!(entries.contains(&("server.cores".to_string(), "0".to_string())));
         assert!(
             !format!("{config:?}").contains("hunter2"),
             "Debug shows the property"

@@ -12,6 +12,16 @@ pub enum AckMode {
     Enqueued,
 }
 
+impl AckMode {
+    /// The name the configuration uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            AckMode::Durable => "durable",
+            AckMode::Enqueued => "enqueued",
+        }
+    }
+}
+
 /// The event loops' I/O driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -27,6 +27,9 @@ pub struct Reply {
     request_id_bytes: usize,
     /// The browser origin, when it is an allowed one (CORS headers).
     pub cors: Option<crate::cors::Allowed>,
+    /// When the request's head was read (the core's clock at its tick),
+    /// for the request-duration histogram.
+    started: Option<std::time::Instant>,
 }
 
 impl Default for Reply {
@@ -38,6 +41,7 @@ impl Default for Reply {
             request_id: [0; REQUEST_ID_BYTES_MAX],
             request_id_bytes: 0,
             cors: None,
+            started: None,
         }
     }
 }
@@ -49,12 +53,14 @@ impl Reply {
         self.head_only = false;
         self.keep_alive = false;
         self.cors = None;
+        self.started = Some(core.now());
         self.new_request_id(core);
     }
 
     /// A reply to `head`, whose spans index `input`.
     pub fn parsed(&mut self, core: &Core, input: &[u8], head: &Head) {
         self.route = Route::of(&input[head.path.clone()]);
+        self.started = Some(core.now());
         self.head_only = head.method == crate::http::request::Method::Head;
         self.keep_alive = head.keep_alive && !core.shared.shutdown.is_triggered();
         match &head.request_id {
@@ -127,7 +133,11 @@ pub fn write_response(
     if !reply.head_only {
         output.extend_from_slice(body);
     }
-    core.metrics().request(reply.route, status);
+    // One clock read per response: the histogram's cost on the hot path.
+    let took = reply
+        .started
+        .map_or(std::time::Duration::ZERO, |started| started.elapsed());
+    core.metrics().request(reply.route, status, took);
 }
 
 /// `{"error": {...}}` with the error's status; logged within the core's budget.
@@ -136,7 +146,7 @@ pub fn write_error(
     output: &mut Vec<u8>,
     reply: &Reply,
     error: &ApiError,
-    tenant: Option<&str>,
+    grant: Option<&crate::tenancy::keys::Grant>,
 ) {
     let mut body = std::mem::take(&mut core.scratch.borrow_mut().body);
     body.clear();
@@ -168,7 +178,9 @@ pub fn write_error(
     };
     write_response(core, output, reply, error.status, JSON, &body, extra);
     core.scratch.borrow_mut().body = body;
-    log_failure(core, reply, error.status, error.code, tenant);
+    core.metrics()
+        .refusal(error.code, grant.map(|grant| grant.metrics_slot));
+    log_failure(core, reply, error, grant.map(|grant| &*grant.tenant_id));
 }
 
 /// `202 {"accepted": N}`, with `rejected` on the batch routes and
@@ -179,9 +191,9 @@ pub fn write_accepted(
     core: &Core,
     output: &mut Vec<u8>,
     reply: &Reply,
-    accepted: usize,
+    (accepted, rejected): (usize, usize),
     outcome: &Outcome,
-    tenant: &str,
+    grant: &crate::tenancy::keys::Grant,
 ) {
     let mut scratch = core.scratch.borrow_mut();
     let body = &mut scratch.body;
@@ -218,8 +230,16 @@ pub fn write_accepted(
     };
     write_response(core, output, reply, status, JSON, body, Extra::default());
     drop(scratch);
+    core.metrics()
+        .tenant_events(grant.metrics_slot, accepted, rejected);
     if status == 400 {
-        log_failure(core, reply, status, "invalid_event", Some(tenant));
+        let error = ApiError::new(
+            400,
+            "invalid_event",
+            "every event of the batch was rejected",
+        );
+        core.metrics().refusal(error.code, Some(grant.metrics_slot));
+        log_failure(core, reply, &error, Some(&grant.tenant_id));
     }
 }
 
@@ -277,9 +297,21 @@ pub fn write_error_body(body: &mut Vec<u8>, error: &ApiError) {
     body.push(b'}');
 }
 
-fn log_failure(core: &Core, reply: &Reply, status: u16, code: &str, tenant: Option<&str>) {
-    if core.may_log() {
-        let request_id = String::from_utf8_lossy(reply.request_id());
-        tracing::warn!(status, code, tenant = tenant.unwrap_or("-"), request_id = %request_id, route = ?reply.route, "request refused");
+/// One line per refused request, within the core's log budget: what a
+/// client was told (code, message, field) and whose request it was. A
+/// client's mistake (4xx) is `info`; the server's trouble (5xx) is `warn`.
+fn log_failure(core: &Core, reply: &Reply, error: &ApiError, tenant: Option<&str>) {
+    if !core.may_log() {
+        return;
+    }
+    let request_id = String::from_utf8_lossy(reply.request_id());
+    let field = error.pointer.as_deref().or(error.field).unwrap_or("-");
+    let (status, code, message) = (error.status, error.code, &*error.message);
+    let tenant = tenant.unwrap_or("-");
+    let route = reply.route.label();
+    if status >= 500 {
+        tracing::warn!(status, code, field, tenant, request_id = %request_id, route, "request refused: {message}");
+    } else {
+        tracing::info!(status, code, field, tenant, request_id = %request_id, route, "request refused: {message}");
     }
 }

@@ -216,8 +216,8 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    fn write_error(&mut self, error: &ApiError, tenant: Option<&str>) {
-        write_error(self.core, &mut self.wire.output, &self.reply, error, tenant);
+    fn write_error(&mut self, error: &ApiError, grant: Option<&Grant>) {
+        write_error(self.core, &mut self.wire.output, &self.reply, error, grant);
     }
 
     fn body_kind(&self, route: Route, head: &Head) -> BodyKind {
@@ -339,6 +339,7 @@ impl<'a> Exchange<'a> {
                 // Shared: one limit per key across the instance's cores.
                 limiter: grant.limiter.clone(),
                 refused_from_ms: grant.refused_from_ms,
+                metrics_slot: grant.metrics_slot,
             },
             Err(AuthError::Missing) => {
                 let input = &self.wire.input;
@@ -381,7 +382,7 @@ impl<'a> Exchange<'a> {
         let handed = match self.hand_off(head, grant, kind, body) {
             Ok(handed) => handed,
             Err(error) => {
-                self.write_error(&error, Some(&grant.tenant_id));
+                self.write_error(&error, Some(grant));
                 return if error.close {
                     Next::Close
                 } else {
@@ -411,7 +412,7 @@ impl<'a> Exchange<'a> {
                     }
                     Err(error) => {
                         self.reply.keep_alive &= !core.shared.shutdown.is_triggered();
-                        self.write_error(&error, Some(&grant.tenant_id));
+                        self.write_error(&error, Some(grant));
                         return self.next();
                     }
                 }
@@ -421,12 +422,12 @@ impl<'a> Exchange<'a> {
         self.reply.keep_alive &= !core.shared.shutdown.is_triggered();
         if let Some(event) = in_flight_elsewhere {
             let error = ApiError::event_in_flight(event as usize);
-            self.write_error(&error, Some(&grant.tenant_id));
+            self.write_error(&error, Some(grant));
             return self.next();
         }
         if !delivered {
             let error = ApiError::unavailable("kafka did not store the events");
-            self.write_error(&error, Some(&grant.tenant_id));
+            self.write_error(&error, Some(grant));
             return self.next();
         }
         self.outcome.duplicates.sort_unstable();
@@ -434,9 +435,9 @@ impl<'a> Exchange<'a> {
             core,
             &mut self.wire.output,
             &self.reply,
-            handed.accepted,
+            (handed.accepted, handed.rejected),
             &self.outcome,
-            &grant.tenant_id,
+            grant,
         );
         self.next()
     }

@@ -172,7 +172,12 @@ pub fn run(
     let configured_cpus = crate::config::cpu_list(&config.server.cpus);
     let (cpus, default_cores) = crate::cpus::event_loop_cpus(configured_cpus.as_deref());
     let cores = core_count(config.server.cores, default_cores)?;
-    raise_open_files_limit(cores * config.server.connections_per_core_max);
+    let connections_set = config.server.connections_per_core_max
+        != crate::config::ServerConfig::default().connections_per_core_max;
+    raise_open_files_limit(
+        cores * config.server.connections_per_core_max,
+        connections_set && !config.dev,
+    );
     let listeners = bind_listeners(config.listen_address()?, cores)?;
     let address = listeners[0].local_addr()?;
 
@@ -258,7 +263,11 @@ pub fn run(
         dedup,
         shutdown: Shutdown::new(cores, drain_timeout),
     });
-    tracing::info!(config = %shared.config.masked_summary(), "effective configuration");
+    // The effective configuration, one structured line per key (secrets
+    // masked), under its own target so a log pipeline can pick it out.
+    for (key, value) in shared.config.masked_entries() {
+        tracing::info!(target: "sluice::config", key, value, "configuration");
+    }
 
     let control_stop = Arc::new(ControlStop::default());
     let control = start_control_plane(&shared, &producers, &control_stop)?;
@@ -333,10 +342,13 @@ fn open_keys(config: &Config, dev_key: Option<&str>) -> anyhow::Result<KeyStore>
 }
 
 /// Raises the soft open-files limit to the hard one, as servers with many
-/// connections must (the default soft limit is often 1024), and warns when
-/// even the hard limit is below the configured connection caps: past it,
-/// accepts fail with EMFILE and new clients wait in the backlog.
-fn raise_open_files_limit(connections: usize) {
+/// connections must (the default soft limit is often 1024). Past the limit,
+/// accepts fail with EMFILE and new clients wait in the backlog, so it
+/// warns when the limit is below connection caps the operator set, or below
+/// [`OPEN_FILES_WARN_BELOW`] whatever the caps; the default caps (20,000
+/// per core) are a ceiling, not a demand, and a limit under them only
+/// gets an info line.
+fn raise_open_files_limit(connections: usize, caps_set: bool) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -358,14 +370,25 @@ fn raise_open_files_limit(connections: usize) {
     }
     // Room for listeners, Kafka sockets, io_uring and log files.
     let wanted = connections.saturating_add(256) as u64;
-    if limit.rlim_cur < wanted {
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    if caps_set || limit.rlim_cur < OPEN_FILES_WARN_BELOW {
         tracing::warn!(
             open_files_max = limit.rlim_cur,
             connections_max = connections,
-            "the open-files limit is below the connection caps; raise `ulimit -n` or lower server.connections_per_core_max"
+            "the open-files limit is below the connection caps; raise `ulimit -n` (LimitNOFILE= in systemd) or lower server.connections_per_core_max"
+        );
+    } else {
+        tracing::info!(
+            open_files_max = limit.rlim_cur,
+            "open connections are bounded by the open-files limit (less 256 for the server's own files)"
         );
     }
 }
+
+/// An open-files limit below this is worth a warning at any setting.
+const OPEN_FILES_WARN_BELOW: u64 = 4_096;
 
 /// One SO_REUSEPORT listener per core, all on the same port; port 0 picks
 /// a free port once, for all of them. Only this process's cores may share
@@ -440,6 +463,15 @@ fn claim_address(address: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
+/// Set once the server has logged its ready line.
+static READY_ANNOUNCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process got as far as serving: an error before that is a
+/// start refused (exit 2), after it a failure (exit 1).
+pub fn reached_ready() -> bool {
+    READY_ANNOUNCED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn announce(
     shared: &Shared,
     address: SocketAddr,
@@ -465,10 +497,11 @@ fn announce(
             config.kafka.topic
         );
     }
+    READY_ANNOUNCED.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         address = %address,
         cores,
-        ack_mode = ?config.server.ack_mode,
+        ack_mode = config.server.ack_mode.name(),
         topic = %config.kafka.topic,
         "sluice ready"
     );

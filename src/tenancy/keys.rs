@@ -34,6 +34,8 @@ pub struct Grant {
     /// The key is refused from this instant on (epoch ms; the earlier of
     /// its `expires_at` and `revoked_at`); `u64::MAX`: never.
     pub refused_from_ms: u64,
+    /// The tenant's per-tenant metrics slot ([`super::labels`]).
+    pub metrics_slot: u16,
 }
 
 impl Grant {
@@ -144,15 +146,35 @@ impl Snapshot {
     /// Parses a keys file's text; keys without limits of their own get
     /// `defaults`.
     pub fn parse(text: &str, defaults: Limits) -> anyhow::Result<Snapshot> {
-        let file: KeysFile = toml::from_str(text).context("keys file is not valid")?;
+        Self::parse_named(text, "keys file", defaults)
+    }
+
+    /// [`Snapshot::parse`], naming the file `name` in errors, each on one
+    /// line with the place: `keys.toml:4:11: ...` or `keys.toml: keys[2]: ...`.
+    pub fn parse_named(text: &str, name: &str, defaults: Limits) -> anyhow::Result<Snapshot> {
+        let file: KeysFile = toml::from_str(text).map_err(|error| {
+            let located = crate::config::toml_error(name, text, &error);
+            match located.split_once(": ") {
+                Some((place, message)) => {
+                    anyhow::anyhow!("{place}: {}", crate::config::plain_serde_message(message))
+                }
+                None => anyhow::anyhow!(located),
+            }
+        })?;
         let mut snapshot = Snapshot::default();
         for (index, key) in file.keys.into_iter().enumerate() {
-            let entry = key
-                .into_entry(defaults)
-                .with_context(|| format!("keys[{index}]"))?;
-            snapshot
-                .insert(entry)
-                .with_context(|| format!("keys[{index}]"))?;
+            let entry = key.into_entry(defaults).with_context(|| {
+                format!(
+                    "{name}: keys[{index}] (the key's entry number {}, counting from 1)",
+                    index + 1
+                )
+            })?;
+            snapshot.insert(entry).with_context(|| {
+                format!(
+                    "{name}: keys[{index}] (the key's entry number {}, counting from 1)",
+                    index + 1
+                )
+            })?;
         }
         Ok(snapshot)
     }
@@ -173,6 +195,7 @@ impl Snapshot {
                 topic: None,
                 limiter: limiter_for(limits),
                 refused_from_ms: u64::MAX,
+                metrics_slot: super::labels::slot(tenant_id),
             },
         };
         self.insert(entry)?;
@@ -343,6 +366,7 @@ impl KeySpec {
             digest: self.digest,
             enabled: self.enabled,
             grant: Grant {
+                metrics_slot: super::labels::slot(&self.tenant_id),
                 tenant_id: self.tenant_id.into(),
                 project_id: self.project_id.map(Into::into),
                 topic: self.topic.map(Into::into),
@@ -351,6 +375,15 @@ impl KeySpec {
             },
         })
     }
+}
+
+/// What to do when the keys file is not there: the first thing a newcomer
+/// who runs plain `sluice` sees.
+pub fn missing_file_hint(path: &std::path::Path) -> String {
+    format!(
+        "keys file {} not found (auth.keys_file): create it (keys.example.toml shows the format), point --keys-file or SLUICE_AUTH_KEYS_FILE at one, or set auth.postgres_url; to try sluice with no keys and no Kafka, run `sluice --dev`",
+        path.display()
+    )
 }
 
 fn check_id(name: &str, value: &str) -> anyhow::Result<()> {
@@ -467,10 +500,14 @@ impl KeyStore {
             return Ok(Vec::new());
         };
         *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(path);
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading keys file {}", path.display()))?;
-        let snapshot = Snapshot::parse(&text, self.defaults)
-            .with_context(|| format!("keys file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!(missing_file_hint(path))
+            } else {
+                anyhow::anyhow!("reading keys file {}: {error}", path.display())
+            }
+        })?;
+        let snapshot = Snapshot::parse_named(&text, &path.display().to_string(), self.defaults)?;
         let mut snapshot = snapshot;
         Ok(std::mem::take(&mut snapshot.by_digest_prefix)
             .into_values()

@@ -8,5 +8,6 @@
 pub mod credentials;
 pub mod fleet;
 pub mod keys;
+pub mod labels;
 pub mod postgres;
 pub mod rate;
