@@ -438,3 +438,26 @@ fn redis_down_from_the_start_is_said_once_and_served_around() {
     let warned = sluice.logs().matches("Redis unreachable for dedup").count();
     assert_eq!(warned, 1, "{warned} warn lines for one outage");
 }
+
+// `sluice_dedup_redis_up` said 0 on an instance that had not yet sent an
+// event (the connection was made by the first batch), so the
+// SluiceDedupRedisDown alert fired on every idle instance; and an idle
+// instance never noticed Redis going away.
+#[test]
+fn redis_up_tells_the_truth_while_no_event_passes() {
+    let broker = Broker::start();
+    let mut redis = services::Redis::start();
+    let sluice = fleet_instance(&broker, &redis, "");
+    sluice.wait_ready(200, Duration::from_secs(20));
+    wait_until(
+        "redis_up 1 with no traffic",
+        Duration::from_secs(10),
+        || sluice.metric("sluice_dedup_redis_up") == 1.0,
+    );
+    redis.kill();
+    wait_until(
+        "redis_up 0 once Redis is gone",
+        Duration::from_secs(10),
+        || sluice.metric("sluice_dedup_redis_up") == 0.0,
+    );
+}

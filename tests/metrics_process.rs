@@ -52,3 +52,96 @@ fn process_metrics_describe_the_process() {
     // too) and --dev's key.
     assert_eq!(sluice.metric("sluice_api_keys_loaded"), 4.0, "{text}");
 }
+
+/// The value of one exact series (name and labels) in a scrape.
+fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn requests_are_timed_and_refusals_counted_by_code_and_tenant() {
+    let sluice = Sluice::start(Options::default());
+    sluice.wait_ready(200, Duration::from_secs(10));
+    let json = ("Content-Type", "application/json");
+    for index in 0..3 {
+        let answer = sluice.post(
+            "/v1/events",
+            &[("X-CS-API-Key", KEY), json],
+            event(&format!("timed_{index}"), "").as_bytes(),
+        );
+        assert_eq!(answer.status, 202, "{}", answer.text());
+    }
+    let broken = sluice.post(
+        "/v1/events",
+        &[("X-CS-API-Key", KEY), json],
+        b"{\"user_id\":",
+    );
+    assert_eq!(broken.code(), "invalid_json");
+    let keyless = sluice.post("/v1/events", &[json], event("keyless", "").as_bytes());
+    assert_eq!(keyless.code(), "missing_api_key");
+    let text = sluice.get("/metrics").text();
+    let duration = "sluice_http_request_duration_seconds";
+    let events_2xx = "{route=\"/v1/events\",status_class=\"2xx\"}";
+    let events_4xx = "{route=\"/v1/events\",status_class=\"4xx\"}";
+    assert_eq!(
+        series(&text, &format!("{duration}_count{events_2xx}")),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, &format!("{duration}_count{events_4xx}")),
+        Some(2.0),
+        "{text}"
+    );
+    let seconds = series(&text, &format!("{duration}_sum{events_2xx}")).unwrap();
+    assert!(seconds > 0.0 && seconds < 30.0, "sum {seconds}");
+    let inf = format!("{duration}_bucket{{route=\"/v1/events\",status_class=\"2xx\",le=\"+Inf\"}}");
+    assert_eq!(series(&text, &inf), Some(3.0));
+    for (code, count) in [
+        ("invalid_json", 1.0),
+        ("missing_api_key", 1.0),
+        ("rate_limited", 0.0),
+    ] {
+        let name = format!("sluice_http_refusals_total{{code=\"{code}\"}}");
+        assert_eq!(series(&text, &name), Some(count), "{name}");
+    }
+    let tenant = |name: &str| series(&text, &format!("{name}{{tenant=\"{TENANT}\"}}"));
+    assert_eq!(tenant("sluice_tenant_events_accepted_total"), Some(3.0));
+    assert_eq!(tenant("sluice_tenant_requests_refused_total"), Some(1.0));
+    assert_eq!(tenant("sluice_tenant_events_rejected_total"), Some(0.0));
+    // The refusal's log line carries the code, the message and the field,
+    // at info: a client's mistake is not the server's warning.
+    let logs = sluice.logs();
+    let refused = logs
+        .lines()
+        .find(|line| line.contains("code=\"invalid_json\""))
+        .unwrap_or_else(|| panic!("no refusal line:\n{logs}"));
+    assert!(refused.contains("INFO"), "{refused}");
+    assert!(refused.contains("request refused: "), "{refused}");
+    assert!(
+        refused.contains(&format!("tenant=\"{TENANT}\"")),
+        "{refused}"
+    );
+}
+
+/// `promtool check metrics`: the exposition is valid and follows
+/// Prometheus's naming rules (counters end in _total, units in names).
+#[test]
+fn promtool_accepts_the_exposition() {
+    let sluice = Sluice::start(Options::default());
+    sluice.wait_ready(200, Duration::from_secs(10));
+    sluice.post(
+        "/v1/events",
+        &[("X-CS-API-Key", KEY), ("Content-Type", "application/json")],
+        event("promtool", "").as_bytes(),
+    );
+    let text = sluice.get("/metrics").text();
+    let output = promtool(&["check", "metrics"], Some(&text));
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -57,6 +57,9 @@ pub struct Fleet {
     pub mailboxes: Arc<[Arc<Mailbox>]>,
 }
 
+/// How often an idle dedup thread checks that Redis is there.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 fn redis_key(tenant: &str, event_id: u128) -> String {
     format!("sluice:dd:{tenant}:{event_id:032x}")
 }
@@ -72,6 +75,7 @@ impl Fleet {
         let mut connection: Option<redis::Connection> = None;
         let mut last_attempt: Option<Instant> = None;
         let mut reported_down = false;
+        let mut last_idle_check = Instant::now() - IDLE_CHECK_INTERVAL;
         let mut batches: Vec<Batch> = Vec::with_capacity(BATCHES_PER_TURN);
         let mut settles: Vec<Settle> = Vec::new();
         loop {
@@ -93,22 +97,24 @@ impl Fleet {
                 }
             }
             if batches.is_empty() && settles.is_empty() {
+                // Idle: `sluice_dedup_redis_up` still tells the truth: a
+                // connection is made at start, and checked with a PING
+                // once a second while no event passes.
+                if last_idle_check.elapsed() >= IDLE_CHECK_INTERVAL {
+                    last_idle_check = Instant::now();
+                    if let Some(connected) = connection.as_mut() {
+                        if let Err(error) = redis::cmd("PING").query::<String>(connected) {
+                            self.state.failures.fetch_add(1, Relaxed);
+                            self.note_down(&error, &mut reported_down);
+                            connection = None;
+                        }
+                    } else {
+                        self.reconnect(&mut connection, &mut last_attempt, &mut reported_down);
+                    }
+                }
                 continue;
             }
-            if connection.is_none()
-                && last_attempt.is_none_or(|at| at.elapsed() >= RECONNECT_INTERVAL)
-            {
-                last_attempt = Some(Instant::now());
-                match self.connect() {
-                    Ok(connected) => {
-                        if !self.state.up.swap(true, Relaxed) {
-                            tracing::info!("Redis reachable; dedup is fleet-wide");
-                        }
-                        connection = Some(connected);
-                    }
-                    Err(error) => self.note_down(&error, &mut reported_down),
-                }
-            }
+            self.reconnect(&mut connection, &mut last_attempt, &mut reported_down);
             let checked = match connection.as_mut() {
                 Some(connected) => self.exchange(connected, &token, &mut batches, &settles),
                 None => Err(None),
@@ -133,6 +139,30 @@ impl Fleet {
         }
         for batch in batches.drain(..) {
             self.forward(batch, &output);
+        }
+    }
+
+    /// Connects when there is no connection and the last attempt is old
+    /// enough.
+    fn reconnect(
+        &self,
+        connection: &mut Option<redis::Connection>,
+        last_attempt: &mut Option<Instant>,
+        reported_down: &mut bool,
+    ) {
+        if connection.is_some() || last_attempt.is_some_and(|at| at.elapsed() < RECONNECT_INTERVAL)
+        {
+            return;
+        }
+        *last_attempt = Some(Instant::now());
+        match self.connect() {
+            Ok(connected) => {
+                if !self.state.up.swap(true, Relaxed) {
+                    tracing::info!("Redis reachable; dedup is fleet-wide");
+                }
+                *connection = Some(connected);
+            }
+            Err(error) => self.note_down(&error, reported_down),
         }
     }
 

@@ -999,3 +999,20 @@ pub fn client_tools() -> (PathBuf, PathBuf) {
     let mut lines = stdout.lines().map(PathBuf::from);
     (lines.next().unwrap(), lines.next().unwrap())
 }
+
+/// Runs Prometheus's promtool (scripts/install-test-tools installs it)
+/// with `args`, `input` on its standard input.
+pub fn promtool(args: &[&str], input: Option<&str>) -> std::process::Output {
+    let dir = TempDir::new("promtool");
+    let stdin = match input {
+        Some(text) => Stdio::from(std::fs::File::open(dir.file("input", text)).unwrap()),
+        None => Stdio::null(),
+    };
+    assert!(
+        Command::new("promtool").arg("--version").output().is_ok(),
+        "promtool is not installed: run scripts/install-test-tools"
+    );
+    let mut command = Command::new("promtool");
+    command.args(args).stdin(stdin);
+    output_within(&mut command, Duration::from_secs(60))
+}
