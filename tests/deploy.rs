@@ -280,3 +280,56 @@ fn tls_proxy_example_carries_events_over_https() {
     let _ = proxy.kill();
     let _ = proxy.wait();
 }
+
+/// The container files: not root, a health check that needs no curl, a
+/// restart policy, and a topic for every topic the example keys name
+/// (compose's keys used to name one it never created).
+#[test]
+fn container_files_run_unprivileged_and_create_every_example_topic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let user = dockerfile
+        .lines()
+        .filter_map(|line| line.strip_prefix("USER "))
+        .last()
+        .expect("the image sets a USER");
+    assert!(
+        !user.starts_with("root") && !user.starts_with("0"),
+        "USER {user}"
+    );
+    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("sluice\", \"probe\""));
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let sluice_service = compose
+        .split("\n  sluice:\n")
+        .nth(1)
+        .expect("a sluice service");
+    for setting in ["restart: unless-stopped", "healthcheck:", "\"probe\""] {
+        assert!(
+            sluice_service.contains(setting),
+            "the sluice service lacks {setting}"
+        );
+    }
+    let created: BTreeSet<&str> = compose
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("for topic in "))
+        .and_then(|rest| rest.strip_suffix("; do"))
+        .expect("kafka-init's topic loop")
+        .split(' ')
+        .collect();
+    let keys: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("keys.example.toml")).unwrap()).unwrap();
+    let mut named: BTreeSet<String> = ["events_raw".to_string(), "events_dlq".to_string()].into();
+    for key in keys["keys"].as_array().unwrap() {
+        if let Some(topic) = key.get("topic").and_then(|topic| topic.as_str()) {
+            named.insert(topic.to_string());
+        }
+    }
+    for topic in &named {
+        assert!(
+            created.contains(topic.as_str()),
+            "compose does not create {topic}"
+        );
+    }
+    // The binary's probe is what the health checks run: it answers 0 on a
+    // live server (tests/check.rs), so the image needs no curl.
+}

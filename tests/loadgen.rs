@@ -141,3 +141,30 @@ fn retries_resend_refused_requests_until_they_are_stored() {
     assert!(verification.acknowledged > 0);
     assert_eq!(verification.found, verification.acknowledged, "{json}");
 }
+
+#[test]
+fn hdr_log_holds_the_whole_latency_distribution() {
+    let sluice = Sluice::dev("");
+    let dir = TempDir::new("hdr-log");
+    let path = dir.0.join("run.hgrm");
+    let path_text = path.display().to_string();
+    let summary = loadgen(&sluice, &["--rate", "400", "--hdr-log", &path_text]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(2)
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|field| field.parse().ok())
+                .collect()
+        })
+        .collect();
+    let counted: f64 = rows.iter().map(|row| row[2]).sum();
+    assert_eq!(counted as u64, summary.ok + summary.errors, "{text}");
+    // Percentiles rise to 1, and the last value is the run's maximum.
+    assert!(rows.windows(2).all(|pair| pair[0][1] <= pair[1][1]));
+    let last = rows.last().unwrap();
+    assert_eq!(last[1], 1.0);
+    assert!((last[0] * 1e3 - summary.max_us as f64).abs() <= summary.max_us as f64 * 0.01 + 1.0);
+}

@@ -16,7 +16,7 @@ use crate::events::Generator;
 use crate::Args;
 
 /// Longest latency recorded, in microseconds.
-const LATENCY_MAX_US: u64 = 60_000_000;
+pub const LATENCY_MAX_US: u64 = 60_000_000;
 /// After the run, responses still due are awaited this long.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before reconnecting after the server closed a connection.
@@ -29,6 +29,8 @@ pub struct Plan {
     /// Requests intended before this are warm-up and not counted.
     pub measure_from: Instant,
     pub stop_at: Instant,
+    /// This thread's `--progress` slot.
+    pub progress: Option<std::sync::Arc<crate::progress::Slot>>,
 }
 
 /// Counts and latencies, per connection and merged.
@@ -85,7 +87,10 @@ impl Totals {
 }
 
 /// Runs the plan on `--threads` threads; returns the merged totals.
-pub fn run(plan: &Plan) -> anyhow::Result<Totals> {
+pub fn run(
+    plan: &Plan,
+    progress: Option<Vec<std::sync::Arc<crate::progress::Slot>>>,
+) -> anyhow::Result<Totals> {
     let args = &plan.args;
     let per_connection_rate = (args.rate > 0.0).then(|| args.rate / args.connections as f64);
     let mut threads = Vec::new();
@@ -98,6 +103,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Totals> {
             args: args.clone(),
             measure_from: plan.measure_from,
             stop_at: plan.stop_at,
+            progress: progress.as_ref().map(|slots| slots[thread].clone()),
         };
         threads.push(std::thread::spawn(move || -> anyhow::Result<Totals> {
             if let Some(cpu) = cpu {
@@ -477,6 +483,9 @@ fn consume_responses(
             .as_micros()
             .clamp(1, u128::from(LATENCY_MAX_US)) as u64;
         let _ = totals.histogram.record(latency);
+        if let Some(slot) = &plan.progress {
+            slot.record(latency, ok);
+        }
         *totals.statuses.entry(status).or_default() += 1;
         if ok {
             totals.ok += 1;

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod events;
+pub mod progress;
 pub mod report;
 pub mod verify;
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub use report::Summary;
 
+use anyhow::Context as _;
 use clap::Parser;
 
 /// HTTP load generator for sluice.
@@ -92,6 +94,18 @@ pub struct Args {
     /// (and the request retried with --retries). 0: no limit.
     #[arg(long, default_value_t = 0)]
     pub timeout_ms: u64,
+    /// One line a second on stderr while running: rate, errors, p50 and
+    /// p99 so far. Default: on when stderr is a terminal.
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+    /// No progress lines, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Write the whole latency distribution to FILE in HdrHistogram's
+    /// percentile format (milliseconds; what wrk2 prints and HdrHistogram's
+    /// plotter reads).
+    #[arg(long, value_name = "FILE")]
+    pub hdr_log: Option<std::path::PathBuf>,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -102,7 +116,8 @@ const EXAMPLES: &str = "Examples:
   loadgen --json --verify 127.0.0.1:9092                 summary JSON, then check Kafka
   loadgen --cpu 1 --threads 1                            pin the client to CPU 1
   loadgen --retries 5 --timeout-ms 2000 --verify 127.0.0.1:9092
-                                                         a retrying client, checked in Kafka";
+                                                         a retrying client, checked in Kafka
+  loadgen --rate 10000 --progress --hdr-log run.hgrm    a line a second, and the full distribution";
 
 impl Args {
     pub fn path(&self) -> &str {
@@ -128,12 +143,31 @@ pub fn run(args: &Args) -> anyhow::Result<Summary> {
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
     let start = Instant::now();
+    let show_progress = !args.no_progress
+        && (args.progress || std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let progress = show_progress.then(|| {
+        progress::Progress::start(
+            args.threads,
+            client::LATENCY_MAX_US,
+            start + warmup,
+            Box::new(std::io::stderr()),
+        )
+    });
     let plan = client::Plan {
         args: args.clone(),
         measure_from: start + warmup,
         stop_at: start + warmup + duration,
+        progress: None,
     };
-    let totals = client::run(&plan)?;
+    let totals = client::run(&plan, progress.as_ref().map(|live| live.slots.clone()));
+    if let Some(live) = progress {
+        live.stop();
+    }
+    let totals = totals?;
+    if let Some(path) = &args.hdr_log {
+        std::fs::write(path, progress::percentile_distribution(&totals.histogram))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let verification = match &args.verify {
         Some(brokers) => Some(verify::verify(
             brokers,
