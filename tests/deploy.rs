@@ -290,8 +290,8 @@ fn container_files_run_unprivileged_and_create_every_example_topic() {
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
     let user = dockerfile
         .lines()
-        .filter_map(|line| line.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|line| line.strip_prefix("USER "))
         .expect("the image sets a USER");
     assert!(
         !user.starts_with("root") && !user.starts_with("0"),
