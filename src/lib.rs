@@ -15,6 +15,7 @@
 //! - [`check`]: `sluice check`, the configuration dry run.
 //! - [`cpus`]: CPU lists, affinity, cgroup quotas (start-up only).
 //! - [`route`], [`cors`]: which target goes where, and which origins may send.
+//! - [`toml_errors`]: TOML mistakes in plain words, with file, line and key.
 //! - [`metrics`], [`health`], [`shutdown`], [`error`], [`clock`], [`secret`]:
 //!   cross-cutting state.
 
@@ -35,3 +36,4 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod tenancy;
+pub mod toml_errors;

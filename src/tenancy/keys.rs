@@ -153,10 +153,13 @@ impl Snapshot {
     /// line with the place: `keys.toml:4:11: ...` or `keys.toml: keys[2]: ...`.
     pub fn parse_named(text: &str, name: &str, defaults: Limits) -> anyhow::Result<Snapshot> {
         let file: KeysFile = toml::from_str(text).map_err(|error| {
-            let located = crate::config::toml_error(name, text, &error);
+            let located = crate::toml_errors::toml_error(name, text, &error);
             match located.split_once(": ") {
                 Some((place, message)) => {
-                    anyhow::anyhow!("{place}: {}", crate::config::plain_serde_message(message))
+                    anyhow::anyhow!(
+                        "{place}: {}",
+                        crate::toml_errors::plain_serde_message(message)
+                    )
                 }
                 None => anyhow::anyhow!(located),
             }
