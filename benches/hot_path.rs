@@ -244,6 +244,32 @@ fn rate_limiting(c: &mut Criterion) {
     });
 }
 
+/// What each response adds for the metrics: the request counter, and the
+/// request-duration histogram with its one clock read (`Instant::elapsed`).
+/// The accepted path also counts the tenant's events.
+fn response_metrics(c: &mut Criterion) {
+    use sluice::metrics::Metrics;
+    use sluice::route::Route;
+    let metrics = Metrics::new(1);
+    let core = &metrics.cores[0];
+    let started = std::time::Instant::now();
+    c.bench_function("metrics_per_response_with_duration_histogram", |b| {
+        b.iter(|| {
+            core.request(black_box(Route::Events), black_box(202), started.elapsed());
+            core.tenant_events(black_box(3), black_box(1), black_box(0));
+        })
+    });
+    c.bench_function("metrics_per_response_without_the_clock_read", |b| {
+        b.iter(|| {
+            core.request(
+                black_box(Route::Events),
+                black_box(202),
+                black_box(std::time::Duration::ZERO),
+            )
+        })
+    });
+}
+
 /// The local dedup table per event: a fresh id claimed then settled as
 /// stored (what every new event with an id costs), and a retry found
 /// stored (a duplicate). The table is the default size (4 Mi entries,
@@ -327,6 +353,7 @@ criterion_group!(
     segment_calls,
     key_lookup,
     batch_encoding,
-    rate_limiting
+    rate_limiting,
+    response_metrics
 );
 criterion_main!(benches);
