@@ -145,3 +145,56 @@ fn promtool_accepts_the_exposition() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `--log-format json`: one flat object per line (the event's fields
+/// beside `message`, not nested under `fields`), the effective
+/// configuration one key per line, and `ack_mode` by its configured name.
+#[test]
+fn json_logs_are_flat_and_the_configuration_is_structured() {
+    let sluice = Sluice::start(Options {
+        args: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
+    });
+    sluice.wait_ready(200, Duration::from_secs(10));
+    let refused = sluice.post(
+        "/v1/events",
+        &[("X-CS-API-Key", KEY), ("Content-Type", "application/json")],
+        b"{\"user_id\":",
+    );
+    assert_eq!(refused.code(), "invalid_json");
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    wait_until("the refusal's log line", Duration::from_secs(5), || {
+        lines = sluice
+            .logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        lines.iter().any(|line| line["code"] == "invalid_json")
+    });
+    let refusal = lines
+        .iter()
+        .find(|line| line["code"] == "invalid_json")
+        .unwrap();
+    assert!(refusal.get("fields").is_none(), "nested: {refusal}");
+    assert_eq!(refusal["level"], "INFO", "{refusal}");
+    assert_eq!(refusal["tenant"], TENANT, "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|message| message.starts_with("request refused: event is not valid JSON")),
+        "{refusal}"
+    );
+    let setting = |key: &str| {
+        lines
+            .iter()
+            .find(|line| line["target"] == "sluice::config" && line["key"] == key)
+            .map(|line| line["value"].clone())
+    };
+    assert_eq!(setting("server.ack_mode"), Some("durable".into()));
+    assert!(setting("limits.batch_events_max").is_some());
+    let ready = lines
+        .iter()
+        .find(|line| line["message"] == "sluice ready")
+        .unwrap();
+    assert_eq!(ready["ack_mode"], "durable", "{ready}");
+}

@@ -407,10 +407,12 @@ impl Sluice {
                 }
                 let Ok(line) = line else { break };
                 if line.contains("sluice ready") {
+                    // Text logs say address=A; JSON logs "address":"A".
                     let address = line
                         .split("address=")
                         .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next());
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .or_else(|| line.split("\"address\":\"").nth(1)?.split('"').next());
                     let _ = ready_sender.send(address.map(str::to_string));
                 }
                 let mut logs = thread_logs.lock().unwrap();
