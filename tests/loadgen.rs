@@ -168,3 +168,32 @@ fn hdr_log_holds_the_whole_latency_distribution() {
     assert_eq!(last[1], 1.0);
     assert!((last[0] * 1e3 - summary.max_us as f64).abs() <= summary.max_us as f64 * 0.01 + 1.0);
 }
+
+/// `--direct-kafka`: the broker round trip with no sluice in between,
+/// timed per record from its intended send to its delivery report.
+#[test]
+fn direct_kafka_times_the_broker_round_trip() {
+    let broker = Broker::start();
+    let argv = [
+        "loadgen",
+        "--direct-kafka",
+        &broker.address,
+        "--rate",
+        "300",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+    ];
+    let summary = loadgen::run(&loadgen::Args::parse_from(argv)).unwrap();
+    assert_eq!(summary.errors, 0);
+    assert!(
+        summary.ok >= 250 && summary.ok == summary.sent,
+        "ok {}, sent {}",
+        summary.ok,
+        summary.sent
+    );
+    assert!(summary.percentiles_us[0].1 > 0, "p50 is measured");
+    let stored = consume_to_end(&broker.address, TOPIC, Duration::from_secs(20));
+    assert!(stored.len() as u64 >= summary.ok, "{} stored", stored.len());
+}

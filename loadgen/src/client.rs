@@ -55,7 +55,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn new() -> Totals {
+    pub fn new() -> Totals {
         Totals {
             histogram: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid bounds"),
             statuses: BTreeMap::new(),

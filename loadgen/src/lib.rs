@@ -9,6 +9,7 @@
 //! that every acknowledged event landed.
 
 pub mod client;
+pub mod direct;
 pub mod events;
 pub mod progress;
 pub mod report;
@@ -106,6 +107,13 @@ pub struct Args {
     /// plotter reads).
     #[arg(long, value_name = "FILE")]
     pub hdr_log: Option<std::path::PathBuf>,
+    /// No HTTP: produce the same events straight to Kafka at BROKERS with
+    /// sluice's producer settings (acks=all, idempotence, linger.ms 1,
+    /// lz4), open loop at --rate, timing each from its intended send to
+    /// its delivery report: the broker round trip a durable answer waits
+    /// on, to run beside sluice at the same rate.
+    #[arg(long, value_name = "BROKERS", conflicts_with = "verify")]
+    pub direct_kafka: Option<String>,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -117,7 +125,8 @@ const EXAMPLES: &str = "Examples:
   loadgen --cpu 1 --threads 1                            pin the client to CPU 1
   loadgen --retries 5 --timeout-ms 2000 --verify 127.0.0.1:9092
                                                          a retrying client, checked in Kafka
-  loadgen --rate 10000 --progress --hdr-log run.hgrm    a line a second, and the full distribution";
+  loadgen --rate 10000 --progress --hdr-log run.hgrm    a line a second, and the full distribution
+  loadgen --rate 10000 --direct-kafka 127.0.0.1:9092     the broker round trip alone (no sluice)";
 
 impl Args {
     pub fn path(&self) -> &str {
@@ -136,6 +145,9 @@ pub fn run(args: &Args) -> anyhow::Result<Summary> {
         "counts must be positive"
     );
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    if let Some(brokers) = &args.direct_kafka {
+        return direct::run(args, brokers);
+    }
     anyhow::ensure!(
         args.retries == 0 || args.pipeline == 1,
         "--retries needs --pipeline 1 (a retry must not overtake the requests behind it)"
