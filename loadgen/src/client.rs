@@ -54,6 +54,12 @@ pub struct Totals {
     pub gave_up: u64,
 }
 
+impl Default for Totals {
+    fn default() -> Self {
+        Totals::new()
+    }
+}
+
 impl Totals {
     pub fn new() -> Totals {
         Totals {
