@@ -122,13 +122,12 @@ pub fn run(args: &Args, brokers: &str) -> anyhow::Result<Summary> {
         }
     }
     let _ = producer.flush(Duration::from_secs(30));
-    let mut totals = std::mem::replace(
+    let mut totals = std::mem::take(
         &mut *producer
             .context()
             .totals
             .lock()
             .unwrap_or_else(|p| p.into_inner()),
-        Totals::new(),
     );
     totals.sent = sent;
     Ok(Summary::new(args, &totals, duration, None))
