@@ -105,6 +105,15 @@ fn file_change_reloads_and_broken_file_keeps_the_old_snapshot() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The reload's error names the file, line and column on one line (it
+    // used to be TOML's caret diagram escaped into one string).
+    let logs = sluice.logs();
+    let failed = logs
+        .lines()
+        .find(|line| line.contains("API keys reload failed"))
+        .unwrap();
+    assert!(failed.contains("keys.toml:2:20: invalid basic string"), "{failed}");
+    assert!(!failed.contains("\\n"), "{failed}");
     assert_eq!(
         status_with_key(&sluice, "cs_new_key"),
         202,
