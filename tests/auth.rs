@@ -112,7 +112,10 @@ fn file_change_reloads_and_broken_file_keeps_the_old_snapshot() {
         .lines()
         .find(|line| line.contains("API keys reload failed"))
         .unwrap();
-    assert!(failed.contains("keys.toml:2:20: invalid basic string"), "{failed}");
+    assert!(
+        failed.contains("keys.toml:2:20: invalid basic string"),
+        "{failed}"
+    );
     assert!(!failed.contains("\\n"), "{failed}");
     assert_eq!(
         status_with_key(&sluice, "cs_new_key"),

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::services::{Postgres, Redis};
@@ -245,15 +245,7 @@ fn tls_proxy_example_carries_events_over_https() {
         Duration::from_secs(30),
     );
     assert_success(&check, "haproxy -c");
-    let mut proxy = Command::new("haproxy")
-        .arg("-f")
-        .arg(&path)
-        .arg("-db")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy is not installed: run scripts/install-test-tools");
-    wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(20));
+    let _proxy = common::services::Haproxy::run(&path, port, dir);
     let url = format!("https://127.0.0.1:{port}/v1/events");
     let body = event("over_tls", "");
     let mut status = String::new();
@@ -277,8 +269,6 @@ fn tls_proxy_example_carries_events_over_https() {
             status == "202"
         },
     );
-    let _ = proxy.kill();
-    let _ = proxy.wait();
 }
 
 /// The container files: not root, a health check that needs no curl, a

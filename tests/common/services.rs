@@ -341,9 +341,15 @@ impl Haproxy {
             ));
         }
         let path = dir.file("haproxy.cfg", &config);
+        Haproxy::run(&path, port, dir)
+    }
+
+    /// Runs HAProxy with the configuration at `path`, which listens on
+    /// `port`; `dir` (which holds the file) lives as long as it.
+    pub fn run(path: &std::path::Path, port: u16, dir: TempDir) -> Haproxy {
         let child = Command::new("haproxy")
             .arg("-f")
-            .arg(&path)
+            .arg(path)
             .arg("-db")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
