@@ -338,7 +338,13 @@ fn check_keys(
             topics
         }
         Err(error) => {
-            findings.push(problem(path.display().to_string(), format!("{error:#}")));
+            // The error names its place (`keys.toml:4:11: ...`) when it has one.
+            let message = format!("{error:#}");
+            let shown = path.display().to_string();
+            findings.push(match message.strip_prefix(&format!("{shown}:")) {
+                Some(_) => located(message),
+                None => problem(shown, message),
+            });
             Vec::new()
         }
     }
@@ -400,7 +406,15 @@ fn check_kafka(
     };
     findings.push(note(
         "kafka".into(),
-        format!("{} brokers answer at {brokers}", metadata.brokers().len()),
+        format!(
+            "the cluster at {brokers} answers: {} broker{}",
+            metadata.brokers().len(),
+            if metadata.brokers().len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ),
     ));
     let mut wanted = vec![
         ("kafka.topic", config.kafka.topic.clone()),

@@ -67,7 +67,7 @@ fn a_good_configuration_passes_with_kafka_checked() {
     let run = check(&dir, &base_config(&dir, &broker.address), &[], &[]);
     assert_eq!(run.code, Some(0), "{}", run.stdout);
     assert!(run.stdout.contains("sluice check: no problem found"));
-    assert!(run.stdout.contains("brokers answer at"), "{}", run.stdout);
+    assert!(run.stdout.contains("answers: 1 broker"), "{}", run.stdout);
     assert!(run.stdout.contains("3 keys"), "{}", run.stdout);
     assert!(!run.stdout.contains("problem:"), "{}", run.stdout);
 }
@@ -176,7 +176,12 @@ fn a_broken_keys_file_and_schema_are_named_at_their_place() {
     );
     let run = check(&dir, &config, &["--skip-kafka"], &[]);
     assert_eq!(run.code, Some(2));
-    assert_problem(&run, &["keys.toml:4:11:", "invalid boolean"]);
+    assert_problem(&run, &["problem: /", "keys.toml:4:11: invalid boolean"]);
+    assert!(
+        !run.stdout.contains("keys.toml: /"),
+        "the place twice:\n{}",
+        run.stdout
+    );
     assert_problem(&run, &["checkout.json", "nummber"]);
 }
 
