@@ -101,22 +101,22 @@ fn hole10_nonsense_settings_stop_start_up_naming_the_key_and_range() {
     for (config, named) in [
         (
             "[limits]\ninflight_events_per_core_max = 100000000000\n",
-            "limits.inflight_events_per_core_max = 100000000000 is out of range: it must be 1..=4194304",
+            "limits.inflight_events_per_core_max: 100000000000 is out of range: it must be 1..=4194304",
         ),
         (
             "[server]\nconnections_per_core_max = 0\n",
-            "server.connections_per_core_max = 0 is out of range: it must be 1..=1000000",
+            "server.connections_per_core_max: 0 is out of range: it must be 1..=1000000",
         ),
         (
             "[limits]\nbody_bytes_max = 0\n",
-            "limits.body_bytes_max = 0 is out of range",
+            "limits.body_bytes_max: 0 is out of range",
         ),
         (
             "[limits]\ninflight_bytes_per_core_max = 2097152\n",
-            "limits.inflight_bytes_per_core_max must be at least limits.decompressed_body_bytes_max",
+            "limits.inflight_bytes_per_core_max: must be at least limits.decompressed_body_bytes_max",
         ),
-        ("[kafka]\nlinger_ms = 86400000\n", "kafka.linger_ms = 86400000 is out of range"),
-        ("[server]\nidle_timeout_ms = 0\n", "server.idle_timeout_ms = 0 is out of range"),
+        ("[kafka]\nlinger_ms = 86400000\n", "kafka.linger_ms: 86400000 is out of range"),
+        ("[server]\nidle_timeout_ms = 0\n", "server.idle_timeout_ms: 0 is out of range"),
     ] {
         let (status, printed) = start_with_config(config);
         assert_eq!(status, Some(2), "{config}: {printed}");
