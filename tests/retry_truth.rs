@@ -133,7 +133,7 @@ fn an_event_limit_kafka_cannot_take_is_refused_at_start() {
         + &String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(2), "{printed}");
     assert!(
-        printed.contains("limits.event_bytes_max (524288)")
+        printed.contains("limits.event_bytes_max: 524288 plus")
             && printed.contains("message.max.bytes (10000)"),
         "{printed}"
     );
