@@ -241,7 +241,7 @@ fn check_file(name: &str, text: &str) -> Result<(toml::Table, Vec<Finding>), Vec
 
 /// A `FILE:LINE:COLUMN: message` line as a finding.
 fn located(line: String) -> Finding {
-    // The place is everything up to the third colon-space boundary.
+    // The place is everything before the first ": " (`FILE:LINE:COLUMN`).
     match line.split_once(": ") {
         Some((place, message)) => problem(place.into(), message.into()),
         None => problem("configuration".into(), line),
