@@ -226,6 +226,8 @@ pub struct CoreMetrics {
     pub inflight_events: AtomicU64,
     pub inflight_bytes: AtomicU64,
     pub connections: AtomicU64,
+    /// Open connections idle past `wire::PARK_AFTER`: they hold no buffer.
+    pub connections_parked: AtomicU64,
 }
 
 impl Default for CoreMetrics {
@@ -255,6 +257,7 @@ impl Default for CoreMetrics {
             inflight_events: AtomicU64::new(0),
             inflight_bytes: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            connections_parked: AtomicU64::new(0),
         }
     }
 }
@@ -548,7 +551,7 @@ impl Metrics {
         self.render_refusals(&mut out);
         self.render_tenants(&mut out);
         render_process(&mut out);
-        let gauges: [Gauge; 4] = [
+        let gauges: [Gauge; 5] = [
             (
                 "sluice_inflight_requests",
                 "Requests awaiting Kafka, per core.",
@@ -567,6 +570,11 @@ impl Metrics {
             ("sluice_connections", "Open connections, per core.", |c| {
                 &c.connections
             }),
+            (
+                "sluice_connections_parked",
+                "Open connections idle long enough to hold no buffer (a readiness wait, no read posted), per core.",
+                |c| &c.connections_parked,
+            ),
         ];
         for (name, help, field) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");

@@ -188,6 +188,70 @@ fn ten_thousand_idle_connections_do_not_starve_active_ones() {
     );
 }
 
+/// Polls the parked-connections gauge until it reads `expected`.
+fn wait_parked(sluice: &Sluice, expected: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let parked = sluice.metric("sluice_connections_parked");
+        if parked == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice_connections_parked {parked}, expected {expected}, not within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A keep-alive connection quiet past the park time gives back even its
+/// small read buffer (it is counted as parked, waiting on readiness with
+/// no read posted), and is served as before when it speaks again. Requests
+/// sent around the moment of parking, whole or in two pieces, lose no
+/// byte: the cancelled read's bytes are kept.
+#[test]
+fn quiet_connections_park_and_are_served_when_they_speak() {
+    const CONNECTIONS: usize = 40;
+    const REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    let sluice = Sluice::dev("");
+    let mut connections: Vec<TcpStream> = (0..CONNECTIONS).map(|_| sluice.connect()).collect();
+    for stream in &mut connections {
+        stream.write_all(REQUEST).unwrap();
+        assert_eq!(read_response(stream).map(|r| r.status), Some(200));
+    }
+    wait_parked(&sluice, CONNECTIONS as f64, Duration::from_secs(10));
+    for stream in &mut connections {
+        stream.write_all(REQUEST).unwrap();
+        assert_eq!(read_response(stream).map(|r| r.status), Some(200));
+    }
+    // Around the park time (250 ms after the answer), in steps of 1 ms,
+    // and split so that the first piece may land in the cancelled read.
+    let (head, tail) = REQUEST.split_at(7);
+    std::thread::scope(|scope| {
+        for (index, stream) in connections.iter_mut().enumerate() {
+            scope.spawn(move || {
+                for round in 0..3 {
+                    stream.write_all(REQUEST).unwrap();
+                    assert_eq!(read_response(stream).map(|r| r.status), Some(200));
+                    let delay = 230 + ((index + round * 13) % CONNECTIONS) as u64;
+                    std::thread::sleep(Duration::from_millis(delay));
+                    stream.write_all(head).unwrap();
+                    std::thread::sleep(Duration::from_millis(index as u64 % 3));
+                    stream.write_all(tail).unwrap();
+                    assert_eq!(
+                        read_response(stream).map(|r| r.status),
+                        Some(200),
+                        "connection {index}, round {round}"
+                    );
+                }
+            });
+        }
+    });
+    wait_parked(&sluice, CONNECTIONS as f64, Duration::from_secs(10));
+    drop(connections);
+    wait_parked(&sluice, 0.0, Duration::from_secs(10));
+}
+
 #[test]
 fn connections_beyond_the_cap_get_503_and_close() {
     // The cap is per core: one core, so every connection counts against it.

@@ -28,6 +28,12 @@ pub const CONNECTION_BUFFER_BYTES: usize = 8 * 1024;
 pub const POOLED_BUFFER_BYTES_MAX: usize = 64 * 1024;
 /// Connection buffers kept for reuse per core.
 const POOLED_BUFFERS_MAX: usize = 1024;
+/// The small buffer an idle connection reads its next request's first
+/// bytes into: large enough for a typical single-event request.
+pub const IDLE_READ_BYTES: usize = 1024;
+/// Idle read buffers kept for reuse per core (parked connections give
+/// theirs back; at most this many, 1 MiB, stay pooled).
+const POOLED_IDLE_BUFFERS_MAX: usize = 1024;
 
 /// State shared by all cores and the control plane; read-mostly.
 pub struct Shared {
@@ -70,6 +76,8 @@ pub struct Core {
     now: Cell<Instant>,
     now_ms: Cell<u64>,
     buffers: RefCell<Vec<Vec<u8>>>,
+    /// Idle read buffers, each of [`IDLE_READ_BYTES`].
+    idle_buffers: RefCell<Vec<Vec<u8>>>,
     connections: RefCell<ConnectionTable>,
     request_counter: Cell<u64>,
     /// Requests that claimed dedup slots on this core, to name them.
@@ -124,6 +132,7 @@ impl Core {
             now: Cell::new(Instant::now()),
             now_ms: Cell::new(crate::clock::now_ms()),
             buffers: RefCell::new(Vec::new()),
+            idle_buffers: RefCell::new(Vec::new()),
             connections: RefCell::new(ConnectionTable::default()),
             request_counter: Cell::new(seed),
             dedup_serial: Cell::new(0),
@@ -183,6 +192,22 @@ impl Core {
         let capacity = buffer.capacity();
         let poolable = (CONNECTION_BUFFER_BYTES..=POOLED_BUFFER_BYTES_MAX).contains(&capacity);
         if poolable && buffers.len() < POOLED_BUFFERS_MAX {
+            buffer.clear();
+            buffers.push(buffer);
+        }
+    }
+
+    /// An idle read buffer, empty, with [`IDLE_READ_BYTES`] of room.
+    pub fn take_idle_buffer(&self) -> Vec<u8> {
+        self.idle_buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(IDLE_READ_BYTES))
+    }
+
+    pub fn give_idle_buffer(&self, mut buffer: Vec<u8>) {
+        let mut buffers = self.idle_buffers.borrow_mut();
+        if buffer.capacity() == IDLE_READ_BYTES && buffers.len() < POOLED_IDLE_BUFFERS_MAX {
             buffer.clear();
             buffers.push(buffer);
         }

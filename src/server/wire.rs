@@ -4,18 +4,27 @@
 //!
 //! The read buffer holds the bytes received and not yet consumed; the
 //! write buffer holds responses not yet flushed. While the connection is
-//! idle both go back to the core's pool and only a small buffer is held.
+//! idle both go back to the core's pool and only a small buffer is held;
+//! once it has been idle for [`PARK_AFTER`] that one goes back too, and
+//! the connection waits for readiness holding no buffer at all (parked).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf as _, IoBufMut as _};
-use monoio::io::{AsyncReadRent as _, AsyncWriteRent as _};
+use monoio::io::{
+    AsyncReadRent as _, AsyncWriteRent as _, CancelableAsyncReadRent as _, Canceller,
+};
 use monoio::net::TcpStream;
 
 use super::context::Core;
 
-/// The idle read buffer: large enough for a typical single-event request.
-const IDLE_READ_BYTES: usize = 1024;
+/// How long an idle connection keeps a read posted with its small buffer.
+/// A keep-alive client sending more often than this pays one read per
+/// request; a quieter one is parked: the read is cancelled, the buffer
+/// goes back to the core, and a readiness poll (no buffer) waits for the
+/// next request, at the price of two more io_uring operations per wake.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
 /// Smallest free space offered to a read.
 const READ_CHUNK_BYTES: usize = 4 * 1024;
 /// How long a closing connection is drained before it is closed.
@@ -39,8 +48,37 @@ pub struct Wire {
     pub stream: TcpStream,
     pub input: Vec<u8>,
     pub output: Vec<u8>,
-    /// Holds the first bytes of a request while the connection is idle.
+    /// Holds the first bytes of a request while the connection is idle;
+    /// no memory while parked.
     idle: Vec<u8>,
+    /// Cancels the idle read when the connection parks; `None` while
+    /// parked (made again at the next request, to hold nothing meanwhile).
+    canceller: Option<Canceller>,
+}
+
+/// How an idle read ended.
+enum Idle {
+    Data,
+    Closed,
+    /// Nothing came before the read was cancelled.
+    Quiet,
+}
+
+/// Counts a parked connection in its gauge for as long as it lives, even
+/// if the connection's task is dropped while parked.
+struct Parked<'a>(&'a AtomicU64);
+
+impl<'a> Parked<'a> {
+    fn count(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Relaxed);
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Wire {
@@ -49,19 +87,22 @@ impl Wire {
             stream,
             input: Vec::new(),
             output: Vec::new(),
-            idle: Vec::with_capacity(IDLE_READ_BYTES),
+            idle: Vec::new(),
+            canceller: None,
         }
     }
 
-    /// Gives the buffers back to the core's pool.
+    /// Gives the buffers back to the core's pools.
     pub fn release(self, core: &Core) {
         core.give_buffer(self.input);
         core.give_buffer(self.output);
+        core.give_idle_buffer(self.idle);
     }
 
     /// Waits for the next request's first bytes with only the small idle
     /// buffer held: the full buffers go back to the core's pool meanwhile,
-    /// so an idle keep-alive connection costs little memory.
+    /// so an idle keep-alive connection costs little memory. After
+    /// [`PARK_AFTER`] of silence it parks and holds no buffer at all.
     pub async fn read_idle(&mut self, core: &Core, deadline: Instant) -> Read {
         if !self.flush(core).await {
             return Read::Closed;
@@ -69,23 +110,66 @@ impl Wire {
         debug_assert!(self.input.is_empty() && self.output.is_empty());
         core.give_buffer(std::mem::take(&mut self.input));
         core.give_buffer(std::mem::take(&mut self.output));
-        let idle = std::mem::take(&mut self.idle);
-        match timeout_at(deadline, self.stream.read(idle)).await {
-            Ok((result, mut idle)) => {
-                let read = match result {
-                    Ok(0) | Err(_) => Read::Closed,
-                    Ok(_) => {
-                        self.input = core.take_buffer();
-                        self.output = core.take_buffer();
-                        self.input.extend_from_slice(&idle);
-                        Read::Data
-                    }
-                };
-                idle.clear();
-                self.idle = idle;
-                read
+        loop {
+            let park_at = (core.now() + PARK_AFTER).min(deadline);
+            match self.read_idle_until(core, park_at).await {
+                Idle::Data => {
+                    self.input = core.take_buffer();
+                    self.output = core.take_buffer();
+                    self.input.extend_from_slice(&self.idle);
+                    self.idle.clear();
+                    return Read::Data;
+                }
+                Idle::Closed => return Read::Closed,
+                Idle::Quiet if park_at >= deadline => return Read::TimedOut,
+                Idle::Quiet => {}
             }
-            Err(_) => Read::TimedOut,
+            // Parked: nothing of the connection's but its task and socket.
+            core.give_idle_buffer(std::mem::take(&mut self.idle));
+            self.canceller = None;
+            let parked = Parked::count(&core.metrics().connections_parked);
+            let ready = timeout_at(deadline, self.stream.readable(false)).await;
+            drop(parked);
+            match ready {
+                Err(_) => return Read::TimedOut,
+                Ok(Err(_)) => return Read::Closed,
+                // The next round's read finds the bytes at once.
+                Ok(Ok(())) => core.tick(),
+            };
+        }
+    }
+
+    /// Reads into the idle buffer until bytes come or `park_at`; then the
+    /// read is cancelled and its end awaited, so bytes that raced the
+    /// cancel are kept, never lost with a dropped buffer.
+    async fn read_idle_until(&mut self, core: &Core, park_at: Instant) -> Idle {
+        if self.idle.capacity() == 0 {
+            self.idle = core.take_idle_buffer();
+        }
+        let canceller = self.canceller.get_or_insert_with(Canceller::new);
+        let buffer = std::mem::take(&mut self.idle);
+        let read = self.stream.cancelable_read(buffer, canceller.handle());
+        let mut read = std::pin::pin!(read);
+        let (result, buffer) = match timeout_at(park_at, &mut read).await {
+            Ok(done) => done,
+            Err(_) => {
+                if let Some(canceller) = self.canceller.take() {
+                    // A fresh one comes with the next request, not now.
+                    drop(canceller.cancel());
+                }
+                match read.await {
+                    (Err(error), buffer) if error.raw_os_error() == Some(libc::ECANCELED) => {
+                        self.idle = buffer;
+                        return Idle::Quiet;
+                    }
+                    done => done,
+                }
+            }
+        };
+        self.idle = buffer;
+        match result {
+            Ok(0) | Err(_) => Idle::Closed,
+            Ok(_) => Idle::Data,
         }
     }
 
@@ -164,6 +248,9 @@ impl Wire {
             return;
         }
         let mut buffer = std::mem::take(&mut self.idle);
+        if buffer.capacity() == 0 {
+            buffer = core.take_idle_buffer();
+        }
         let drain = async {
             let mut drained = 0;
             while drained < LINGER_BYTES_MAX {
