@@ -5,8 +5,10 @@
 //! connection → dispatch → ingest → hand-off to Kafka.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -260,6 +262,41 @@ impl Core {
         self.connections.borrow_mut().set_state(entry, state);
     }
 
+    /// Runs `future` until it ends or `deadline` passes, for the
+    /// registered connection `entry` (one wait at a time per connection).
+    /// The deadline is checked by [`Core::sweep_deadlines`], not a timer:
+    /// see [`ConnectionTable`]. On `Elapsed` the future is dropped.
+    pub async fn within<F: Future>(
+        &self,
+        entry: usize,
+        deadline: Instant,
+        future: F,
+    ) -> Result<F::Output, Elapsed> {
+        self.connections.borrow_mut().arm(entry, deadline);
+        let mut future = std::pin::pin!(future);
+        let outcome = std::future::poll_fn(|context| {
+            if let Poll::Ready(output) = future.as_mut().poll(context) {
+                return Poll::Ready(Ok(output));
+            }
+            if self
+                .connections
+                .borrow_mut()
+                .expired_or_register(entry, context.waker())
+            {
+                return Poll::Ready(Err(Elapsed));
+            }
+            Poll::Pending
+        })
+        .await;
+        self.connections.borrow_mut().disarm(entry);
+        outcome
+    }
+
+    /// Ends the waits whose deadline passed (see [`Core::within`]).
+    pub fn sweep_deadlines(&self, now: Instant) {
+        self.connections.borrow_mut().sweep(now);
+    }
+
     /// Open connections.
     pub fn connection_count(&self) -> usize {
         self.connections.borrow().count
@@ -290,13 +327,39 @@ pub enum ConnectionState {
     Busy,
 }
 
-/// Open connections, so a draining core can close those without a request.
+/// One open connection: its socket, where it is, and the deadline of
+/// the wait it is in, if any.
+struct Slot {
+    fd: RawFd,
+    state: ConnectionState,
+    deadline: Option<Instant>,
+    /// The deadline passed: the wait ends with [`Elapsed`].
+    expired: bool,
+    /// The connection's task, woken when its deadline passes.
+    waker: Option<Waker>,
+}
+
+/// Open connections, so a draining core can close those without a
+/// request, and the deadlines of their waits, which the core's sweeper
+/// checks every [`SWEEP_INTERVAL`] instead of a timer per wait (a monoio
+/// timer is 640 bytes, aligned to 128, inside every future waiting with
+/// one, and a timer-wheel insert and removal per wait).
 #[derive(Default)]
 struct ConnectionTable {
-    entries: Vec<Option<(RawFd, ConnectionState)>>,
+    entries: Vec<Option<Slot>>,
     free: Vec<usize>,
     count: usize,
+    /// No deadline is earlier than this (`None`: none is set).
+    earliest: Option<Instant>,
 }
+
+/// How often a core checks its connections' deadlines: the most a wait can
+/// overrun its deadline by, beyond the core's own lateness.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A wait's deadline passed.
+#[derive(Debug)]
+pub struct Elapsed;
 
 impl ConnectionTable {
     fn insert(&mut self, fd: RawFd, max: usize) -> Option<usize> {
@@ -304,7 +367,13 @@ impl ConnectionTable {
             return None;
         }
         self.count += 1;
-        let entry = Some((fd, ConnectionState::Busy));
+        let entry = Some(Slot {
+            fd,
+            state: ConnectionState::Busy,
+            deadline: None,
+            expired: false,
+            waker: None,
+        });
         match self.free.pop() {
             Some(index) => {
                 self.entries[index] = entry;
@@ -324,18 +393,80 @@ impl ConnectionTable {
         }
     }
 
+    fn slot(&mut self, index: usize) -> Option<&mut Slot> {
+        self.entries.get_mut(index).and_then(Option::as_mut)
+    }
+
     fn set_state(&mut self, index: usize, state: ConnectionState) {
-        if let Some(entry) = self.entries[index].as_mut() {
-            entry.1 = state;
+        if let Some(slot) = self.slot(index) {
+            slot.state = state;
         }
     }
 
+    fn arm(&mut self, index: usize, deadline: Instant) {
+        if let Some(slot) = self.slot(index) {
+            slot.deadline = Some(deadline);
+            slot.expired = false;
+            self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
+        }
+    }
+
+    fn disarm(&mut self, index: usize) {
+        if let Some(slot) = self.slot(index) {
+            slot.deadline = None;
+            slot.expired = false;
+            slot.waker = None;
+        }
+    }
+
+    /// Whether the slot's deadline passed; if not, its task is woken when
+    /// it does.
+    fn expired_or_register(&mut self, index: usize, waker: &Waker) -> bool {
+        let Some(slot) = self.slot(index) else {
+            return false;
+        };
+        if slot.expired {
+            return true;
+        }
+        if !slot
+            .waker
+            .as_ref()
+            .is_some_and(|held| held.will_wake(waker))
+        {
+            slot.waker = Some(waker.clone());
+        }
+        false
+    }
+
+    /// Marks every deadline at or before `now` as passed and wakes its
+    /// task. Scans only when the earliest deadline is due.
+    fn sweep(&mut self, now: Instant) {
+        if self.earliest.is_none_or(|earliest| earliest > now) {
+            return;
+        }
+        let mut earliest = None::<Instant>;
+        for slot in self.entries.iter_mut().flatten() {
+            let Some(deadline) = slot.deadline.filter(|_| !slot.expired) else {
+                continue;
+            };
+            if deadline <= now {
+                slot.expired = true;
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
+            } else {
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+            }
+        }
+        self.earliest = earliest;
+    }
+
     fn close_without_request(&self) {
-        for (fd, state) in self.entries.iter().flatten() {
-            if *state != ConnectionState::Busy {
+        for slot in self.entries.iter().flatten() {
+            if slot.state != ConnectionState::Busy {
                 // SAFETY: the fd belongs to a live connection of this core;
                 // shutdown(2) does not close or invalidate it.
-                unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
+                unsafe { libc::shutdown(slot.fd, libc::SHUT_RD) };
             }
         }
     }

@@ -75,6 +75,7 @@ async fn serve_core(setup: CoreSetup) -> anyhow::Result<()> {
             setup.inflight,
         ));
         monoio::spawn(deliver_completions(core.clone()));
+        monoio::spawn(sweep_deadlines(core.clone()));
         accept_until_shutdown(&core, &listener).await;
         drop(listener);
         drain(&core).await;
@@ -183,6 +184,14 @@ async fn drain(core: &Rc<Core>) {
         core = core.index,
         "drain deadline passed with connections still open"
     );
+}
+
+/// Ends the connections' waits whose deadline passed (see `Core::within`).
+async fn sweep_deadlines(core: Rc<Core>) {
+    loop {
+        monoio::time::sleep(super::context::SWEEP_INTERVAL).await;
+        core.sweep_deadlines(std::time::Instant::now());
+    }
 }
 
 /// Applies delivery reports from the producer threads to the in-flight table.

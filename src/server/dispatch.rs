@@ -516,8 +516,7 @@ impl<'a> Exchange<'a> {
             finished: false,
             duplicates: &mut self.outcome.duplicates,
         };
-        let outcome =
-            monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), delivery).await;
+        let outcome = super::wire::bounded(core, self.wire.entry, deadline, delivery).await;
         // The answer goes out now: its Date and the next deadlines count from here.
         core.tick();
         match outcome {

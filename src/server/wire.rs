@@ -17,7 +17,7 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
-use super::context::Core;
+use super::context::{Core, Elapsed};
 
 /// How long an idle connection keeps a read posted with its small buffer.
 /// A keep-alive client sending more often than this pays one read per
@@ -32,9 +32,24 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Bytes read and dropped from a closing connection at most.
 const LINGER_BYTES_MAX: usize = 64 * 1024;
 
-/// `monoio::time::timeout_at` with a std `Instant` (the core's clock).
-fn timeout_at<F: std::future::Future>(deadline: Instant, future: F) -> monoio::time::Timeout<F> {
-    monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), future)
+/// Runs `future` until `deadline`: through the core's deadline sweep for
+/// a registered connection (`entry`), no timer in the future; with a
+/// monoio timer, boxed, for a connection being refused (not registered).
+pub async fn bounded<F: std::future::Future>(
+    core: &Core,
+    entry: Option<usize>,
+    deadline: Instant,
+    future: F,
+) -> Result<F::Output, Elapsed> {
+    match entry {
+        Some(entry) => core.within(entry, deadline, future).await,
+        None => Box::pin(monoio::time::timeout_at(
+            monoio::time::Instant::from_std(deadline),
+            future,
+        ))
+        .await
+        .map_err(|_| Elapsed),
+    }
 }
 
 /// What a read brought.
@@ -54,6 +69,9 @@ pub struct Wire {
     /// Cancels the idle read when the connection parks; `None` while
     /// parked (made again at the next request, to hold nothing meanwhile).
     canceller: Option<Canceller>,
+    /// The connection's entry in the core's table (its deadlines); `None`
+    /// for a connection being refused.
+    pub entry: Option<usize>,
 }
 
 /// How an idle read ended.
@@ -82,8 +100,9 @@ impl Drop for Parked<'_> {
 }
 
 impl Wire {
-    pub fn new(stream: TcpStream) -> Wire {
+    pub fn new(stream: TcpStream, entry: Option<usize>) -> Wire {
         Wire {
+            entry,
             stream,
             input: Vec::new(),
             output: Vec::new(),
@@ -128,7 +147,7 @@ impl Wire {
             core.give_idle_buffer(std::mem::take(&mut self.idle));
             self.canceller = None;
             let parked = Parked::count(&core.metrics().connections_parked);
-            let ready = timeout_at(deadline, self.stream.readable(false)).await;
+            let ready = bounded(core, self.entry, deadline, self.stream.readable(false)).await;
             drop(parked);
             match ready {
                 Err(_) => return Read::TimedOut,
@@ -150,7 +169,7 @@ impl Wire {
         let buffer = std::mem::take(&mut self.idle);
         let read = self.stream.cancelable_read(buffer, canceller.handle());
         let mut read = std::pin::pin!(read);
-        let (result, buffer) = match timeout_at(park_at, &mut read).await {
+        let (result, buffer) = match bounded(core, self.entry, park_at, &mut read).await {
             Ok(done) => done,
             Err(_) => {
                 if let Some(canceller) = self.canceller.take() {
@@ -183,7 +202,7 @@ impl Wire {
         }
         let filled = self.input.len();
         let buffer = std::mem::take(&mut self.input).slice_mut(filled..);
-        match timeout_at(deadline, self.stream.read(buffer)).await {
+        match bounded(core, self.entry, deadline, self.stream.read(buffer)).await {
             Ok((result, buffer)) => {
                 self.input = buffer.into_inner();
                 match result {
@@ -211,7 +230,7 @@ impl Wire {
         let mut deadline = core.now() + core.write_timeout;
         while written < output.len() {
             let pending = output.slice(written..);
-            match timeout_at(deadline, self.stream.write(pending)).await {
+            match bounded(core, self.entry, deadline, self.stream.write(pending)).await {
                 Ok((Ok(bytes), pending)) if bytes > 0 => {
                     output = pending.into_inner();
                     written += bytes;
@@ -263,6 +282,6 @@ impl Wire {
                 }
             }
         };
-        let _ = monoio::time::timeout(LINGER, drain).await;
+        let _ = bounded(core, self.entry, Instant::now() + LINGER, drain).await;
     }
 }

@@ -510,6 +510,20 @@ impl KeyStore {
                 anyhow::anyhow!("reading keys file {}: {error}", path.display())
             }
         })?;
+        // Writing a file in place truncates it first: a reload in between
+        // would take the empty file as "no keys" and refuse every client.
+        let loaded = self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .file
+            .len();
+        if text.is_empty() && loaded > 0 {
+            anyhow::bail!(
+                "keys file {} is empty: keeping the {loaded} keys loaded from it (an empty file is taken for one being written; to remove every key, leave a comment in it)",
+                path.display()
+            );
+        }
         let snapshot = Snapshot::parse_named(&text, &path.display().to_string(), self.defaults)?;
         let mut snapshot = snapshot;
         Ok(std::mem::take(&mut snapshot.by_digest_prefix)
@@ -684,6 +698,30 @@ mod tests {
             snapshot.authenticate(b"k", 1_000).err(),
             Some(AuthError::Invalid)
         );
+    }
+
+    /// A file caught between its truncation and its new content (an
+    /// editor or `cat >` writing in place) does not drop every key.
+    #[test]
+    fn an_empty_file_on_reload_keeps_the_keys() {
+        let dir = std::env::temp_dir().join(format!("sluice-empty-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let store = KeyStore::open(Some(path.clone()), None, Limits::default(), false).unwrap();
+        std::fs::write(&path, "").unwrap();
+        let error = store.reload().unwrap_err().to_string();
+        assert!(error.contains("is empty: keeping the 3 keys"), "{error}");
+        assert!(store.load().authenticate(b"cs_live_abc123xyz", 0).is_ok());
+        // A file that says so on purpose empties the snapshot.
+        std::fs::write(&path, "# every key removed\n").unwrap();
+        store.reload().unwrap();
+        assert!(store.load().authenticate(b"cs_live_abc123xyz", 0).is_err());
+        // And an empty file at start-up is no keys, as before.
+        std::fs::write(&path, "").unwrap();
+        let empty = KeyStore::open(Some(path), None, Limits::default(), false).unwrap();
+        assert!(empty.load().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
