@@ -411,11 +411,12 @@ impl ConnectionTable {
         }
     }
 
+    /// The waker stays: the next wait of the same task reuses it (no
+    /// clone per wait); it goes with the slot when the connection ends.
     fn disarm(&mut self, index: usize) {
         if let Some(slot) = self.slot(index) {
             slot.deadline = None;
             slot.expired = false;
-            slot.waker = None;
         }
     }
 
@@ -451,8 +452,8 @@ impl ConnectionTable {
             };
             if deadline <= now {
                 slot.expired = true;
-                if let Some(waker) = slot.waker.take() {
-                    waker.wake();
+                if let Some(waker) = &slot.waker {
+                    waker.wake_by_ref();
                 }
             } else {
                 earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
