@@ -461,3 +461,20 @@ fn redis_up_tells_the_truth_while_no_event_passes() {
         || sluice.metric("sluice_dedup_redis_up") == 0.0,
     );
 }
+
+/// SIGTERM ends an instance whose fleet dedup has no Redis: the dedup
+/// thread stops once the cores are done. It used to wait for every
+/// core's sender to drop, and a task a core's runtime leaves unfinished
+/// keeps one, so the process never exited.
+#[test]
+fn shutdown_is_bounded_with_redis_down() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut sluice = Sluice::dev(&format!(
+        "[dedup]\nredis_url = \"redis://127.0.0.1:{port}\"\n[server]\ndrain_timeout_ms = 2000\n"
+    ));
+    sluice.signal(libc::SIGTERM);
+    let code = sluice.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "not exited within 15 s of SIGTERM");
+}

@@ -30,7 +30,7 @@
 //!
 //! Needs Redis 7.0 or later (`SET` with both `NX` and `GET`).
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,8 +66,10 @@ fn redis_key(tenant: &str, event_id: u128) -> String {
 
 impl Fleet {
     /// Forwards batches from `input` to `output` until every core has
-    /// dropped its sender.
-    pub fn run(self, input: Receiver<Batch>, output: Sender<Batch>) {
+    /// dropped its sender, or `cores_done` is set (the cores' threads
+    /// ended: a task a core's runtime left unfinished may still hold its
+    /// sender) and nothing is left to forward.
+    pub fn run(self, input: Receiver<Batch>, output: Sender<Batch>, cores_done: &AtomicBool) {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos());
@@ -81,6 +83,9 @@ impl Fleet {
         loop {
             match input.recv_timeout(Duration::from_millis(5)) {
                 Ok(batch) => batches.push(batch),
+                Err(RecvTimeoutError::Timeout) if cores_done.load(Relaxed) && input.is_empty() => {
+                    break
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }

@@ -217,6 +217,7 @@ pub fn run(
     let (mut batches, batch_receiver) = crossbeam_channel::bounded(config.kafka.queue_batches_max);
     // With fleet dedup, batches pass through its thread on their way to
     // the producers.
+    let cores_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fleet_thread = match fleet {
         Some(state) => {
             let (to_fleet, from_cores) = crossbeam_channel::bounded(config.kafka.queue_batches_max);
@@ -234,7 +235,10 @@ pub fn run(
             };
             let thread = std::thread::Builder::new()
                 .name("sluice-dedup".into())
-                .spawn(move || fleet.run(from_cores, to_producers))
+                .spawn({
+                    let cores_done = cores_done.clone();
+                    move || fleet.run(from_cores, to_producers, &cores_done)
+                })
                 .context("spawning the dedup thread")?;
             Some(thread)
         }
@@ -307,8 +311,9 @@ pub fn run(
     for thread in core_threads {
         let _ = thread.join();
     }
-    // Every core's sender is gone: the dedup thread forwards what it holds
-    // and stops, and with it the producers' input.
+    // The cores are done: the dedup thread forwards what it holds and
+    // stops, and with it the producers' input.
+    cores_done.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(thread) = fleet_thread {
         let _ = thread.join();
     }
