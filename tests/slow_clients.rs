@@ -190,18 +190,9 @@ fn ten_thousand_idle_connections_do_not_starve_active_ones() {
 
 /// Polls the parked-connections gauge until it reads `expected`.
 fn wait_parked(sluice: &Sluice, expected: f64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let parked = sluice.metric("sluice_connections_parked");
-        if parked == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice_connections_parked {parked}, expected {expected}, not within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(&format!("{expected} parked connections"), within, || {
+        sluice.metric("sluice_connections_parked") == expected
+    });
 }
 
 /// A keep-alive connection quiet past the park time gives back even its
