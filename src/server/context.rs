@@ -272,7 +272,11 @@ impl Core {
         deadline: Instant,
         future: F,
     ) -> Result<F::Output, Elapsed> {
-        self.connections.borrow_mut().arm(entry, deadline);
+        let armed = self.connections.borrow_mut().arm(entry, deadline);
+        debug_assert!(
+            armed,
+            "a deadline for connection {entry}, which is not registered"
+        );
         let mut future = std::pin::pin!(future);
         let outcome = std::future::poll_fn(|context| {
             if let Poll::Ready(output) = future.as_mut().poll(context) {
@@ -403,12 +407,16 @@ impl ConnectionTable {
         }
     }
 
-    fn arm(&mut self, index: usize, deadline: Instant) {
-        if let Some(slot) = self.slot(index) {
-            slot.deadline = Some(deadline);
-            slot.expired = false;
-            self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
-        }
+    /// `false` when `index` holds no connection: a wait armed there would
+    /// have no deadline.
+    fn arm(&mut self, index: usize, deadline: Instant) -> bool {
+        let Some(slot) = self.slot(index) else {
+            return false;
+        };
+        slot.deadline = Some(deadline);
+        slot.expired = false;
+        self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
+        true
     }
 
     /// The waker stays: the next wait of the same task reuses it (no
