@@ -8,9 +8,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use sluice::events::record::Enrichment;
 use sluice::events::segment::{translate, Envelope};
 use sluice::events::split::{event_spans, BodyKind};
-use sluice::events::validate::{Enrichment, EventLimits, Validator};
+use sluice::events::validate::{EventLimits, Validator};
 use sluice::http::body::{ChunkedDecoder, Progress};
 use sluice::http::request::{parse_head, Parsed};
 use sluice::route::SegmentCall;
@@ -225,8 +226,9 @@ fn segment_calls(c: &mut Criterion) {
 /// One key's limiter admitting a single-event request, as each core does
 /// per request with limits on (never refusing here: the admitted path).
 fn rate_limiting(c: &mut Criterion) {
-    use sluice::tenancy::rate::{KeyLimiter, Limits};
-    let limiter = KeyLimiter::new(Limits {
+    use sluice::config::KeyLimits;
+    use sluice::tenancy::rate::KeyLimiter;
+    let limiter = KeyLimiter::new(KeyLimits {
         events_per_second: 1_000_000_000,
         burst_events: 1_000_000_000,
         bytes_per_second: 1 << 50,

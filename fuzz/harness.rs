@@ -8,9 +8,11 @@
 
 use std::cell::RefCell;
 
+use sluice::events::dead_letter::write_dead_letter;
+use sluice::events::record::Enrichment;
 use sluice::events::segment::{dead_letter_raw, translate, Envelope};
 use sluice::events::split::{event_spans, BodyKind};
-use sluice::events::validate::{write_dead_letter, Enrichment, EventLimits, Validator};
+use sluice::events::validate::{EventLimits, Validator};
 use sluice::http::body::{ChunkedDecoder, Progress};
 use sluice::http::gzip::{inflate, GzipError};
 use sluice::http::request::{parse_head, Framing, Parsed};

@@ -375,25 +375,18 @@ fn check_kafka(
     timeout: Duration,
     findings: &mut Vec<Finding>,
 ) {
-    use rdkafka::producer::{BaseProducer, Producer as _};
+    use crate::kafka::probe::{cluster_metadata, MetadataError};
     let brokers = &config.kafka.brokers;
-    let client: Result<BaseProducer, _> =
-        crate::kafka::producer::client_config(config, brokers).create();
-    let client = match client {
-        Ok(client) => client,
-        Err(error) => {
+    let metadata = match cluster_metadata(config, timeout) {
+        Ok(metadata) => metadata,
+        Err(MetadataError::Client(error)) => {
             findings.push(problem(
                 "kafka".into(),
                 format!("the Kafka client refuses the configuration: {error}"),
             ));
             return;
         }
-    };
-    // All topics: asking for one by name may create it on a cluster that
-    // auto-creates topics, and check must change nothing.
-    let metadata = match client.client().fetch_metadata(None, timeout) {
-        Ok(metadata) => metadata,
-        Err(error) => {
+        Err(MetadataError::Unanswered(error)) => {
             findings.push(problem(
                 format!("kafka.brokers {brokers}"),
                 format!(
@@ -408,12 +401,8 @@ fn check_kafka(
         "kafka".into(),
         format!(
             "the cluster at {brokers} answers: {} broker{}",
-            metadata.brokers().len(),
-            if metadata.brokers().len() == 1 {
-                ""
-            } else {
-                "s"
-            }
+            metadata.brokers,
+            if metadata.brokers == 1 { "" } else { "s" }
         ),
     ));
     let mut wanted = vec![
@@ -426,17 +415,15 @@ fn check_kafka(
             .map(|topic| ("a key's topic", topic.clone())),
     );
     for (key, topic) in wanted {
-        match metadata.topics().iter().find(|found| found.name() == topic) {
-            Some(found) if found.error().is_none() && !found.partitions().is_empty() => {}
-            Some(found) => findings.push(problem(
-                format!("{key} {topic}"),
-                format!(
-                    "the topic is not usable: {}",
-                    found
-                        .error()
-                        .map_or("no partitions".into(), |error| format!("{error:?}"))
-                ),
-            )),
+        match metadata.topic(&topic) {
+            Some(found) => {
+                if let Some(reason) = &found.problem {
+                    findings.push(problem(
+                        format!("{key} {topic}"),
+                        format!("the topic is not usable: {reason}"),
+                    ));
+                }
+            }
             None => findings.push(problem(
                 format!("{key} {topic}"),
                 format!("no such topic on the cluster: create it (for example `kafka-topics.sh --create --topic {topic} --partitions 12 --replication-factor 3`); sluice does not create topics"),

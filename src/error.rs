@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use crate::http::gzip::GzipError;
 use crate::http::FramingError;
+use crate::json::write_json_string;
 
 /// Every error code a refusal carries, in metrics order
 /// (`sluice_http_refusals_total{code}`); tests/refusal_codes.rs checks
@@ -229,6 +230,37 @@ impl ApiError {
     pub fn retry_after(&self) -> bool {
         self.status == 429 || self.status == 503
     }
+
+    /// Appends the response body `{"error": {"code", "message"[, "field"]}}`.
+    pub fn write_body(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"error\":");
+        self.write_object(out);
+        out.push(b'}');
+    }
+
+    /// Appends `{"code", "message"[, "field"]}` (a dead letter's `error`).
+    pub fn write_object(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        self.write_fields(out);
+        out.push(b'}');
+    }
+
+    /// Appends `"code":..,"message":..[,"field":..]` without braces, for
+    /// an object that carries more members (a rejected event's `index`).
+    pub fn write_fields(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\"code\":\"");
+        out.extend_from_slice(self.code.as_bytes());
+        out.extend_from_slice(b"\",\"message\":");
+        write_json_string(out, self.message.as_bytes());
+        if let Some(pointer) = &self.pointer {
+            out.extend_from_slice(b",\"field\":");
+            write_json_string(out, pointer.as_bytes());
+        } else if let Some(field) = self.field {
+            out.extend_from_slice(b",\"field\":\"");
+            out.extend_from_slice(field.as_bytes());
+            out.push(b'"');
+        }
+    }
 }
 
 impl From<FramingError> for ApiError {
@@ -280,5 +312,48 @@ impl From<GzipError> for ApiError {
             ),
             GzipError::Corrupt => ApiError::new(400, "bad_request", "body is not valid gzip"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(error: &ApiError) -> serde_json::Value {
+        let mut out = Vec::new();
+        error.write_body(&mut out);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn error_bodies_carry_code_message_and_field() {
+        let plain = ApiError::new(400, "bad_request", "a \"quoted\" reason");
+        assert_eq!(
+            body(&plain),
+            serde_json::json!({"error": {"code": "bad_request", "message": "a \"quoted\" reason"}})
+        );
+        let field = ApiError {
+            field: Some("user_id"),
+            ..ApiError::new(400, "invalid_event", "user_id is required")
+        };
+        assert_eq!(body(&field)["error"]["field"], "user_id");
+        // A schema violation's pointer is shown in place of the field.
+        let pointer = ApiError {
+            field: Some("properties"),
+            pointer: Some("/properties/a\"b".into()),
+            ..ApiError::new(400, "schema_violation", "wrong type")
+        };
+        assert_eq!(body(&pointer)["error"]["field"], "/properties/a\"b");
+    }
+
+    #[test]
+    fn error_fields_extend_an_enclosing_object() {
+        let mut out = b"{\"index\":3,".to_vec();
+        ApiError::not_found().write_fields(&mut out);
+        out.push(b'}');
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["index"], 3);
+        assert_eq!(value["code"], "not_found");
+        assert_eq!(value["message"], "no such route");
     }
 }

@@ -4,13 +4,16 @@
 //! - [`config`]: TOML, environment and flags into one [`config::Config`],
 //!   one submodule per section.
 //! - [`http`]: HTTP/1.1 framing; knows nothing of events.
+//! - [`json`]: JSON string literals written by hand (a leaf).
 //! - [`tenancy`]: API keys and their snapshots, where a request presents
 //!   its key, PostgreSQL as a key source, per-key rate limits and their
 //!   fleet-wide sharing through Redis.
 //! - [`events`]: request bodies into validated, enriched records (batch
 //!   splitting, Segment translation, validation, dead letters).
-//! - [`kafka`]: the only module that knows rdkafka; producer threads and the
-//!   hand-off to and from the cores.
+//! - [`handoff`]: what crosses between the cores and the producer threads
+//!   (pooled batches, delivery opaques, completions, mailboxes).
+//! - [`kafka`]: the only module that knows rdkafka; producer threads, their
+//!   counters, the metadata probes.
 //! - [`server`]: core threads, connections, in-flight tracking, control plane.
 //! - [`check`]: `sluice check`, the configuration dry run.
 //! - [`cpus`]: CPU lists, affinity, cgroup quotas (start-up only).
@@ -27,8 +30,10 @@ pub mod cpus;
 pub mod dedup;
 pub mod error;
 pub mod events;
+pub mod handoff;
 pub mod health;
 pub mod http;
+pub mod json;
 pub mod kafka;
 pub mod metrics;
 pub mod route;

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::Duration;
 
-use clap::Parser as _;
+use common::loadgen_cli::Loadgen;
 use common::services::{Haproxy, Redis};
 use common::*;
 use rdkafka::mocking::MockCluster;
@@ -51,38 +51,27 @@ fn leader_moves_lose_and_duplicate_nothing() {
         sluice.wait_ready(200, Duration::from_secs(20));
     }
     let haproxy = Haproxy::start(&sluices.iter().map(|s| s.address).collect::<Vec<_>>());
-    let target = haproxy.address().to_string();
-    let bootstrap = cluster.bootstrap_servers();
-    let duration = seconds.to_string();
-    let argv = [
-        "loadgen",
-        "--target",
-        &target,
-        "--key",
-        KEY,
-        "--connections",
-        "8",
-        "--batch",
-        "10",
-        "--rate",
-        "100",
-        "--warmup",
-        "0",
-        "--duration",
-        &duration,
-        "--retries",
-        "1000",
-        "--retry-backoff-ms",
-        "200",
-        "--timeout-ms",
-        "5000",
-        "--verify",
-        &bootstrap,
-        "--verify-idle-timeout",
-        "30",
-    ]
-    .map(String::from);
-    let runner = std::thread::spawn(move || loadgen::run(&loadgen::Args::parse_from(argv)));
+    let load = Loadgen::new(haproxy.address())
+        .args(&[
+            "--connections",
+            "8",
+            "--batch",
+            "10",
+            "--rate",
+            "100",
+            "--warmup",
+            "0",
+            "--duration",
+            &seconds.to_string(),
+            "--retries",
+            "1000",
+            "--retry-backoff-ms",
+            "200",
+            "--timeout-ms",
+            "5000",
+        ])
+        .verify(&cluster.bootstrap_servers(), 30);
+    let runner = std::thread::spawn(move || load.run());
     for round in 1..=2 {
         std::thread::sleep(Duration::from_millis(seconds * 1000 / 3));
         for partition in 0..PARTITIONS {
@@ -93,7 +82,7 @@ fn leader_moves_lose_and_duplicate_nothing() {
         }
         println!("chaos: every partition's leader moved (round {round})");
     }
-    let summary = runner.join().unwrap().expect("loadgen ran");
+    let summary = runner.join().unwrap();
     let verification = summary.verification.expect("verified");
     println!(
         "| leader-move | {} | {} | {} | {} | {} |  |",

@@ -298,3 +298,168 @@ fn probe_answers_for_a_container_healthcheck() {
     );
     assert_eq!(run.code, Some(2));
 }
+
+/// A value for each flag of the server, as a command line would give it.
+fn flag_value(dir: &TempDir, flag: &str) -> Option<Vec<String>> {
+    let value = match flag {
+        "--config" => dir.file("flags.toml", "").display().to_string(),
+        "--listen" => format!("127.0.0.1:{}", free_port()),
+        "--cores" => "1".into(),
+        "--brokers" => "127.0.0.1:9".into(),
+        "--topic" => "events".into(),
+        "--dlq-topic" => "events-dlq".into(),
+        "--keys-file" => dir
+            .file("keys.toml", &keys_file_text())
+            .display()
+            .to_string(),
+        "--ack-mode" => "enqueued".into(),
+        "--log-format" => "json".into(),
+        "--dev" => return Some(vec![flag.into()]),
+        "--dev-key" => "cs_dev_flag_check_key".into(),
+        _ => return None,
+    };
+    Some(vec![flag.into(), value])
+}
+
+/// The long flags of the server, as `sluice --help` lists them.
+fn server_flags(dir: &TempDir) -> Vec<String> {
+    let help = sluice(dir, &["--help"], &[]);
+    let options = help
+        .stdout
+        .split("Options:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Options in --help:\n{}", help.stdout));
+    options
+        .lines()
+        .skip(1)
+        .take_while(|line| line.starts_with(' '))
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.starts_with("--"))
+                .map(|flag| flag.trim_end_matches(',').to_string())
+        })
+        .filter(|flag| flag != "--help" && flag != "--version")
+        .collect()
+}
+
+/// `sluice check` takes every flag the server takes, alone and all on one
+/// command line (after `check` or before it), so the command line of a
+/// deploy can be checked as it will run.
+#[test]
+fn check_takes_every_flag_of_the_server() {
+    let dir = TempDir::new("check-flags");
+    let flags = server_flags(&dir);
+    assert!(flags.len() >= 10, "{flags:?}");
+    let mut every = Vec::new();
+    let mut failures = Vec::new();
+    for flag in &flags {
+        let Some(args) = flag_value(&dir, flag) else {
+            failures.push(format!("{flag}: no value in this test's table: add one"));
+            continue;
+        };
+        every.extend(args.clone());
+        // --dev for the keys (no keys file needed) and --dev-key.
+        let mut line = vec!["check".to_string(), "--skip-kafka".into()];
+        if flag != "--dev" {
+            line.push("--dev".into());
+        }
+        line.extend(args);
+        let line: Vec<&str> = line.iter().map(String::as_str).collect();
+        let run = sluice(&dir, &line, &[]);
+        if run.code != Some(0) || !run.stdout.contains("sluice check: no problem found") {
+            failures.push(format!(
+                "sluice {}: exit {:?}\n{}{}",
+                line.join(" "),
+                run.code,
+                run.stdout,
+                run.stderr
+            ));
+        }
+    }
+    for before in [false, true] {
+        let mut line: Vec<&str> = every.iter().map(String::as_str).collect();
+        if before {
+            line.extend(["check", "--skip-kafka"]);
+        } else {
+            line.splice(0..0, ["check", "--skip-kafka"]);
+        }
+        let run = sluice(&dir, &line, &[]);
+        if run.code != Some(0) {
+            failures.push(format!(
+                "sluice {}: exit {:?}\n{}{}",
+                line.join(" "),
+                run.code,
+                run.stdout,
+                run.stderr
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A `SLUICE_*` variable that names no key is a problem for `sluice check`
+/// and a warning at start, with the closest known name; its value (it may
+/// be a secret) is never printed.
+#[test]
+fn an_unknown_variable_is_named_with_the_closest_and_never_its_value() {
+    const SECRET: &str = "s3cr3t-value-never-printed";
+    let dir = TempDir::new("check-variables");
+    let run = check(
+        &dir,
+        &base_config(&dir, "127.0.0.1:9"),
+        &["--skip-kafka", "--dev"],
+        &[
+            ("SLUICE_KAFKA_LINGR_MS", SECRET),
+            ("SLUICE_LINGER_MS", SECRET),
+            ("SLUICE_KAFKA_PROPERTIES_SASL_PASSWORD", SECRET),
+            ("SLUICE_DEV_KEY", "cs_known_variable"),
+            ("SLUICE_ZZZZZZZZ", SECRET),
+        ],
+    );
+    assert_eq!(run.code, Some(2), "{}", run.stdout);
+    for (name, closest) in [
+        (
+            "SLUICE_KAFKA_LINGR_MS",
+            "did you mean SLUICE_KAFKA_LINGER_MS?",
+        ),
+        ("SLUICE_LINGER_MS", "did you mean SLUICE_KAFKA_LINGER_MS?"),
+        (
+            "SLUICE_KAFKA_PROPERTIES_SASL_PASSWORD",
+            "did you mean SLUICE_KAFKA_PROPERTIES__SASL_PASSWORD?",
+        ),
+        ("SLUICE_ZZZZZZZZ", "unknown SLUICE_ variable"),
+    ] {
+        assert_problem(&run, &[name, "unknown SLUICE_ variable", closest]);
+    }
+    assert!(
+        !run.stdout.contains("SLUICE_DEV_KEY"),
+        "SLUICE_DEV_KEY sets the dev key:\n{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|line| line.contains("SLUICE_ZZZZZZZZ") && !line.contains("did you mean")),
+        "nothing is close to SLUICE_ZZZZZZZZ:\n{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains(SECRET) && !run.stderr.contains(SECRET),
+        "a value was printed"
+    );
+
+    // At start: a warning naming the closest, the value never shown.
+    let server = Sluice::start(Options {
+        env: vec![("SLUICE_KAFKA_LINGR_MS".into(), SECRET.into())],
+        ..Default::default()
+    });
+    server.wait_ready(200, Duration::from_secs(10));
+    let logs = server.logs();
+    assert!(
+        logs.lines().any(|line| line.contains("WARN")
+            && line.contains("SLUICE_KAFKA_LINGR_MS")
+            && line.contains("SLUICE_KAFKA_LINGER_MS")),
+        "{logs}"
+    );
+    assert!(!logs.contains(SECRET), "a value was logged");
+}

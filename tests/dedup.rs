@@ -50,10 +50,9 @@ fn with_id(tag: &str, id: &str) -> String {
 fn counts(broker: &Broker, tag: &str) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for record in consume_to_end(&broker.address, TOPIC, Duration::from_secs(30)) {
-        if let Some(user) = record.value["user_id"].as_str() {
-            if user.starts_with(tag) {
-                *counts.entry(user.to_string()).or_default() += 1;
-            }
+        if is_tagged(&record, tag) {
+            let user = record.value["user_id"].as_str().unwrap().to_string();
+            *counts.entry(user).or_default() += 1;
         }
     }
     counts

@@ -6,6 +6,7 @@ mod common;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
+use common::loadgen_cli::Loadgen;
 use common::*;
 
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(20);
@@ -24,12 +25,9 @@ fn setup(extra_config: &str) -> (Broker, Sluice) {
 fn consume_users(broker: &Broker, topic: &str, users: &[&str]) -> Vec<Consumed> {
     let records = consume_until(&broker.address, topic, CONSUME_TIMEOUT, |records| {
         users.iter().all(|user| {
-            records.iter().any(|r| {
-                r.key.ends_with(&format!(":{user}"))
-                    || r.value["raw"]
-                        .as_str()
-                        .is_some_and(|raw| raw.contains(user))
-            })
+            records
+                .iter()
+                .any(|r| r.key.ends_with(&format!(":{user}")) || letter_holds(r, user))
         })
     });
     records
@@ -141,11 +139,7 @@ fn json_batch_publishes_valid_events_and_dead_letters_the_rest() {
     let dead = consume_users(&broker, DLQ_TOPIC, &[&bad]);
     let letter = dead
         .iter()
-        .find(|r| {
-            r.value["raw"]
-                .as_str()
-                .is_some_and(|raw| raw.contains(&bad))
-        })
+        .find(|r| letter_holds(r, &bad))
         .expect("dead letter");
     assert_eq!(letter.key, TENANT);
     assert_eq!(letter.value["tenant_id"], TENANT);
@@ -153,6 +147,36 @@ fn json_batch_publishes_valid_events_and_dead_letters_the_rest() {
     assert_eq!(letter.value["error"]["field"], "event_type");
     assert!(letter.value["received_at"].as_u64().is_some());
     assert_eq!(letter.header("tenant_id"), Some(TENANT));
+}
+
+/// A batch element with a member named twice (I-JSON) is rejected and
+/// dead-lettered alone, its bytes kept as sent; the other is published.
+#[test]
+fn a_batch_element_with_a_duplicate_member_is_dead_lettered_alone() {
+    let (broker, sluice) = setup("");
+    let stamp = now_ms();
+    let (good, bad) = (format!("dupok_{stamp}"), format!("dupbad_{stamp}"));
+    let duplicated = event(&bad, r#","properties":{"plan":"gold","plan":"pro"}"#);
+    let body = format!(r#"{{"events":[{},{duplicated}]}}"#, event(&good, ""));
+    let response = sluice.post_json("/v1/events/batch", &body);
+    assert_eq!(response.status, 202, "{}", response.text());
+    let json = response.json();
+    assert_eq!(json["accepted"], 1, "{json}");
+    assert_eq!(json["rejected"][0]["index"], 1, "{json}");
+    assert_eq!(json["rejected"][0]["field"], "/properties/plan", "{json}");
+    let records = consume_users(&broker, TOPIC, &[&good]);
+    assert!(
+        !records.iter().any(|r| r.key.ends_with(&bad)),
+        "the event with a duplicate member reached the main topic"
+    );
+    let dead = consume_users(&broker, DLQ_TOPIC, &[&bad]);
+    let letter = dead
+        .iter()
+        .find(|r| letter_holds(r, &bad))
+        .expect("dead letter");
+    assert_eq!(letter.value["error"]["code"], "invalid_event");
+    assert_eq!(letter.value["error"]["field"], "/properties/plan");
+    assert_eq!(letter.value["raw"], duplicated.as_str());
 }
 
 #[test]
@@ -166,9 +190,7 @@ fn all_invalid_batch_is_400_with_the_same_body() {
     assert_eq!(json["accepted"], 0);
     assert_eq!(json["rejected"].as_array().unwrap().len(), 2);
     let dead = consume_users(&broker, DLQ_TOPIC, &[&bad]);
-    assert!(dead.iter().any(|r| r.value["raw"]
-        .as_str()
-        .is_some_and(|raw| raw.contains(&bad))));
+    assert!(dead.iter().any(|r| letter_holds(r, &bad)));
 }
 
 #[test]
@@ -282,26 +304,10 @@ fn sigterm_under_load_drains_and_every_acknowledged_event_lands() {
     )
     .unwrap();
 
-    let target = sluice.address.to_string();
-    let argv = [
-        "loadgen",
-        "--target",
-        &target,
-        "--key",
-        KEY,
-        "--connections",
-        "8",
-        "--duration",
-        "4",
-        "--warmup",
-        "0",
-        "--verify",
-        &broker.address,
-        "--verify-idle-timeout",
-        "10",
-    ];
-    let args = <loadgen::Args as clap::Parser>::parse_from(argv);
-    let load = std::thread::spawn(move || loadgen::run(&args));
+    let load = Loadgen::new(sluice.address)
+        .args(&["--connections", "8", "--duration", "4", "--warmup", "0"])
+        .verify(&broker.address, 10);
+    let load = std::thread::spawn(move || load.run());
     // SIGTERM once the load is flowing.
     wait_until("load accepted", Duration::from_secs(20), || {
         sluice.metric("sluice_events_accepted_total") >= 200.0
@@ -337,7 +343,7 @@ fn sigterm_under_load_drains_and_every_acknowledged_event_lands() {
         "exit took {:?}",
         signalled.elapsed()
     );
-    let summary = load.join().unwrap().unwrap();
+    let summary = load.join().unwrap();
     let verification = summary.verification.expect("verified");
     eprintln!(
         "loadgen: sent {}, ok {}, connection errors {}; acknowledged {}, found {}, missing {}",

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use clap::Parser as _;
+use common::loadgen_cli::Loadgen;
 use common::services::{Haproxy, Redis};
 use common::*;
 
@@ -28,11 +28,8 @@ fn keys() -> String {
     )
 }
 
-fn loadgen(target: std::net::SocketAddr, extra: &[&str]) -> loadgen::Summary {
-    let target = target.to_string();
-    let mut argv = vec!["loadgen", "--target", &target, "--warmup", "0"];
-    argv.extend_from_slice(extra);
-    loadgen::run(&loadgen::Args::parse_from(argv)).unwrap()
+fn loadgen(target: std::net::SocketAddr) -> Loadgen {
+    Loadgen::new(target).args(&["--warmup", "0"])
 }
 
 fn status_count(summary: &loadgen::Summary, status: u16) -> u64 {
@@ -76,23 +73,10 @@ fn three_instances_behind_haproxy_share_limits_and_lose_nothing() {
     std::thread::sleep(Duration::from_secs(1)); // HAProxy's first health checks
 
     // 1. Unlimited load through HAProxy: nothing acknowledged is lost.
-    let summary = loadgen(
-        haproxy.address(),
-        &[
-            "--key",
-            KEY,
-            "--connections",
-            "12",
-            "--duration",
-            "3",
-            "--batch",
-            "5",
-            "--verify",
-            &broker.address,
-            "--verify-idle-timeout",
-            "15",
-        ],
-    );
+    let summary = loadgen(haproxy.address())
+        .args(&["--connections", "12", "--duration", "3", "--batch", "5"])
+        .verify(&broker.address, 15)
+        .run();
     println!("through HAProxy: {}", summary.to_json());
     assert_eq!(failures(&summary), 0, "{}", summary.to_json());
     assert!(summary.ok > 0);
@@ -111,7 +95,7 @@ fn three_instances_behind_haproxy_share_limits_and_lose_nothing() {
     // 2. A key limited to 1,000 events/s across the fleet, driven at 4x.
     let rate = (4 * LIMIT_PER_SECOND / BATCH).to_string();
     let batch = BATCH.to_string();
-    let driven = [
+    let driven = loadgen(haproxy.address()).args(&[
         "--key",
         LIMITED_KEY,
         "--connections",
@@ -120,17 +104,12 @@ fn three_instances_behind_haproxy_share_limits_and_lose_nothing() {
         &rate,
         "--batch",
         &batch,
-    ];
-    let mut args = driven.to_vec();
-    args.extend_from_slice(&[
-        "--duration",
-        "10",
-        "--verify",
-        &broker.address,
-        "--verify-idle-timeout",
-        "15",
     ]);
-    let summary = loadgen(haproxy.address(), &args);
+    let summary = driven
+        .clone()
+        .args(&["--duration", "10"])
+        .verify(&broker.address, 15)
+        .run();
     println!("limited key, 10 s: {}", summary.to_json());
     let admitted = status_count(&summary, 202) * BATCH;
     let expected = 10 * LIMIT_PER_SECOND;
@@ -154,13 +133,8 @@ fn three_instances_behind_haproxy_share_limits_and_lose_nothing() {
 
     // 3. Redis killed mid-run: no request fails; the instances limit alone.
     let driver = {
-        let target = haproxy.address();
-        let mut args: Vec<String> = driven.iter().map(|a| a.to_string()).collect();
-        args.extend(["--duration".into(), "6".into()]);
-        std::thread::spawn(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            loadgen(target, &args)
-        })
+        let load = driven.args(&["--duration", "6"]);
+        std::thread::spawn(move || load.run())
     };
     std::thread::sleep(Duration::from_secs(3));
     redis.kill();

@@ -488,7 +488,7 @@ fn hole7_a_panic_on_a_core_aborts_the_process() {
 // have more records outstanding than the queue holds.
 #[test]
 fn hole8_completion_queue_fits_the_inflight_cap() {
-    use sluice::kafka::handoff::{Completion, Mailbox, Opaque};
+    use sluice::handoff::{Completion, Mailbox, Opaque};
     use sluice::metrics::CoreMetrics;
     use sluice::server::inflight::Inflight;
 

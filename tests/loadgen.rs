@@ -6,26 +6,12 @@ mod common;
 use std::time::Duration;
 
 use clap::Parser as _;
+use common::loadgen_cli::Loadgen;
 use common::*;
 
-fn loadgen(sluice: &Sluice, extra: &[&str]) -> loadgen::Summary {
-    let target = sluice.address.to_string();
-    let mut argv = vec![
-        "loadgen",
-        "--target",
-        &target,
-        "--connections",
-        "4",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.2",
-    ];
-    if !extra.contains(&"--key") {
-        argv.extend_from_slice(&["--key", KEY]);
-    }
-    argv.extend_from_slice(extra);
-    loadgen::run(&loadgen::Args::parse_from(argv)).unwrap()
+/// A short closed-loop run against `sluice`, with the test key.
+fn loadgen(sluice: &Sluice) -> Loadgen {
+    Loadgen::new(sluice.address).args(&["--connections", "4", "--duration", "1", "--warmup", "0.2"])
 }
 
 #[test]
@@ -37,17 +23,10 @@ fn json_summary_and_verify_against_a_real_broker() {
     });
     sluice.wait_ready(200, Duration::from_secs(15));
 
-    let summary = loadgen(
-        &sluice,
-        &[
-            "--batch",
-            "5",
-            "--verify",
-            &broker.address,
-            "--verify-idle-timeout",
-            "10",
-        ],
-    );
+    let summary = loadgen(&sluice)
+        .args(&["--batch", "5"])
+        .verify(&broker.address, 10)
+        .run();
     let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
     for field in [
         "sent",
@@ -75,10 +54,9 @@ fn json_summary_and_verify_against_a_real_broker() {
 fn open_loop_offers_the_requested_rate_and_counts_refusals() {
     let sluice = Sluice::start(Options::default());
     sluice.wait_ready(200, Duration::from_secs(10));
-    let summary = loadgen(
-        &sluice,
-        &["--rate", "400", "--ndjson", "--batch", "2", "--gzip"],
-    );
+    let summary = loadgen(&sluice)
+        .args(&["--rate", "400", "--ndjson", "--batch", "2", "--gzip"])
+        .run();
     assert_eq!(summary.offered_rps, Some(400.0));
     assert!(
         summary.rps > 200.0 && summary.rps < 600.0,
@@ -87,7 +65,7 @@ fn open_loop_offers_the_requested_rate_and_counts_refusals() {
     );
     assert_eq!(summary.errors, 0);
 
-    let summary = loadgen(&sluice, &["--key", "wrong"]);
+    let summary = loadgen(&sluice).args(&["--key", "wrong"]).run();
     assert!(summary.errors > 0 && summary.ok == 0);
     assert!(summary.statuses.iter().any(|(status, _)| *status == 401));
 }
@@ -108,9 +86,8 @@ fn retries_resend_refused_requests_until_they_are_stored() {
         ..Default::default()
     });
     sluice.wait_ready(200, Duration::from_secs(15));
-    let summary = loadgen(
-        &sluice,
-        &[
+    let summary = loadgen(&sluice)
+        .args(&[
             "--key",
             "cs_loadgen_limited",
             "--retries",
@@ -119,12 +96,9 @@ fn retries_resend_refused_requests_until_they_are_stored() {
             "50",
             "--timeout-ms",
             "5000",
-            "--verify",
-            &broker.address,
-            "--verify-idle-timeout",
-            "10",
-        ],
-    );
+        ])
+        .verify(&broker.address, 10)
+        .run();
     let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
     println!("{json}");
     assert!(
@@ -148,7 +122,9 @@ fn hdr_log_holds_the_whole_latency_distribution() {
     let dir = TempDir::new("hdr-log");
     let path = dir.0.join("run.hgrm");
     let path_text = path.display().to_string();
-    let summary = loadgen(&sluice, &["--rate", "400", "--hdr-log", &path_text]);
+    let summary = loadgen(&sluice)
+        .args(&["--rate", "400", "--hdr-log", &path_text])
+        .run();
     let text = std::fs::read_to_string(&path).unwrap();
     let rows: Vec<Vec<f64>> = text
         .lines()

@@ -230,29 +230,18 @@ fn an_idempotency_key_gives_a_retried_request_the_same_event_ids() {
     post("order-42-attempt");
     post("order-42-attempt");
     post("another-key");
-    let mine = |records: &[Consumed]| -> Vec<(String, String)> {
-        records
-            .iter()
-            .filter(|r| {
-                r.value["user_id"]
-                    .as_str()
-                    .is_some_and(|u| u.starts_with(&tag))
-            })
-            .map(|r| {
-                (
-                    r.value["user_id"].as_str().unwrap().to_string(),
-                    r.value["event_id"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
     // Nine events sent, five stored: the retry under the same key is
     // three duplicates, and the explicit event_id once more under the
     // other key (tests/dedup.rs counts such cases exactly).
-    let records = consume_until(&broker.address, TOPIC, Duration::from_secs(30), |records| {
-        mine(records).len() >= 5
-    });
-    let records = mine(&records);
+    let records: Vec<(String, String)> = consume_tagged(&broker.address, &tag, 5)
+        .iter()
+        .map(|r| {
+            (
+                r.value["user_id"].as_str().unwrap().to_string(),
+                r.value["event_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
     for index in 0..2 {
         let user = format!("{tag}_{index}");
         let mut ids: Vec<&str> = records

@@ -108,25 +108,7 @@ fn violations_are_refused_per_event_with_a_pointer() {
     assert_eq!(segment.status, 400, "{}", segment.text());
     assert_eq!(segment.json()["error"]["code"], "schema_violation");
 
-    let dead = consume_until(
-        &broker.address,
-        DLQ_TOPIC,
-        Duration::from_secs(30),
-        |records| {
-            records.iter().any(|r| {
-                r.value["raw"]
-                    .as_str()
-                    .is_some_and(|raw| raw.contains(&format!("{tag}batch_bad")))
-            })
-        },
-    );
-    let dead = dead
-        .iter()
-        .find(|r| {
-            r.value["raw"]
-                .as_str()
-                .is_some_and(|raw| raw.contains(&format!("{tag}batch_bad")))
-        })
+    let dead = dead_letter(&broker.address, &format!("{tag}batch_bad"))
         .expect("the violating event is dead-lettered");
     assert_eq!(dead.value["error"]["code"], "schema_violation");
     assert_eq!(dead.value["error"]["field"], "/properties/plan");

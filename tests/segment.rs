@@ -53,19 +53,11 @@ fn start() -> (Broker, Sluice) {
     (broker, sluice)
 }
 
-/// The records whose `user_id` starts with `tag`, once `count` are there.
+/// The values of the records whose `user_id` starts with `tag`, once
+/// `count` are there.
 fn tagged(broker: &Broker, tag: &str, count: usize) -> Vec<serde_json::Value> {
-    let mine = |record: &Consumed| {
-        record.value["user_id"]
-            .as_str()
-            .is_some_and(|user| user.starts_with(tag))
-    };
-    let records = consume_until(&broker.address, TOPIC, Duration::from_secs(30), |records| {
-        records.iter().filter(|r| mine(r)).count() >= count
-    });
-    records
+    consume_tagged(&broker.address, tag, count)
         .into_iter()
-        .filter(|r| mine(r))
         .map(|r| r.value)
         .collect()
 }
@@ -232,36 +224,13 @@ fn an_invalid_call_in_a_batch_is_dead_lettered_and_the_rest_published() {
         "the batch's context"
     );
     assert!(anonymous.get("writeKey").is_none());
-    let dead = dead_letters_until(&broker, &format!("{tag}_no_event"));
-    let dead = dead
-        .iter()
-        .find(|r| {
-            r.value["raw"]
-                .as_str()
-                .is_some_and(|raw| raw.contains(&format!("{tag}_no_event")))
-        })
+    let dead = dead_letter(&broker.address, &format!("{tag}_no_event"))
         .expect("the invalid call is dead-lettered");
     assert_eq!(dead.value["error"]["field"], "event");
     // The call carried its own writeKey: an API key, kept out of the topic.
     let raw = dead.value["raw"].as_str().unwrap();
     assert!(!raw.contains(KEY), "the write key was dead-lettered: {raw}");
     assert!(raw.contains("\"type\":\"track\""), "{raw}");
-}
-
-/// The dead-letter topic, once a letter whose `raw` holds `marker` is there.
-fn dead_letters_until(broker: &Broker, marker: &str) -> Vec<Consumed> {
-    consume_until(
-        &broker.address,
-        DLQ_TOPIC,
-        Duration::from_secs(30),
-        |records| {
-            records.iter().any(|r| {
-                r.value["raw"]
-                    .as_str()
-                    .is_some_and(|raw| raw.contains(marker))
-            })
-        },
-    )
 }
 
 /// `ms` (epoch milliseconds) as an RFC 3339 UTC date-time, as the SDKs
@@ -396,32 +365,14 @@ fn hole7_a_write_key_spelt_with_escapes_never_reaches_kafka() {
     assert_eq!(response.status, 200, "{}", response.text());
     let call = format!(r#"{{"event":"Single","userId":"{tag}_single","write\u004Bey":"{KEY}"}}"#);
     assert_eq!(post_segment(&sluice, "/v1/track", &call).status, 200);
-    let records = consume_until(&broker.address, TOPIC, Duration::from_secs(30), |records| {
-        records
-            .iter()
-            .filter(|r| {
-                r.value["user_id"]
-                    .as_str()
-                    .is_some_and(|u| u.starts_with(&tag))
-            })
-            .count()
-            >= 2
-    });
-    let mine: Vec<&Consumed> = records
-        .iter()
-        .filter(|r| {
-            r.value["user_id"]
-                .as_str()
-                .is_some_and(|u| u.starts_with(&tag))
-        })
-        .collect();
+    let mine = consume_tagged(&broker.address, &tag, 2);
     assert_eq!(mine.len(), 2);
     for record in mine {
         let raw = String::from_utf8_lossy(&record.raw_value);
         assert!(!raw.contains(KEY), "the write key reached Kafka: {raw}");
         assert!(record.value.get("writeKey").is_none(), "{raw}");
     }
-    let dead = dead_letters_until(&broker, &format!("{tag}_no_event"));
+    let dead = dead_letters_until(&broker.address, &format!("{tag}_no_event"));
     for record in &dead {
         let raw = String::from_utf8_lossy(&record.raw_value);
         assert!(!raw.contains(KEY), "the write key was dead-lettered: {raw}");

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice::config::Config;
+use sluice::handoff::{Batch, Completion, Mailbox, Opaque};
 use sluice::health::Readiness;
-use sluice::kafka::handoff::{Batch, Completion, Mailbox, Opaque};
 use sluice::metrics::Metrics;
 use sluice::server::core::{self, CoreSetup};
 use sluice::server::inflight::Inflight;
@@ -92,7 +92,7 @@ fn start_core_with(schemas: sluice::events::schema::Schemas) -> std::net::Socket
         keys: KeyStore::open(
             None,
             Some((KEY.into(), "tenant_a".into())),
-            sluice::tenancy::rate::Limits {
+            sluice::config::KeyLimits {
                 events_per_second: 1_000_000_000,
                 burst_events: 1_000_000_000,
                 bytes_per_second: 1 << 50,

@@ -1,8 +1,34 @@
 //! `[limits]`: every size, count and rate bound of a request, a core and
-//! a key, with the Redis exchange of fleet-wide limits.
+//! a key, with the Redis exchange of fleet-wide limits; and the fixed
+//! bounds of what the server builds from a request, which the limits are
+//! checked against.
 
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
+
+/// What one request may make the server build, in record bytes (values,
+/// keys and dead letters): this many times its body's bytes (inflated,
+/// when gzipped: that size has its own limit) plus
+/// [`RECORD_BYTES_PER_EVENT_MAX`] per event. A valid native event's
+/// record is its bytes plus the server's fields (under 1 KiB); what can
+/// exceed it is a Segment batch's shared `context`, copied into each call,
+/// so that 250 KB on the wire once built 200 MB. Such a request is refused
+/// with a 413 that names this bound: resending it cannot help.
+pub const RECORD_BYTES_PER_BODY_BYTE_MAX: usize = 4;
+/// See [`RECORD_BYTES_PER_BODY_BYTE_MAX`]: the server's fields of one
+/// record (tenant, project, receive time, event id, the Kafka key) or one
+/// dead letter's envelope (error code, message and field).
+pub const RECORD_BYTES_PER_EVENT_MAX: usize = 1024;
+
+/// The most the server adds to an event's bytes in its Kafka message: its
+/// fields in the value, the key (`<tenant>:<user_id>`) and the headers.
+/// `limits.event_bytes_max` plus this must fit librdkafka's
+/// `message.max.bytes`, checked at start, so that no valid event is
+/// refused by Kafka after the client waited (a 503 that no retry cures).
+pub const RECORD_OVERHEAD_BYTES_MAX: usize = 2048;
+
+/// librdkafka's `message.max.bytes` when `[kafka.properties]` sets none.
+pub const KAFKA_MESSAGE_BYTES_MAX_DEFAULT: usize = 1_000_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -73,10 +99,29 @@ impl Default for LimitsConfig {
     }
 }
 
+/// A key's rate limits, as the keys file, PostgreSQL or the
+/// `limits.default_*` keys state them; 0 means unlimited for that
+/// dimension. `tenancy::rate` enforces them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub events_per_second: u64,
+    /// Events admitted at once from idle; 0: one second's worth.
+    pub burst_events: u64,
+    pub bytes_per_second: u64,
+    /// Bytes admitted at once from idle; 0: one second's worth.
+    pub burst_bytes: u64,
+}
+
+impl KeyLimits {
+    pub fn is_unlimited(&self) -> bool {
+        self.events_per_second == 0 && self.bytes_per_second == 0
+    }
+}
+
 impl LimitsConfig {
     /// The rate limits of keys that set none of their own.
-    pub fn default_key_limits(&self) -> crate::tenancy::rate::Limits {
-        crate::tenancy::rate::Limits {
+    pub fn default_key_limits(&self) -> KeyLimits {
+        KeyLimits {
             events_per_second: self.default_rate_events_per_sec,
             burst_events: self.default_burst_events,
             bytes_per_second: self.default_rate_bytes_per_sec,

@@ -21,12 +21,16 @@ mod kafka;
 mod limits;
 mod schemas;
 mod server;
+pub mod urls;
 
 pub use auth::AuthConfig;
 pub use cors::CorsConfig;
 pub use dedup::DedupConfig;
 pub use kafka::KafkaConfig;
-pub use limits::LimitsConfig;
+pub use limits::{
+    KeyLimits, LimitsConfig, KAFKA_MESSAGE_BYTES_MAX_DEFAULT, RECORD_BYTES_PER_BODY_BYTE_MAX,
+    RECORD_BYTES_PER_EVENT_MAX, RECORD_OVERHEAD_BYTES_MAX,
+};
 pub use schemas::SchemasConfig;
 pub use server::{AckMode, IoDriver, LogFormat, ServerConfig};
 
@@ -330,7 +334,7 @@ impl Config {
                     >= limits.decompressed_body_bytes_max.saturating_add(
                         limits
                             .batch_events_max
-                            .saturating_mul(crate::events::validate::RECORD_BYTES_PER_EVENT_MAX),
+                            .saturating_mul(RECORD_BYTES_PER_EVENT_MAX),
                     ),
                 "limits.inflight_bytes_per_core_max",
                 "must be at least limits.decompressed_body_bytes_max plus 1 KiB per event of limits.batch_events_max (the largest request's records must fit)",
@@ -340,7 +344,7 @@ impl Config {
             problems.push(Problem::new(key, (*relation).into()));
         }
         let message_bytes_max = match self.kafka.properties.get("message.max.bytes") {
-            None => Some(crate::events::validate::KAFKA_MESSAGE_BYTES_MAX_DEFAULT),
+            None => Some(KAFKA_MESSAGE_BYTES_MAX_DEFAULT),
             Some(value) => match value.parse() {
                 Ok(number) => Some(number),
                 Err(_) => {
@@ -352,7 +356,7 @@ impl Config {
                 }
             },
         };
-        let overhead = crate::events::validate::RECORD_OVERHEAD_BYTES_MAX;
+        let overhead = RECORD_OVERHEAD_BYTES_MAX;
         if let Some(message_bytes_max) = message_bytes_max {
             if limits.event_bytes_max.saturating_add(overhead) > message_bytes_max {
                 problems.push(Problem::new(
@@ -390,14 +394,13 @@ impl Config {
             ("dedup.redis_url", &self.dedup.redis_url),
         ] {
             if !url.is_empty() {
-                if let Err(error) = crate::tenancy::fleet::parse_url(key, url.expose()) {
+                if let Err(error) = urls::parse_redis_url(key, url.expose()) {
                     problems.push(Problem::new(key, format!("{error:#}")));
                 }
             }
         }
         if !self.auth.postgres_url.is_empty() {
-            if let Err(error) = crate::tenancy::postgres::parse_url(self.auth.postgres_url.expose())
-            {
+            if let Err(error) = urls::parse_postgres_url(self.auth.postgres_url.expose()) {
                 problems.push(Problem::new("auth.postgres_url", format!("{error:#}")));
             }
         }

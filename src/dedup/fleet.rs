@@ -10,25 +10,46 @@
 //! their cores itself (as stored duplicates, or as in flight elsewhere).
 //! The event loops never wait on Redis and make no call per event.
 //!
-//! Per event, key `sluice:dd:<tenant>:<event id, 32 hex>`:
-//! - before producing: `SET key P<instance> NX GET PX <pending ttl>`; nil
-//!   means this instance claimed it, `S` stored elsewhere, `P…` in flight
-//!   elsewhere. The pending TTL is `kafka.message_timeout_ms` plus 10 s:
-//!   librdkafka reports every record by then.
-//! - after the delivery report (sent by the core through [`FleetDedup::settle`]):
-//!   stored → `SET key S PX <window>`; not stored → deleted if still this
-//!   instance's claim.
+//! Per event, key `sluice:dd:<tenant>:<event id, 32 hex>`, written by
+//! three scripts (each run whole by Redis, pipelined by the round):
+//! - before producing, [`CLAIM`]: the key's value if it has one (`S`
+//!   stored elsewhere, `P…` in flight elsewhere), else the key is set to
+//!   `P<instance>` for the pending TTL and this instance claimed it. The
+//!   pending TTL is `kafka.message_timeout_ms` plus 10 s: librdkafka
+//!   reports every record by then.
+//! - after the delivery report (sent by the core through
+//!   [`FleetDedup::settle`]): stored, [`STORE`] sets `S` for the window;
+//!   not stored, [`RELEASE`] deletes the key if still this instance's
+//!   claim.
+//!
+//! Tenant caps (SPEC §15): each tenant's live keys are indexed in a sorted
+//! set `sluice:ddi:<tenant>` (member the event id, score the time of the
+//! last write), maintained by the same scripts. A claim that takes a
+//! tenant past `dedup.redis_keys_per_tenant_max` deletes that tenant's
+//! oldest keys (its own, never another tenant's), counted per tenant. So
+//! sluice's keys in Redis are bounded by tenants × cap, and Redis itself
+//! must never evict: run it with `maxmemory-policy noeviction` (any other
+//! policy may evict any tenant's keys when memory runs short, whichever
+//! tenant filled it) and `maxmemory` sized for tenants × cap (about 200
+//! bytes per key with its index entry). sluice reads the policy at
+//! connect and warns when it is another. Out of memory anyway, Redis
+//! refuses writes: the rounds fail, counted, and the instances dedup
+//! alone meanwhile; no tenant's keys are taken. (Redis Cluster is not
+//! supported: the claim deletes keys it was not handed.)
 //!
 //! Redis down, slow (every call has `dedup.redis_timeout_ms`) or erring:
 //! batches go on unchecked (local dedup only), `sluice_dedup_redis_up` is
-//! 0 and a warn line says so; reconnects at most once a second.
+//! 0 and a warn line says so; reconnects at most once a second. The
+//! outcomes of a failed round are kept and sent again with the next
+//! rounds, for at most the window (stored) or the pending TTL (released:
+//! the claim is gone by then); what is given up is counted.
 //!
 //! The crash window: an instance killed after producing a record and
 //! before its delivery report settled the key leaves it pending in Redis
 //! until the TTL ends; retries meanwhile get 503 `event_in_flight`, and a
 //! retry after the TTL is stored again if the record had reached Kafka.
 //!
-//! Needs Redis 7.0 or later (`SET` with both `NX` and `GET`).
+//! Needs Redis 7.0 or later (scripts that read `TIME` and then write).
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -38,14 +59,90 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::state::SETTLES_MAX;
 pub use super::state::{FleetDedup, Settle};
-use crate::kafka::handoff::{Batch, Completion, FleetVerdict, Mailbox, Opaque};
+use crate::handoff::{Batch, Completion, FleetVerdict, Mailbox, Opaque};
 
 /// Batches checked in one round trip at most.
 const BATCHES_PER_TURN: usize = 256;
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
-/// Compare-and-delete: the claim is released only if it is still ours.
-const RELEASE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// KEYS: the event's key, its tenant's index. ARGV: this instance's
+/// token, the pending TTL (ms), the tenant's cap, the window (ms), the
+/// event id (the index's member), the tenant's key prefix. Returns the
+/// key's value if it had one; else claims it, and returns nil, or how
+/// many of the tenant's oldest keys went to keep it within its cap.
+pub const CLAIM: &str = r"
+local old = redis.call('GET', KEYS[1])
+if old then return old end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]) * 1000)
+redis.call('ZADD', KEYS[2], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if over <= 0 then return false end
+local removed = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, over)) do
+  if removed < over and member ~= ARGV[5] then
+    redis.call('ZREM', KEYS[2], member)
+    redis.call('DEL', ARGV[6] .. member)
+    removed = removed + 1
+  end
+end
+return removed
+";
+
+/// KEYS: the event's key, its tenant's index. ARGV: the window (ms), the
+/// event id. Marks the event stored for the window.
+pub const STORE: &str = r"
+redis.call('SET', KEYS[1], 'S', 'PX', ARGV[1])
+local time = redis.call('TIME')
+redis.call('ZADD', KEYS[2], tonumber(time[1]) * 1000000 + tonumber(time[2]), ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 0
+";
+
+/// KEYS: the event's key, its tenant's index. ARGV: this instance's
+/// token, the event id. Compare-and-delete: the claim is released only if
+/// it is still ours.
+pub const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// The scripts, by their SHA1 (loaded at each connect).
+struct Scripts {
+    claim: redis::Script,
+    store: redis::Script,
+    release: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            claim: redis::Script::new(CLAIM),
+            store: redis::Script::new(STORE),
+            release: redis::Script::new(RELEASE),
+        }
+    }
+
+    fn load(&self, connection: &mut redis::Connection) -> redis::RedisResult<()> {
+        for script in [&self.claim, &self.store, &self.release] {
+            script.load(connection)?;
+        }
+        Ok(())
+    }
+}
+
+/// A settle a failed round did not deliver, kept for the next rounds.
+struct Retained {
+    settle: Settle,
+    /// When the fleet thread took it from the cores.
+    since: Instant,
+}
 
 /// The fleet thread's settings.
 pub struct Fleet {
@@ -60,8 +157,27 @@ pub struct Fleet {
 /// How often an idle dedup thread checks that Redis is there.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-fn redis_key(tenant: &str, event_id: u128) -> String {
-    format!("sluice:dd:{tenant}:{event_id:032x}")
+impl Fleet {
+    /// A tenant's live keys in Redis at most
+    /// (`dedup.redis_keys_per_tenant_max`). GATE-PENDING: a field set from
+    /// the configuration once issue 29's restructuring is in.
+    fn keys_per_tenant_max(&self) -> u64 {
+        u64::from(u32::MAX)
+    }
+}
+
+/// The prefix of a tenant's event keys.
+fn key_prefix(tenant: &str) -> String {
+    format!("sluice:dd:{tenant}:")
+}
+
+/// The sorted set indexing a tenant's live keys.
+fn index_key(tenant: &str) -> String {
+    format!("sluice:ddi:{tenant}")
+}
+
+fn member(event_id: u128) -> String {
+    format!("{event_id:032x}")
 }
 
 impl Fleet {
@@ -74,12 +190,13 @@ impl Fleet {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos());
         let token = format!("P{:x}-{nanos:x}", std::process::id());
+        let scripts = Scripts::new();
         let mut connection: Option<redis::Connection> = None;
         let mut last_attempt: Option<Instant> = None;
         let mut reported_down = false;
         let mut last_idle_check = Instant::now() - IDLE_CHECK_INTERVAL;
         let mut batches: Vec<Batch> = Vec::with_capacity(BATCHES_PER_TURN);
-        let mut settles: Vec<Settle> = Vec::new();
+        let mut settles: Vec<Retained> = Vec::new();
         loop {
             match input.recv_timeout(Duration::from_millis(5)) {
                 Ok(batch) => batches.push(batch),
@@ -95,9 +212,10 @@ impl Fleet {
                     Err(_) => break,
                 }
             }
+            let now = Instant::now();
             while settles.len() < SETTLES_MAX {
                 match self.state.pop_settle() {
-                    Some(settle) => settles.push(settle),
+                    Some(settle) => settles.push(Retained { settle, since: now }),
                     None => break,
                 }
             }
@@ -114,18 +232,30 @@ impl Fleet {
                             connection = None;
                         }
                     } else {
-                        self.reconnect(&mut connection, &mut last_attempt, &mut reported_down);
+                        self.reconnect(
+                            &scripts,
+                            &mut connection,
+                            &mut last_attempt,
+                            &mut reported_down,
+                        );
                     }
                 }
                 continue;
             }
-            self.reconnect(&mut connection, &mut last_attempt, &mut reported_down);
+            self.reconnect(
+                &scripts,
+                &mut connection,
+                &mut last_attempt,
+                &mut reported_down,
+            );
             let checked = match connection.as_mut() {
-                Some(connected) => self.exchange(connected, &token, &mut batches, &settles),
+                Some(connected) => {
+                    self.exchange(connected, &scripts, &token, &mut batches, &settles)
+                }
                 None => Err(None),
             };
             match checked {
-                Ok(()) => {}
+                Ok(()) => settles.clear(),
                 Err(error) => {
                     if let Some(error) = error {
                         self.state.failures.fetch_add(1, Relaxed);
@@ -135,9 +265,12 @@ impl Fleet {
                     self.state
                         .unchecked_batches
                         .fetch_add(batches.len() as u64, Relaxed);
+                    // Kept for the next round: a stored outcome lost here
+                    // would leave its key pending, and a retry after the
+                    // pending TTL would be stored again.
+                    self.give_up_stale(&mut settles, Instant::now());
                 }
             }
-            settles.clear();
             for batch in batches.drain(..) {
                 self.forward(batch, &output);
             }
@@ -147,10 +280,29 @@ impl Fleet {
         }
     }
 
+    /// Drops the kept settles past their use, counted: a stored outcome
+    /// kept longer than the window, a release longer than the pending TTL
+    /// (its claim has expired by then).
+    fn give_up_stale(&self, settles: &mut Vec<Retained>, now: Instant) {
+        let before = settles.len();
+        settles.retain(|kept| {
+            let bound_ms = if kept.settle.stored {
+                self.window_ms
+            } else {
+                self.pending_ttl_ms
+            };
+            now.saturating_duration_since(kept.since) < Duration::from_millis(bound_ms)
+        });
+        self.state
+            .settles_given_up
+            .fetch_add((before - settles.len()) as u64, Relaxed);
+    }
+
     /// Connects when there is no connection and the last attempt is old
     /// enough.
     fn reconnect(
         &self,
+        scripts: &Scripts,
         connection: &mut Option<redis::Connection>,
         last_attempt: &mut Option<Instant>,
         reported_down: &mut bool,
@@ -160,7 +312,7 @@ impl Fleet {
             return;
         }
         *last_attempt = Some(Instant::now());
-        match self.connect() {
+        match self.connect(scripts) {
             Ok(connected) => {
                 if !self.state.up.swap(true, Relaxed) {
                     tracing::info!("Redis reachable; dedup is fleet-wide");
@@ -171,11 +323,31 @@ impl Fleet {
         }
     }
 
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let connection = self.client.get_connection_with_timeout(self.timeout)?;
+    fn connect(&self, scripts: &Scripts) -> redis::RedisResult<redis::Connection> {
+        let mut connection = self.client.get_connection_with_timeout(self.timeout)?;
         connection.set_read_timeout(Some(self.timeout))?;
         connection.set_write_timeout(Some(self.timeout))?;
+        scripts.load(&mut connection)?;
+        self.check_eviction_policy(&mut connection);
         Ok(connection)
+    }
+
+    /// Warns (once per process) when Redis may evict keys itself: then a
+    /// tenant filling its memory would push out other tenants' keys,
+    /// whatever the caps. A Redis that refuses CONFIG is left unchecked.
+    fn check_eviction_policy(&self, connection: &mut redis::Connection) {
+        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query(connection);
+        let Ok(policy) = policy else { return };
+        let Some(policy) = policy.get(1) else { return };
+        if policy != "noeviction" && !self.state.policy_warned.swap(true, Relaxed) {
+            tracing::warn!(
+                policy = %policy,
+                "Redis maxmemory-policy is not noeviction: with its memory full, Redis may evict any tenant's dedup keys; set noeviction and size maxmemory for tenants x dedup.redis_keys_per_tenant_max (about 200 bytes a key)"
+            );
+        }
     }
 
     /// Says once that Redis is gone: when it was up, or at the first
@@ -191,51 +363,66 @@ impl Fleet {
         }
     }
 
-    /// One round trip: the claims of every batch's event ids, and the
-    /// settles queued by the cores. Marks the records Redis knows as
-    /// `skip` and reports them to their cores.
+    /// One round trip: the settles queued by the cores (first, so a retry
+    /// in the same round sees its event stored), and the claims of every
+    /// batch's event ids. Marks the records Redis knows as `skip` and
+    /// reports them to their cores.
     fn exchange(
         &self,
         connection: &mut redis::Connection,
+        scripts: &Scripts,
         token: &str,
         batches: &mut [Batch],
-        settles: &[Settle],
+        settles: &[Retained],
     ) -> Result<(), Option<redis::RedisError>> {
         let mut pipe = redis::pipe();
+        for Retained { settle, .. } in settles {
+            let (key, index) = (
+                format!("{}{}", key_prefix(&settle.tenant), member(settle.event_id)),
+                index_key(&settle.tenant),
+            );
+            if settle.stored {
+                pipe.cmd("EVALSHA")
+                    .arg(scripts.store.get_hash())
+                    .arg(2)
+                    .arg(key)
+                    .arg(index)
+                    .arg(self.window_ms)
+                    .arg(member(settle.event_id))
+                    .ignore();
+            } else {
+                pipe.cmd("EVALSHA")
+                    .arg(scripts.release.get_hash())
+                    .arg(2)
+                    .arg(key)
+                    .arg(index)
+                    .arg(token)
+                    .arg(member(settle.event_id))
+                    .ignore();
+            }
+        }
         let mut asked = 0u64;
         for batch in batches.iter() {
+            let (prefix, index) = (key_prefix(&batch.tenant_id), index_key(&batch.tenant_id));
             for record in &batch.records {
                 if let Some(id) = record.event_id {
-                    pipe.cmd("SET")
-                        .arg(redis_key(&batch.tenant_id, id))
+                    let member = member(id);
+                    pipe.cmd("EVALSHA")
+                        .arg(scripts.claim.get_hash())
+                        .arg(2)
+                        .arg(format!("{prefix}{member}"))
+                        .arg(&index)
                         .arg(token)
-                        .arg("NX")
-                        .arg("GET")
-                        .arg("PX")
-                        .arg(self.pending_ttl_ms);
+                        .arg(self.pending_ttl_ms)
+                        .arg(self.keys_per_tenant_max())
+                        .arg(self.window_ms)
+                        .arg(&member)
+                        .arg(&prefix);
                     asked += 1;
                 }
             }
         }
-        for settle in settles {
-            let key = redis_key(&settle.tenant, settle.event_id);
-            if settle.stored {
-                pipe.cmd("SET")
-                    .arg(key)
-                    .arg("S")
-                    .arg("PX")
-                    .arg(self.window_ms)
-                    .ignore();
-            } else {
-                pipe.cmd("EVAL")
-                    .arg(RELEASE)
-                    .arg(1)
-                    .arg(key)
-                    .arg(token)
-                    .ignore();
-            }
-        }
-        let answers: Vec<Option<Vec<u8>>> = pipe.query(connection).map_err(Some)?;
+        let answers: Vec<redis::Value> = pipe.query(connection).map_err(Some)?;
         if answers.len() as u64 != asked {
             return Err(None);
         }
@@ -243,20 +430,25 @@ impl Fleet {
         let mut answers = answers.into_iter();
         for batch in batches.iter_mut() {
             let mailbox = &self.mailboxes[batch.ticket.core];
+            let mut evicted = 0u64;
             for (index, record) in batch.records.iter_mut().enumerate() {
                 if record.event_id.is_none() {
                     continue;
                 }
-                let verdict = match answers.next().flatten() {
-                    None => continue,
-                    Some(value) if value == b"S" => {
+                let verdict = match answers.next() {
+                    Some(redis::Value::BulkString(value)) if value == b"S" => {
                         self.state.duplicates.fetch_add(1, Relaxed);
                         FleetVerdict::Duplicate
                     }
-                    Some(_) => {
+                    Some(redis::Value::BulkString(_)) => {
                         self.state.in_flight.fetch_add(1, Relaxed);
                         FleetVerdict::InFlight
                     }
+                    Some(redis::Value::Int(pushed_out)) => {
+                        evicted += pushed_out.max(0) as u64;
+                        continue;
+                    }
+                    _ => continue,
                 };
                 record.skip = true;
                 mailbox.complete(Completion {
@@ -265,6 +457,9 @@ impl Fleet {
                     fleet: verdict,
                     event: record.event,
                 });
+            }
+            if evicted > 0 {
+                self.state.evicted(&batch.tenant_id, evicted);
             }
         }
         Ok(())
@@ -292,5 +487,55 @@ impl Fleet {
             }
             mailbox.recycle(batch);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet() -> Fleet {
+        Fleet {
+            client: redis::Client::open("redis://127.0.0.1:1/").unwrap(),
+            timeout: Duration::from_millis(10),
+            window_ms: 60_000,
+            pending_ttl_ms: 15_000,
+            state: Arc::new(FleetDedup::default()),
+            mailboxes: Vec::new().into(),
+        }
+    }
+
+    fn kept(stored: bool, age: Duration, now: Instant) -> Retained {
+        Retained {
+            settle: Settle {
+                tenant: "t".into(),
+                event_id: 1,
+                stored,
+            },
+            since: now - age,
+        }
+    }
+
+    /// The settles of a failed round are kept for the next (they used to
+    /// be cleared, uncounted), until they are of no use: a stored outcome
+    /// past the window, a release past the pending TTL; those are counted.
+    #[test]
+    fn failed_settles_are_kept_within_their_bounds_and_counted_when_given_up() {
+        let fleet = fleet();
+        let now = Instant::now() + Duration::from_secs(3_600);
+        let mut settles = vec![
+            kept(true, Duration::from_secs(1), now),
+            kept(true, Duration::from_secs(59), now),
+            kept(true, Duration::from_secs(61), now),
+            kept(false, Duration::from_secs(14), now),
+            kept(false, Duration::from_secs(16), now),
+        ];
+        fleet.give_up_stale(&mut settles, now);
+        let left: Vec<(bool, u64)> = settles
+            .iter()
+            .map(|kept| (kept.settle.stored, (now - kept.since).as_secs()))
+            .collect();
+        assert_eq!(left, [(true, 1), (true, 59), (false, 14)]);
+        assert_eq!(fleet.state.settles_given_up.load(Relaxed), 2);
     }
 }

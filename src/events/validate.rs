@@ -1,49 +1,25 @@
-//! Event validation (SPEC section 1, "Event schema") and enrichment into the
-//! Kafka record format (SPEC section 2).
+//! Event validation (SPEC section 1, "Event schema") and the bounds a
+//! request and its events are held to; a valid event's record is written
+//! by [`super::record`].
 //!
 //! simd-json parses each event into a tape held in per-core buffers that are
-//! reused, so a steady stream of events allocates nothing here. The record
-//! value is the client's bytes unchanged with the server fields appended
-//! before the closing brace; nothing else is rewritten.
-
-use std::ops::Range;
+//! reused, so a steady stream of events allocates nothing here.
 
 use simd_json::{Node, StaticNode, Tape};
 
+use super::ids::EventIds;
+use super::record::{write_record, Enrichment, EventFields, RecordSpans};
+use crate::config::{RECORD_BYTES_PER_BODY_BYTE_MAX, RECORD_BYTES_PER_EVENT_MAX};
 use crate::error::ApiError;
-use crate::http::response::write_json_string;
-
-/// What one request may make the server build, in record bytes (values,
-/// keys and dead letters): this many times its body's bytes (inflated,
-/// when gzipped: that size has its own limit) plus
-/// [`RECORD_BYTES_PER_EVENT_MAX`] per event. A valid native event's
-/// record is its bytes plus the server's fields (under 1 KiB); what can
-/// exceed it is a Segment batch's shared `context`, copied into each call,
-/// so that 250 KB on the wire once built 200 MB. Such a request is refused
-/// with a 413 that names this bound: resending it cannot help.
-pub const RECORD_BYTES_PER_BODY_BYTE_MAX: usize = 4;
-/// See [`RECORD_BYTES_PER_BODY_BYTE_MAX`]: the server's fields of one
-/// record (tenant, project, receive time, event id, the Kafka key) or one
-/// dead letter's envelope (error code, message and field).
-pub const RECORD_BYTES_PER_EVENT_MAX: usize = 1024;
 
 /// The most record bytes a body of `body_bytes` bytes and `events`
-/// events may build.
+/// events may build (the bounds are configuration's: `limits.*` are
+/// checked against them).
 pub fn record_bytes_max(body_bytes: usize, events: usize) -> usize {
     body_bytes
         .saturating_mul(RECORD_BYTES_PER_BODY_BYTE_MAX)
         .saturating_add(events.saturating_mul(RECORD_BYTES_PER_EVENT_MAX))
 }
-
-/// The most the server adds to an event's bytes in its Kafka message: its
-/// fields in the value, the key (`<tenant>:<user_id>`) and the headers.
-/// `limits.event_bytes_max` plus this must fit librdkafka's
-/// `message.max.bytes`, checked at start, so that no valid event is
-/// refused by Kafka after the client waited (a 503 that no retry cures).
-pub const RECORD_OVERHEAD_BYTES_MAX: usize = 2048;
-
-/// librdkafka's `message.max.bytes` when `[kafka.properties]` sets none.
-pub const KAFKA_MESSAGE_BYTES_MAX_DEFAULT: usize = 1_000_000;
 
 /// Longest `user_id`, in bytes.
 pub const USER_ID_BYTES_MAX: usize = 256;
@@ -61,55 +37,8 @@ pub struct EventLimits {
     pub event_time_future_ms: u64,
 }
 
-/// Who sent the event and when, added to the record.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Enrichment<'a> {
-    pub tenant_id: &'a str,
-    pub project_id: Option<&'a str>,
-    pub received_at_ms: u64,
-    /// The request's `Idempotency-Key`, if it sent one: an event without
-    /// an `event_id` then gets one derived from the tenant, this key and
-    /// `event_index`, so the same request sent again gets the same ids.
-    pub idempotency_key: Option<&'a [u8]>,
-    /// The event's position in its request.
-    pub event_index: usize,
-}
-
 /// Longest `Idempotency-Key` taken (400 beyond).
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
-
-/// The event id of the event `raw` at `index` of a request sent with `key`
-/// by `tenant_id`: a UUIDv8 of their SHA-256, the same for every retry of
-/// the request (same bytes), different for another tenant, key, position
-/// or content: a client that reuses a key for another request must not
-/// have its new events taken for the old ones downstream.
-pub fn idempotent_event_id(tenant_id: &str, key: &[u8], index: usize, raw: &[u8]) -> uuid::Uuid {
-    use sha2::{Digest as _, Sha256};
-    let digest = Sha256::new()
-        .chain_update(b"sluice idempotency-key\0")
-        .chain_update(tenant_id.as_bytes())
-        .chain_update([0])
-        .chain_update(key)
-        .chain_update([0])
-        .chain_update((index as u64).to_le_bytes())
-        .chain_update(raw)
-        .finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
-}
-
-/// Where one enriched record was written in the output buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordSpans {
-    pub key: Range<usize>,
-    pub value: Range<usize>,
-    pub event_type: Range<usize>,
-    /// The event's id when a retry carries it again: the client's own
-    /// `event_id` (any UUID form, as a number) or one derived from an
-    /// `Idempotency-Key`. `None` for an id generated here (never retried).
-    pub event_id: Option<u128>,
-}
 
 /// Per-core validator with reused parse buffers.
 pub struct Validator {
@@ -118,7 +47,7 @@ pub struct Validator {
     /// Always `Some` between calls; taken while a parse borrows `scratch`.
     tape: Option<Tape<'static>>,
     scratch: Vec<u8>,
-    random: WyRand,
+    ids: EventIds,
 }
 
 impl Validator {
@@ -128,7 +57,7 @@ impl Validator {
             buffers: simd_json::Buffers::new(4096),
             tape: Some(Tape::null().reset()),
             scratch: Vec::with_capacity(4096),
-            random: WyRand(seed),
+            ids: EventIds::new(seed),
         }
     }
 
@@ -158,143 +87,12 @@ impl Validator {
                 describe_json_error(raw, &error),
             )),
             Ok(()) => inspect(&tape.0, &self.limits, enrichment.received_at_ms)
-                .map(|fields| self.write_record(raw, &fields, enrichment, out)),
+                .map(|fields| write_record(raw, &fields, enrichment, &mut self.ids, out)),
         };
         self.tape = Some(tape.reset());
         self.scratch = scratch;
         result
     }
-
-    fn write_record(
-        &mut self,
-        raw: &[u8],
-        fields: &Fields<'_>,
-        enrichment: &Enrichment<'_>,
-        out: &mut Vec<u8>,
-    ) -> RecordSpans {
-        let key_start = out.len();
-        out.extend_from_slice(enrichment.tenant_id.as_bytes());
-        out.push(b':');
-        out.extend_from_slice(fields.user_id.as_bytes());
-        let key = key_start..out.len();
-
-        let value_start = out.len();
-        let body = trim_object_end(raw);
-        out.extend_from_slice(body);
-        out.extend_from_slice(b",\"tenant_id\":");
-        write_json_string(out, enrichment.tenant_id.as_bytes());
-        if let Some(project_id) = enrichment.project_id {
-            out.extend_from_slice(b",\"project_id\":");
-            write_json_string(out, project_id.as_bytes());
-        }
-        out.extend_from_slice(b",\"received_at\":");
-        out.extend_from_slice(
-            itoa::Buffer::new()
-                .format(enrichment.received_at_ms)
-                .as_bytes(),
-        );
-        let mut event_id = fields.event_id;
-        if event_id.is_none() {
-            let id = match enrichment.idempotency_key {
-                Some(key) => {
-                    let id =
-                        idempotent_event_id(enrichment.tenant_id, key, enrichment.event_index, raw);
-                    event_id = Some(id.as_u128());
-                    id
-                }
-                None => self.new_event_id(enrichment.received_at_ms),
-            };
-            out.extend_from_slice(b",\"event_id\":\"");
-            out.extend_from_slice(
-                id.hyphenated()
-                    .encode_lower(&mut uuid::Uuid::encode_buffer())
-                    .as_bytes(),
-            );
-            out.push(b'"');
-        }
-        out.push(b'}');
-        let value = value_start..out.len();
-
-        let type_start = out.len();
-        out.extend_from_slice(fields.event_type.as_bytes());
-        RecordSpans {
-            key,
-            value,
-            event_type: type_start..out.len(),
-            event_id,
-        }
-    }
-
-    /// A UUIDv7 from the receive time and this core's generator.
-    fn new_event_id(&mut self, now_ms: u64) -> uuid::Uuid {
-        let mut random = [0u8; 10];
-        random[..8].copy_from_slice(&self.random.next().to_le_bytes());
-        random[8..].copy_from_slice(&self.random.next().to_le_bytes()[..2]);
-        uuid::Builder::from_unix_timestamp_millis(now_ms, &random).into_uuid()
-    }
-}
-
-/// Appends a dead-letter record for an invalid event: key `<tenant_id>`,
-/// value `{"tenant_id", "received_at", "error": {code, message, field}, "raw"}`
-/// with `raw` cut to `raw_bytes_max` bytes. Returns (key, value) spans.
-pub fn write_dead_letter(
-    raw: &[u8],
-    error: &ApiError,
-    enrichment: &Enrichment<'_>,
-    raw_bytes_max: usize,
-    out: &mut Vec<u8>,
-) -> (Range<usize>, Range<usize>) {
-    let key_start = out.len();
-    out.extend_from_slice(enrichment.tenant_id.as_bytes());
-    let key = key_start..out.len();
-    let value_start = out.len();
-    out.extend_from_slice(b"{\"tenant_id\":");
-    write_json_string(out, enrichment.tenant_id.as_bytes());
-    out.extend_from_slice(b",\"received_at\":");
-    out.extend_from_slice(
-        itoa::Buffer::new()
-            .format(enrichment.received_at_ms)
-            .as_bytes(),
-    );
-    out.extend_from_slice(b",\"error\":");
-    write_error_object(out, error);
-    out.extend_from_slice(b",\"raw\":");
-    write_json_string(out, &raw[..raw.len().min(raw_bytes_max)]);
-    out.push(b'}');
-    (key, value_start..out.len())
-}
-
-/// Appends `{"code", "message"[, "field"]}`.
-pub fn write_error_object(out: &mut Vec<u8>, error: &ApiError) {
-    out.push(b'{');
-    write_error_fields(out, error);
-    out.push(b'}');
-}
-
-/// Appends `"code":..,"message":..[,"field":..]` without braces.
-pub fn write_error_fields(out: &mut Vec<u8>, error: &ApiError) {
-    out.extend_from_slice(b"\"code\":\"");
-    out.extend_from_slice(error.code.as_bytes());
-    out.extend_from_slice(b"\",\"message\":");
-    write_json_string(out, error.message.as_bytes());
-    if let Some(pointer) = &error.pointer {
-        out.extend_from_slice(b",\"field\":");
-        write_json_string(out, pointer.as_bytes());
-    } else if let Some(field) = error.field {
-        out.extend_from_slice(b",\"field\":\"");
-        out.extend_from_slice(field.as_bytes());
-        out.push(b'"');
-    }
-}
-
-/// The client's object without its closing brace (and trailing whitespace).
-/// `raw` parsed as an object, so after trimming it ends with `}`.
-fn trim_object_end(raw: &[u8]) -> &[u8] {
-    let end = raw
-        .iter()
-        .rposition(|&b| b == b'}')
-        .expect("a parsed object ends with }");
-    &raw[..end]
 }
 
 /// A JSON syntax error in plain words, with where it is (line and column
@@ -338,14 +136,6 @@ fn describe_json_error(raw: &[u8], error: &simd_json::Error) -> String {
     format!("event is not valid JSON: {what}, at line {line}, column {column}")
 }
 
-/// What validation extracts for the record.
-#[derive(Debug)]
-struct Fields<'a> {
-    user_id: &'a str,
-    event_type: &'a str,
-    event_id: Option<u128>,
-}
-
 fn invalid(field: &'static str, message: &'static str) -> ApiError {
     ApiError {
         field: Some(field),
@@ -365,7 +155,7 @@ fn inspect<'a>(
     nodes: &[Node<'a>],
     limits: &EventLimits,
     now_ms: u64,
-) -> Result<Fields<'a>, ApiError> {
+) -> Result<EventFields<'a>, ApiError> {
     let Some(Node::Object { len, .. }) = nodes.first() else {
         return Err(ApiError::new(
             400,
@@ -447,7 +237,7 @@ impl<'a> Seen<'a> {
     }
 
     /// The fields, once every required one was found.
-    fn finish(self) -> Result<Fields<'a>, ApiError> {
+    fn finish(self) -> Result<EventFields<'a>, ApiError> {
         let user_id = self
             .user_id
             .ok_or_else(|| invalid("user_id", "user_id is required"))?;
@@ -457,7 +247,7 @@ impl<'a> Seen<'a> {
         if self.event_time.is_none() {
             return Err(invalid("event_time", "event_time is required"));
         }
-        Ok(Fields {
+        Ok(EventFields {
             user_id,
             event_type,
             event_id: self.event_id,
@@ -632,18 +422,6 @@ fn depth(nodes: &[Node<'_>], index: usize, depth_max: usize) -> Option<usize> {
     Some(deepest + 1)
 }
 
-/// wyrand: a fast, small generator for the random bits of UUIDv7. Event ids
-/// need uniqueness, not secrecy, and a per-core generator needs no lock.
-struct WyRand(u64);
-
-impl WyRand {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
-        let product = u128::from(self.0) * u128::from(self.0 ^ 0xe703_7ed1_a0b4_28db);
-        ((product >> 64) as u64) ^ (product as u64)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,14 +508,6 @@ mod tests {
             out[spans.value].starts_with(&raw.as_bytes()[..raw.len() - 1]),
             "client bytes were rewritten"
         );
-    }
-
-    #[test]
-    fn a_missing_event_id_gets_a_uuid_v7() {
-        let (_, value, _) =
-            check(r#"{"user_id":"u","event_type":"t","event_time":1710000000000}"#).unwrap();
-        let id = uuid::Uuid::parse_str(value["event_id"].as_str().unwrap()).unwrap();
-        assert_eq!(id.get_version_num(), 7);
     }
 
     #[test]
@@ -878,26 +648,6 @@ mod tests {
         );
         let deep = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
         assert_eq!(check(&deep).unwrap_err().status, 400);
-    }
-
-    #[test]
-    fn dead_letters_carry_the_error_and_truncated_raw_bytes() {
-        let error = invalid("user_id", "user_id is required");
-        let mut out = Vec::new();
-        let (key, value) = write_dead_letter(
-            b"{\"event_type\":\"\xff\"}",
-            &error,
-            &enrichment(),
-            12,
-            &mut out,
-        );
-        assert_eq!(&out[key], b"tenant_a");
-        let value: serde_json::Value = serde_json::from_slice(&out[value]).unwrap();
-        assert_eq!(value["tenant_id"], "tenant_a");
-        assert_eq!(value["received_at"], NOW_MS);
-        assert_eq!(value["error"]["code"], "invalid_event");
-        assert_eq!(value["error"]["field"], "user_id");
-        assert_eq!(value["raw"], "{\"event_type");
     }
 
     #[test]

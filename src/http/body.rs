@@ -166,10 +166,12 @@ impl ChunkedDecoder {
                             limit_bytes: self.trailer_bytes_max,
                         });
                     }
-                    self.read = line_end + 2;
                     if line_bytes == 0 {
                         self.state = State::Done;
+                    } else {
+                        check_trailer_line(&buffer[self.read..line_end])?;
                     }
+                    self.read = line_end + 2;
                 }
                 State::Done => {
                     return Ok(Progress::Done {
@@ -210,20 +212,21 @@ fn find_crlf(
     Ok(None)
 }
 
+/// A chunk-size line: `chunk-size [ chunk-ext ]` (RFC 9112 section 7.1).
+/// The size is hex digits from the first byte; what follows must be chunk
+/// extensions, checked by [`check_chunk_extensions`] and then ignored.
 fn parse_chunk_size(line: &[u8]) -> Result<usize, FramingError> {
-    // Extensions (`;name=value`) are allowed and ignored.
-    let digits_end = line
-        .iter()
-        .position(|&byte| byte == b';')
-        .unwrap_or(line.len());
-    // Whitespace may come before `;` (BWS) but never before the size.
     if line
         .first()
         .is_some_and(|&byte| byte == b' ' || byte == b'\t')
     {
         return Err(FramingError::BadChunk("whitespace before the chunk size"));
     }
-    let digits = super::request::trim(&line[..digits_end]);
+    let digits_end = line
+        .iter()
+        .position(|byte| !byte.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let digits = &line[..digits_end];
     if digits.is_empty() || digits.len() > CHUNK_SIZE_DIGITS_MAX {
         return Err(FramingError::BadChunk("invalid chunk size"));
     }
@@ -232,12 +235,131 @@ fn parse_chunk_size(line: &[u8]) -> Result<usize, FramingError> {
         let value = match byte {
             b'0'..=b'9' => byte - b'0',
             b'a'..=b'f' => byte - b'a' + 10,
-            b'A'..=b'F' => byte - b'A' + 10,
-            _ => return Err(FramingError::BadChunk("invalid chunk size")),
+            _ => byte - b'A' + 10,
         };
         size = size * 16 + usize::from(value);
     }
+    check_chunk_extensions(&line[digits_end..])?;
     Ok(size)
+}
+
+/// `chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )`
+/// with `chunk-ext-name = token` and `chunk-ext-val = token / quoted-string`
+/// (RFC 9112 section 7.1.1). Whitespace (BWS) is accepted where the grammar
+/// has it: before and after `;` and around `=`; whitespace anywhere else (after
+/// the size with no extension following, at the end of the line, inside a
+/// name or an unquoted value) is refused, and so is any byte outside token
+/// and quoted-string (NUL, other controls, an unterminated quote).
+fn check_chunk_extensions(rest: &[u8]) -> Result<(), FramingError> {
+    let mut at = 0;
+    while at < rest.len() {
+        at = skip_whitespace(rest, at);
+        match rest.get(at) {
+            Some(b';') => {}
+            Some(_) if at == 0 => return Err(FramingError::BadChunk("invalid chunk size")),
+            Some(_) => return Err(FramingError::BadChunk("invalid chunk extension")),
+            None => {
+                return Err(FramingError::BadChunk(
+                    "whitespace not followed by a chunk extension",
+                ))
+            }
+        }
+        at = skip_whitespace(rest, at + 1);
+        let name_end = skip_token(rest, at);
+        if name_end == at {
+            return Err(FramingError::BadChunk("chunk extension without a name"));
+        }
+        at = name_end;
+        let after_name = skip_whitespace(rest, at);
+        if rest.get(after_name) == Some(&b'=') {
+            at = skip_whitespace(rest, after_name + 1);
+            at = if rest.get(at) == Some(&b'"') {
+                quoted_string_end(rest, at)?
+            } else {
+                let value_end = skip_token(rest, at);
+                if value_end == at {
+                    return Err(FramingError::BadChunk("chunk extension without a value"));
+                }
+                value_end
+            };
+        }
+    }
+    Ok(())
+}
+
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while matches!(bytes.get(at), Some(b' ' | b'\t')) {
+        at += 1;
+    }
+    at
+}
+
+fn skip_token(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(|&byte| is_tchar(byte)) {
+        at += 1;
+    }
+    at
+}
+
+/// `tchar` (RFC 9110 section 5.6.2).
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// `field-vchar` or SP / HTAB (RFC 9110 section 5.5): VCHAR, obs-text.
+fn is_field_value_byte(byte: u8) -> bool {
+    matches!(byte, b'\t' | b' '..=b'~' | 0x80..=0xff)
+}
+
+/// The end (one past the closing DQUOTE) of the quoted-string opening at
+/// `at`: `DQUOTE *( qdtext / quoted-pair ) DQUOTE` (RFC 9110 section 5.6.4).
+fn quoted_string_end(bytes: &[u8], mut at: usize) -> Result<usize, FramingError> {
+    at += 1;
+    loop {
+        match bytes.get(at) {
+            None => {
+                return Err(FramingError::BadChunk(
+                    "unterminated quoted string in a chunk extension",
+                ))
+            }
+            Some(b'"') => return Ok(at + 1),
+            Some(b'\\') => match bytes.get(at + 1) {
+                Some(&escaped) if is_field_value_byte(escaped) => at += 2,
+                Some(_) => return Err(FramingError::BadChunk("invalid byte in a chunk extension")),
+                None => {
+                    return Err(FramingError::BadChunk(
+                        "unterminated quoted string in a chunk extension",
+                    ))
+                }
+            },
+            Some(&byte) if is_field_value_byte(byte) => at += 1,
+            Some(_) => return Err(FramingError::BadChunk("invalid byte in a chunk extension")),
+        }
+    }
+}
+
+/// A trailer line: `field-name ":" OWS field-value OWS` (RFC 9112 section 5,
+/// RFC 9110 section 5.5). The field is checked, then ignored. A line with no
+/// colon (a request line, say), whitespace before the colon or at the start
+/// of the line (obs-fold), or a control byte (NUL, DEL) in the value is
+/// refused.
+fn check_trailer_line(line: &[u8]) -> Result<(), FramingError> {
+    let Some(colon) = line.iter().position(|&byte| byte == b':') else {
+        return Err(FramingError::BadChunk("trailer line without a colon"));
+    };
+    let name = &line[..colon];
+    if name.is_empty() || !name.iter().all(|&byte| is_tchar(byte)) {
+        return Err(FramingError::BadChunk("invalid trailer field name"));
+    }
+    if !line[colon + 1..]
+        .iter()
+        .all(|&byte| is_field_value_byte(byte))
+    {
+        return Err(FramingError::BadChunk(
+            "invalid byte in a trailer field value",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -292,6 +414,144 @@ mod tests {
                 "{encoded:?} was accepted"
             );
         }
+    }
+
+    /// `5` + `line_rest` as the first chunk's size line, then `hello` and
+    /// a last chunk with `trailers`.
+    fn with(line_rest: &str, trailers: &str) -> Vec<u8> {
+        format!("5{line_rest}\r\nhello\r\n0\r\n{trailers}\r\n").into_bytes()
+    }
+
+    #[test]
+    fn accepts_extensions_by_the_grammar() {
+        for line_rest in [
+            ";a",
+            ";a=b",
+            ";a=b;c;d=e",
+            ";a=\"\"",
+            ";a=\"quoted ; = \\\" value\"",
+            ";a=\"obs-text \u{e9}\"",
+            // BWS before and after `;` and around `=` (RFC 9112 section 7.1.1).
+            " ;a",
+            "\t; a = b ;c",
+            ";a =\t\"q\"",
+            ";!#$%&'*+-.^_`|~09azAZ=!#$%&'*+-.^_`|~",
+        ] {
+            let (body, _) = decode_all(&with(line_rest, ""), 100)
+                .unwrap_or_else(|error| panic!("{line_rest:?}: {error:?}"));
+            assert_eq!(body, b"hello", "{line_rest:?}");
+        }
+        let last = b"5\r\nhello\r\n000;end=\"yes\"\r\n\r\n";
+        assert_eq!(decode_all(last, 100).unwrap().0, b"hello");
+    }
+
+    #[test]
+    fn refuses_extensions_outside_the_grammar() {
+        for (line_rest, why) in [
+            (" ", "whitespace not followed by a chunk extension"),
+            ("\t", "whitespace not followed by a chunk extension"),
+            (";a ", "whitespace not followed by a chunk extension"),
+            (";a=b ", "whitespace not followed by a chunk extension"),
+            ("g", "invalid chunk size"),
+            (" 5", "invalid chunk extension"),
+            (";", "chunk extension without a name"),
+            (";;a", "chunk extension without a name"),
+            ("; =b", "chunk extension without a name"),
+            (";a=", "chunk extension without a value"),
+            (";a= ", "chunk extension without a value"),
+            (";a=;b", "chunk extension without a value"),
+            (";a b", "invalid chunk extension"),
+            (";a=b c", "invalid chunk extension"),
+            (";a=\"b\"c", "invalid chunk extension"),
+            (";a\0", "invalid chunk extension"),
+            (";a=\0", "chunk extension without a value"),
+            (";a=b\0", "invalid chunk extension"),
+            (";a=\"\0\"", "invalid byte in a chunk extension"),
+            (";a=\"\x7f\"", "invalid byte in a chunk extension"),
+            (";a=\"\\\0\"", "invalid byte in a chunk extension"),
+            (
+                ";a=\"open",
+                "unterminated quoted string in a chunk extension",
+            ),
+            (
+                ";a=\"open\\\"",
+                "unterminated quoted string in a chunk extension",
+            ),
+            (
+                ";a=\"open\\",
+                "unterminated quoted string in a chunk extension",
+            ),
+            (";a=\"", "unterminated quoted string in a chunk extension"),
+        ] {
+            assert_eq!(
+                decode_all(&with(line_rest, ""), 100),
+                Err(FramingError::BadChunk(why)),
+                "{line_rest:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_trailer_fields_by_the_grammar() {
+        for trailers in [
+            "X-Checksum: abc\r\n",
+            "x:\r\n",
+            "x:   \r\n",
+            "x:\tv a l\tu e\t\r\n",
+            "Server-Timing: a;dur=1, b\r\nX-Obs: \u{e9}\r\n",
+            "x: a:b: GET /readyz HTTP/1.1\r\n",
+        ] {
+            let (body, _) = decode_all(&with("", trailers), 100)
+                .unwrap_or_else(|error| panic!("{trailers:?}: {error:?}"));
+            assert_eq!(body, b"hello", "{trailers:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_trailer_lines_outside_the_grammar() {
+        for (trailers, why) in [
+            ("GET /readyz HTTP/1.1\r\n", "trailer line without a colon"),
+            ("X-Checksum\r\n", "trailer line without a colon"),
+            ("x: a\r\nno colon here\r\n", "trailer line without a colon"),
+            (": v\r\n", "invalid trailer field name"),
+            ("x : v\r\n", "invalid trailer field name"),
+            (" x: v\r\n", "invalid trailer field name"),
+            ("x: a\r\n folded\r\n", "trailer line without a colon"),
+            ("x: a\r\n\tb: folded\r\n", "invalid trailer field name"),
+            ("x\0: v\r\n", "invalid trailer field name"),
+            ("x(y): v\r\n", "invalid trailer field name"),
+            ("x: a\0b\r\n", "invalid byte in a trailer field value"),
+            ("x: \x7f\r\n", "invalid byte in a trailer field value"),
+            ("x: \x0b\r\n", "invalid byte in a trailer field value"),
+        ] {
+            assert_eq!(
+                decode_all(&with("", trailers), 100),
+                Err(FramingError::BadChunk(why)),
+                "{trailers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trailer_error_is_found_when_the_line_arrives_in_pieces() {
+        let encoded = with("", "x: a\r\nGET /readyz HTTP/1.1\r\n");
+        let mut buffer = Vec::new();
+        let mut decoder = ChunkedDecoder::new(0, 100, 1024);
+        for &byte in &encoded {
+            buffer.push(byte);
+            match decoder.decode(&mut buffer) {
+                Ok(Progress::NeedMore) => {}
+                Ok(done) => panic!("{done:?}"),
+                Err(error) => {
+                    assert_eq!(
+                        error,
+                        FramingError::BadChunk("trailer line without a colon")
+                    );
+                    return;
+                }
+            }
+        }
+        panic!("never refused");
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! Kafka: the only module that knows rdkafka.
 //!
-//! Cores hand [`handoff::Batch`]es over a bounded crossbeam channel to
+//! Cores hand [`crate::handoff::Batch`]es over a bounded crossbeam channel to
 //! dedicated producer threads; delivery reports come back through each
-//! core's [`handoff::Mailbox`]. See ARCHITECTURE.md for the whole path.
+//! core's [`crate::handoff::Mailbox`]. See ARCHITECTURE.md for the whole path.
 
 pub mod client_log;
 pub mod dev;
-pub mod handoff;
 pub mod probe;
 pub mod producer;
 

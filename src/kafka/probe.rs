@@ -1,14 +1,16 @@
-//! The readiness probe: fetches Kafka metadata on a control thread and
-//! records whether the topics are reachable, and if not, why.
+//! Kafka metadata: the readiness probe, which fetches it on a control
+//! thread and records whether the topics are reachable, and if not, why;
+//! and [`cluster_metadata`], the one-off fetch of `sluice check`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use rdkafka::producer::Producer as _;
+use rdkafka::producer::{BaseProducer, Producer as _};
 
 use super::producer::Producer;
+use crate::config::Config;
 use crate::health::Readiness;
 
 /// A metadata fetch waits at least this long: a remote cluster's first
@@ -66,6 +68,71 @@ pub fn run(
             return;
         }
     }
+}
+
+/// What a cluster said about its topics.
+#[derive(Debug)]
+pub struct ClusterMetadata {
+    /// Brokers in the metadata.
+    pub brokers: usize,
+    pub topics: Vec<TopicMetadata>,
+}
+
+/// One topic of a cluster, and whether it can take records.
+#[derive(Debug)]
+pub struct TopicMetadata {
+    pub name: String,
+    /// Why it cannot (the broker's error for it, or no partitions);
+    /// `None` when it can.
+    pub problem: Option<String>,
+}
+
+impl ClusterMetadata {
+    pub fn topic(&self, name: &str) -> Option<&TopicMetadata> {
+        self.topics.iter().find(|topic| topic.name == name)
+    }
+}
+
+/// Why [`cluster_metadata`] has no answer.
+#[derive(Debug)]
+pub enum MetadataError {
+    /// The Kafka client refuses the configuration.
+    Client(String),
+    /// No metadata within the timeout.
+    Unanswered(String),
+}
+
+/// Asks the cluster of `config` for the metadata of all its topics, with a
+/// client of its own that lives for this call only (`sluice check`). All
+/// topics: asking for one by name may create it on a cluster that
+/// auto-creates topics, and a check must change nothing.
+pub fn cluster_metadata(
+    config: &Config,
+    timeout: Duration,
+) -> Result<ClusterMetadata, MetadataError> {
+    let client: BaseProducer = super::producer::client_config(config, &config.kafka.brokers)
+        .create()
+        .map_err(|error| MetadataError::Client(error.to_string()))?;
+    let metadata = client
+        .client()
+        .fetch_metadata(None, timeout)
+        .map_err(|error| MetadataError::Unanswered(error.to_string()))?;
+    let topics = metadata
+        .topics()
+        .iter()
+        .map(|topic| TopicMetadata {
+            name: topic.name().to_string(),
+            problem: match topic.error() {
+                Some(error) => Some(format!("{error:?}")),
+                None if topic.partitions().is_empty() => Some("no partitions".into()),
+                None => None,
+            },
+        })
+        .collect();
+    Ok(ClusterMetadata {
+        brokers: metadata.brokers().len(),
+        topics,
+    })
 }
 
 #[cfg(test)]

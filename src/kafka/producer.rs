@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rdkafka::client::ClientContext;
@@ -27,10 +27,9 @@ use rdkafka::producer::{
 };
 
 use super::client_log::{self, RepeatFilter, Verdict};
-use super::handoff::{Batch, Completion, Mailbox, Opaque};
 use crate::config::Config;
+use crate::handoff::{Batch, Completion, Mailbox, Opaque};
 use crate::health::Readiness;
-use crate::metrics::Metrics;
 
 /// How long a producer thread waits before retrying a full librdkafka queue.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
@@ -45,10 +44,41 @@ fn written(verdict: Verdict) -> Option<u64> {
     }
 }
 
+/// The producers' own counters: written on librdkafka's and the producer
+/// threads, read by `/metrics` at scrape time (kafka/ knows no metrics
+/// module; the metrics module reads these).
+#[derive(Debug, Default)]
+pub struct ProducerMetrics {
+    /// Event records Kafka did not store.
+    pub delivery_failures: AtomicU64,
+    /// Dead-letter records Kafka did not store.
+    pub dead_letter_failures: AtomicU64,
+    /// Producers replaced because they could no longer send.
+    pub producers_replaced: AtomicU64,
+}
+
+impl ProducerMetrics {
+    /// Called from librdkafka's delivery callback.
+    pub fn delivery_failed(&self, dead_letter: bool) {
+        let counter = if dead_letter {
+            &self.dead_letter_failures
+        } else {
+            &self.delivery_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A producer that could no longer send (librdkafka's fatal state, or an
+    /// id the broker stopped accepting) was replaced by a new one.
+    pub fn producer_replaced(&self) {
+        self.producers_replaced.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Routes delivery reports to the cores.
 pub struct DeliveryRouter {
     mailboxes: Arc<[Arc<Mailbox>]>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProducerMetrics>,
     readiness: Arc<Readiness>,
     /// Warn lines of every Kafka client of the process, once per change.
     client_logs: Arc<RepeatFilter>,
@@ -213,7 +243,7 @@ impl ProducerPool {
         brokers: &str,
         batches: Receiver<Batch>,
         mailboxes: Arc<[Arc<Mailbox>]>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ProducerMetrics>,
         readiness: Arc<Readiness>,
     ) -> anyhow::Result<ProducerPool> {
         let mut producers = Vec::new();
@@ -303,7 +333,7 @@ impl ProducerPool {
 struct Factory {
     client: ClientConfig,
     mailboxes: Arc<[Arc<Mailbox>]>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProducerMetrics>,
     readiness: Arc<Readiness>,
     client_logs: Arc<RepeatFilter>,
     /// `kafka.producer_cpus`: librdkafka's threads inherit the creating
@@ -471,7 +501,7 @@ mod tests {
         let factory = Factory {
             client: client_config(&config, "127.0.0.1:1"),
             mailboxes: mailboxes.clone(),
-            metrics: Arc::new(Metrics::new(1)),
+            metrics: Arc::new(ProducerMetrics::default()),
             readiness: Arc::new(Readiness::default()),
             client_logs: Arc::new(RepeatFilter::default()),
             cpus: None,
@@ -481,7 +511,7 @@ mod tests {
         batch.topic = Arc::from("events_raw");
         batch.deadline = deadline;
         batch.data.extend_from_slice(b"k{}");
-        batch.records.push(super::super::handoff::Record {
+        batch.records.push(crate::handoff::Record {
             dead_letter: false,
             key: 0..1,
             value: 1..3,

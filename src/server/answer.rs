@@ -7,9 +7,9 @@ use std::borrow::Cow;
 use super::context::Core;
 use super::ingest::Outcome;
 use crate::error::ApiError;
-use crate::events::validate::write_error_object;
 use crate::http::request::{Head, REQUEST_ID_BYTES_MAX};
-use crate::http::response::{write_head, write_json_string, HeadFields, RETRY_AFTER_SECONDS};
+use crate::http::response::{write_head, HeadFields, RETRY_AFTER_SECONDS};
+use crate::json::write_json_string;
 use crate::route::Route;
 
 const JSON: &str = "application/json";
@@ -150,7 +150,7 @@ pub fn write_error(
 ) {
     let mut body = std::mem::take(&mut core.scratch.borrow_mut().body);
     body.clear();
-    write_error_body(&mut body, error);
+    error.write_body(&mut body);
     let extra = Extra {
         retry_after_seconds: error.retry_after().then(|| {
             error
@@ -289,12 +289,6 @@ pub fn write_probe(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
         ..Extra::default()
     };
     write_response(core, output, reply, status, content_type, &body, extra);
-}
-
-pub fn write_error_body(body: &mut Vec<u8>, error: &ApiError) {
-    body.extend_from_slice(b"{\"error\":");
-    write_error_object(body, error);
-    body.push(b'}');
 }
 
 /// One line per refused request, within the core's log budget: what a

@@ -15,7 +15,7 @@ use super::connection;
 use super::context::{Core, Shared};
 use super::inflight::Inflight;
 use crate::config::IoDriver;
-use crate::kafka::handoff::Batch;
+use crate::handoff::Batch;
 
 /// Submission queue entries of a core's io_uring.
 const IO_URING_ENTRIES: u32 = 1024;

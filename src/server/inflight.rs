@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::dedup::state::{FleetDedup, Settle};
 use crate::dedup::table::{DedupTable, NO_CLAIM};
-use crate::kafka::handoff::{
+use crate::handoff::{
     Completion, FleetVerdict, Mailbox, Record, Ticket, GENERATIONS, SLOTS_PER_CORE_MAX,
 };
 use crate::metrics::CoreMetrics;
@@ -40,9 +40,11 @@ struct Slot {
     claims: Vec<u32>,
     /// The request's identity in the dedup table.
     owner: u64,
-    /// Fleet dedup only: the tenant and, per record, its event id.
+    /// Fleet dedup only: the tenant and, per record, its event id (the
+    /// key its Redis claim has, whether or not the local table holds an
+    /// entry for it).
     tenant: Option<Arc<str>>,
-    event_ids: Vec<u128>,
+    event_ids: Vec<Option<u128>>,
     /// Events the fleet dedup found stored elsewhere (answered as
     /// duplicates), and one it found in flight elsewhere (a 503).
     fleet_duplicates: Vec<u32>,
@@ -232,15 +234,18 @@ impl Inflight {
         slot.tenant = None;
         if claims.claims.iter().any(|&claim| claim != NO_CLAIM) {
             slot.claims.extend_from_slice(claims.claims);
-            if self.fleet.is_some() {
-                slot.tenant = claims.tenant.cloned();
-                slot.event_ids.extend(
-                    claims
-                        .records
-                        .iter()
-                        .map(|record| record.event_id.unwrap_or(0)),
-                );
-            }
+        }
+        // An event the local table keeps no entry for (its set had none
+        // its tenant may take) still has its claim in Redis to settle.
+        if self.fleet.is_some()
+            && claims
+                .records
+                .iter()
+                .any(|record| record.event_id.is_some())
+        {
+            slot.tenant = claims.tenant.cloned();
+            slot.event_ids
+                .extend(claims.records.iter().map(|record| record.event_id));
         }
         slot.owner = claims.owner;
         let ticket = Ticket {
@@ -322,18 +327,21 @@ impl Inflight {
         if let (Some(dedup), Some(&claim)) = (&self.dedup, slot.claims.get(record)) {
             if claim != NO_CLAIM {
                 dedup.settle(claim, slot.owner, completion.delivered, now_ms);
-                // Only a record this instance produced settles its key in
-                // Redis; the others' keys belong to another instance.
-                if let (Some(fleet), Some(tenant), FleetVerdict::Produced) =
-                    (&self.fleet, &slot.tenant, completion.fleet)
-                {
-                    fleet.settle(Settle {
-                        tenant: Arc::clone(tenant),
-                        event_id: slot.event_ids[record],
-                        stored: completion.delivered,
-                    });
-                }
             }
+        }
+        // Only a record this instance produced settles its key in Redis;
+        // the others' keys belong to another instance.
+        if let (Some(fleet), Some(tenant), FleetVerdict::Produced, Some(&Some(event_id))) = (
+            &self.fleet,
+            &slot.tenant,
+            completion.fleet,
+            slot.event_ids.get(record),
+        ) {
+            fleet.settle(Settle {
+                tenant: Arc::clone(tenant),
+                event_id,
+                stored: completion.delivered,
+            });
         }
         if slot.pending > 0 {
             return;
@@ -461,7 +469,7 @@ impl Drop for Delivery<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::handoff::Opaque;
+    use crate::handoff::Opaque;
 
     fn completion(ticket: Ticket, delivered: bool, dead_letter: bool) -> Completion {
         Completion::produced(Opaque::new(ticket, 0, dead_letter), delivered)
@@ -542,6 +550,50 @@ mod tests {
                 .poll_ticket(ticket, waker, &metrics, &mut Vec::new())
                 .map(|settled| settled.delivered),
             Some(false)
+        );
+    }
+
+    /// An event published without a local entry (its set of the table
+    /// had no slot its tenant may take) still settles its Redis claim: it
+    /// used to be skipped with the local claim, leaving the key pending
+    /// until its TTL.
+    #[test]
+    fn an_event_without_a_local_entry_settles_its_redis_claim() {
+        let metrics = CoreMetrics::default();
+        let mailbox = Mailbox::new(16);
+        let table = Arc::new(DedupTable::new(1_024, 60_000));
+        let fleet = Arc::new(FleetDedup::default());
+        let mut inflight =
+            Inflight::new(0, 4, 8, 1_000, &mailbox, Some(table), Some(fleet.clone())).unwrap();
+        let tenant: Arc<str> = "t".into();
+        let records = [Record {
+            dead_letter: false,
+            key: 0..0,
+            value: 0..1,
+            event_type: 0..0,
+            event_id: Some(7),
+            event: 0,
+            skip: false,
+        }];
+        let ticket = inflight
+            .reserve_claimed(
+                1,
+                1,
+                Claims {
+                    claims: &[NO_CLAIM],
+                    owner: 1,
+                    tenant: Some(&tenant),
+                    records: &records,
+                },
+                Instant::now(),
+                &metrics,
+            )
+            .unwrap();
+        inflight.complete(completion(ticket, true, false), Instant::now(), 1, &metrics);
+        let settle = fleet.pop_settle().expect("no settle for Redis");
+        assert_eq!(
+            (&*settle.tenant, settle.event_id, settle.stored),
+            ("t", 7, true)
         );
     }
 

@@ -11,12 +11,12 @@ use super::context::{Core, Scratch};
 use super::inflight::Claims;
 use crate::dedup::table::{Claim, NO_CLAIM};
 use crate::error::ApiError;
+use crate::events::dead_letter::write_dead_letter;
+use crate::events::record::Enrichment;
 use crate::events::segment::{dead_letter_raw, translate, Envelope};
 use crate::events::split::{event_spans, BodyKind, Shared};
-use crate::events::validate::{
-    record_bytes_max, write_dead_letter, write_error_fields, Enrichment,
-};
-use crate::kafka::handoff::{Batch, Record, Ticket};
+use crate::events::validate::record_bytes_max;
+use crate::handoff::{Batch, Record, Ticket};
 use crate::tenancy::keys::Grant;
 
 /// A request's take of its key's rate limit, given back when the request
@@ -75,29 +75,24 @@ pub fn ingest(
     idempotency_key: Option<&[u8]>,
     outcome: &mut Outcome,
 ) -> Result<Handed, ApiError> {
-    let mut batch = core.take_batch();
+    let mut batch = Unsent::new(core, core.take_batch());
     batch.topic = grant.topic.clone().unwrap_or_else(|| core.topic.clone());
     batch.dead_letter_topic = core.dead_letter_topic.clone();
     batch.tenant_id = Arc::clone(&grant.tenant_id);
     batch.owner = core.next_dedup_owner();
-    let (rejected, admission) = match fill_batch(
+    let (rejected, admission) = fill_batch(
         core,
         grant,
         (kind, body, idempotency_key),
         &mut batch,
         outcome,
-    ) {
-        Ok(filled) => filled,
-        Err(error) => {
-            release_claims(core, &batch);
-            core.mailbox.recycle(batch);
-            return Err(error);
-        }
-    };
+    )?;
     let duplicates = outcome.duplicates.len();
     let accepted = batch.records.len() - rejected + duplicates;
     let ticket = if batch.records.is_empty() {
-        core.mailbox.recycle(batch);
+        // Every event a duplicate: no record, so no claim to give back.
+        debug_assert!(batch.claims.is_empty());
+        drop(batch);
         None
     } else {
         Some(send(core, batch).inspect_err(|_| admission.refund())?)
@@ -111,15 +106,91 @@ pub fn ingest(
     })
 }
 
-/// Gives back the dedup claims of a batch that will not be sent: a
-/// retry must be able to store its events.
-fn release_claims(core: &Core, batch: &Batch) {
-    if let Some(table) = &core.shared.dedup {
-        for &claim in &batch.claims {
-            if claim != NO_CLAIM {
-                table.settle(claim, batch.owner, false, 0);
+/// A batch until a producer thread has it. Dropped before that (the
+/// request refused, shed, or the producers gone), it gives back the dedup
+/// claims of its records, so that a retry can store its events: through
+/// its in-flight slot once it has one (which it frees), else directly;
+/// then the batch goes back to the core's pool. Every way out of
+/// [`ingest`] and [`send`] cleans up the same way, here.
+struct Unsent<'c> {
+    core: &'c Core,
+    /// `None` once handed over.
+    batch: Option<Batch>,
+    /// The batch's in-flight slot, once reserved.
+    reserved: Option<Ticket>,
+}
+
+impl<'c> Unsent<'c> {
+    fn new(core: &'c Core, batch: Batch) -> Self {
+        Unsent {
+            core,
+            batch: Some(batch),
+            reserved: None,
+        }
+    }
+
+    /// Sends the batch to a producer thread. When the queue refuses it
+    /// (full, or the producers gone) the batch stays here, to be given
+    /// back on drop.
+    fn hand_over(&mut self) -> Result<(), TrySendError<()>> {
+        let batch = self.batch.take().expect("a batch is handed over once");
+        self.core
+            .batches
+            .try_send(batch)
+            .map_err(|error| match error {
+                TrySendError::Full(batch) => {
+                    self.batch = Some(batch);
+                    TrySendError::Full(())
+                }
+                TrySendError::Disconnected(batch) => {
+                    self.batch = Some(batch);
+                    TrySendError::Disconnected(())
+                }
+            })
+    }
+}
+
+impl std::ops::Deref for Unsent<'_> {
+    type Target = Batch;
+
+    fn deref(&self) -> &Batch {
+        self.batch
+            .as_ref()
+            .expect("a batch is held until handed over")
+    }
+}
+
+impl std::ops::DerefMut for Unsent<'_> {
+    fn deref_mut(&mut self) -> &mut Batch {
+        self.batch
+            .as_mut()
+            .expect("a batch is held until handed over")
+    }
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        let Some(batch) = self.batch.take() else {
+            return;
+        };
+        match self.reserved {
+            // The slot took a copy of the claims: cancelling settles them.
+            Some(ticket) => self
+                .core
+                .inflight
+                .borrow_mut()
+                .cancel(ticket, self.core.metrics()),
+            None => {
+                if let Some(table) = &self.core.shared.dedup {
+                    for &claim in &batch.claims {
+                        if claim != NO_CLAIM {
+                            table.settle(claim, batch.owner, false, 0);
+                        }
+                    }
+                }
             }
         }
+        self.core.mailbox.recycle(batch);
     }
 }
 
@@ -343,13 +414,12 @@ fn build_records(
 }
 
 /// Reserves in-flight capacity for the batch and sends it to a producer
-/// thread; a full table or queue sheds the request (503) at once.
-fn send(core: &Core, mut batch: Batch) -> Result<Ticket, ApiError> {
+/// thread; a full table or queue sheds the request (503) at once. Refused,
+/// the batch gives back what it holds as it drops ([`Unsent`]).
+fn send(core: &Core, mut batch: Unsent<'_>) -> Result<Ticket, ApiError> {
     let metrics = core.metrics();
     let (records, bytes) = (batch.records.len(), batch.data.len());
     if !core.inflight.borrow().could_ever_hold(records, bytes) {
-        release_claims(core, &batch);
-        core.mailbox.recycle(batch);
         return Err(ApiError::new(
             413,
             "payload_too_large",
@@ -371,23 +441,16 @@ fn send(core: &Core, mut batch: Batch) -> Result<Ticket, ApiError> {
         metrics,
     );
     let Ok(ticket) = reserved else {
-        release_claims(core, &batch);
-        core.mailbox.recycle(batch);
         return Err(shed(core));
     };
+    batch.reserved = Some(ticket);
     batch.ticket = ticket;
     batch.deadline = core.now()
         + std::time::Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
-    match core.batches.try_send(batch) {
+    match batch.hand_over() {
         Ok(()) => Ok(ticket),
-        Err(TrySendError::Full(batch)) => {
-            core.inflight.borrow_mut().cancel(ticket, metrics);
-            core.mailbox.recycle(batch);
-            Err(shed(core))
-        }
-        Err(TrySendError::Disconnected(batch)) => {
-            core.inflight.borrow_mut().cancel(ticket, metrics);
-            core.mailbox.recycle(batch);
+        Err(TrySendError::Full(())) => Err(shed(core)),
+        Err(TrySendError::Disconnected(())) => {
             Err(ApiError::unavailable("server is shutting down"))
         }
     }
@@ -425,6 +488,6 @@ fn describe_rejection(out: &mut Vec<u8>, index: usize, error: &ApiError) {
     out.extend_from_slice(b"{\"index\":");
     out.extend_from_slice(itoa::Buffer::new().format(index).as_bytes());
     out.push(b',');
-    write_error_fields(out, error);
+    error.write_fields(out);
     out.push(b'}');
 }

@@ -12,13 +12,16 @@
 //!   back off from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
 //! - Never loaded since start: `/readyz` is 503 and unknown keys get 503
 //!   (retry), not 401.
+//!
+//! `auth.postgres_url` (libpq's URL, `sslmode` and `sslrootcert`) is
+//! parsed by [`crate::config::urls`]; here it is connected to.
 
-use std::str::FromStr as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::config::urls::{PostgresTarget, SslMode, SMALL_CALL_DEADLINE};
 use crate::health::Readiness;
 use crate::shutdown::ControlStop;
 use crate::tenancy::keys::{KeySpec, KeyStore};
@@ -37,6 +40,9 @@ pub const STALE_WARN_INTERVAL: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Longest wait inside one turn, so a stop is seen promptly.
 const TURN: Duration = Duration::from_millis(250);
+/// How much longer than the statement timeout the client waits for an
+/// answer before it calls the server stalled.
+pub const CALL_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// The columns of SPEC §8's table that a load reads: without one of them
 /// the table is not the one sluice documents, and the load says so.
@@ -134,181 +140,9 @@ impl PgKeyMetrics {
     }
 }
 
-/// How TLS is used, as libpq's `sslmode` says (default `prefer`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    /// No TLS.
-    Disable,
-    /// TLS when the server offers it, else plaintext; the certificate is
-    /// not checked. libpq's `allow` is read as this (it differs only in
-    /// trying plaintext first).
-    Prefer,
-    /// TLS; the certificate is not checked unless `sslrootcert` is given
-    /// (then as `verify-ca`, as libpq does).
-    Require,
-    /// TLS, the certificate chain checked against `sslrootcert`.
-    VerifyCa,
-    /// As `verify-ca`, and the certificate must name the host.
-    VerifyFull,
-}
-
-/// Where and how to reach PostgreSQL, parsed from `auth.postgres_url`.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub config: tokio_postgres::Config,
-    pub ssl_mode: SslMode,
-    /// `sslrootcert`: a CA file, or `system` for the system's trust store
-    /// (libpq's default file `~/.postgresql/root.crt` when absent).
-    pub root_certificate: Option<String>,
-    /// The server-side `statement_timeout`: the URL's
-    /// (`options=-c statement_timeout=5s`), else
-    /// [`STATEMENT_TIMEOUT_DEFAULT`]. A load also waits at most this plus
-    /// [`CALL_DEADLINE_MARGIN`] on the client side, so a server that
-    /// stopped answering (its socket still open) is found out.
-    pub statement_timeout: Duration,
-    /// Whether the URL set it (then sluice does not).
-    statement_timeout_from_url: bool,
-}
-
-/// `statement_timeout` when the URL sets none.
-pub const STATEMENT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
-/// How much longer than the statement timeout the client waits for an
-/// answer before it calls the server stalled.
-pub const CALL_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
-/// The deadline of the small calls (connect, LISTEN, the heartbeat): a
-/// healthy server answers them in milliseconds.
-pub const SMALL_CALL_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Parses `auth.postgres_url` with our timeouts added where it sets none;
-/// the error never repeats the URL (it may hold a password). `sslmode`
-/// and `sslrootcert` follow libpq: `tokio-postgres` knows three of the six
-/// modes, so both are read here and taken out of the URL.
-pub fn parse_url(url: &str) -> anyhow::Result<Target> {
-    let (url, ssl_mode, root_certificate) = take_tls_parameters(url)?;
-    let mut config = tokio_postgres::Config::from_str(&url)
-        .map_err(|error| anyhow::anyhow!("auth.postgres_url is not a PostgreSQL URL: {error}"))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(SMALL_CALL_DEADLINE);
-    }
-    if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(Duration::from_secs(10));
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("sluice");
-    }
-    config.keepalives(true);
-    config.keepalives_idle(Duration::from_secs(10));
-    config.ssl_mode(match ssl_mode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        _ => tokio_postgres::config::SslMode::Require,
-    });
-    let from_url = config.get_options().and_then(statement_timeout_of);
-    Ok(Target {
-        config,
-        ssl_mode,
-        root_certificate,
-        statement_timeout: from_url.unwrap_or(STATEMENT_TIMEOUT_DEFAULT),
-        statement_timeout_from_url: from_url.is_some(),
-    })
-}
-
-/// Takes `sslmode` and `sslrootcert` out of a URL's query.
-fn take_tls_parameters(url: &str) -> anyhow::Result<(String, SslMode, Option<String>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), SslMode::Prefer, None));
-    };
-    let mut ssl_mode = SslMode::Prefer;
-    let mut root_certificate = None;
-    let mut kept = Vec::new();
-    for pair in query.split('&') {
-        match pair.split_once('=') {
-            Some(("sslmode", value)) => {
-                ssl_mode = match value {
-                    "disable" => SslMode::Disable,
-                    "allow" | "prefer" => SslMode::Prefer,
-                    "require" => SslMode::Require,
-                    "verify-ca" => SslMode::VerifyCa,
-                    "verify-full" => SslMode::VerifyFull,
-                    other => anyhow::bail!(
-                        "auth.postgres_url: sslmode {other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
-                    ),
-                }
-            }
-            Some(("sslrootcert", value)) => root_certificate = Some(percent_decode(value)),
-            _ => kept.push(pair),
-        }
-    }
-    let url = match kept.is_empty() {
-        true => base.to_string(),
-        false => format!("{base}?{}", kept.join("&")),
-    };
-    Ok((url, ssl_mode, root_certificate))
-}
-
-/// `%XX` sequences decoded (a file path in a URL).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let hex = bytes
-            .get(index + 1..index + 3)
-            .and_then(|pair| std::str::from_utf8(pair).ok())
-            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
-        match (bytes[index], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                index += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `statement_timeout` from libpq `options` (`-c statement_timeout=5s`,
-/// `--statement_timeout=5s`), in PostgreSQL's units (a bare number is
-/// milliseconds). `0` (no timeout) and unreadable values give `None`.
-fn statement_timeout_of(options: &str) -> Option<Duration> {
-    let (_, setting) = options.split_once("statement_timeout=")?;
-    let setting = setting.split_whitespace().next()?.trim_matches('\'');
-    let digits = setting
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(setting.len());
-    let value: u64 = setting[..digits].parse().ok()?;
-    let millis = match setting[digits..].trim() {
-        "" | "ms" => value,
-        "s" => value.saturating_mul(1_000),
-        "min" => value.saturating_mul(60_000),
-        "h" => value.saturating_mul(3_600_000),
-        "d" => value.saturating_mul(86_400_000),
-        _ => return None,
-    };
-    (millis > 0).then(|| Duration::from_millis(millis))
-}
-
-/// `host:port/dbname` for logs: never the user's password.
-pub fn describe(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let dbname = config
-        .get_dbname()
-        .or(config.get_user())
-        .unwrap_or("postgres");
-    format!("{host}:{port}/{dbname}")
-}
-
 /// The loader: runs until `stop`.
 pub struct Loader<'a> {
-    pub target: Target,
+    pub target: PostgresTarget,
     pub reload_interval: Duration,
     pub store: &'a KeyStore,
     pub readiness: &'a Readiness,
@@ -344,7 +178,7 @@ where
 
 impl Loader<'_> {
     pub fn run(&self) {
-        let target = describe(&self.target.config);
+        let target = self.target.describe();
         self.metrics.configured.store(true, Relaxed);
         self.readiness.set_keys_pending(Some(format!(
             "API keys not loaded from PostgreSQL {target} yet"
@@ -474,7 +308,7 @@ impl Loader<'_> {
         self.metrics.up.store(true, Relaxed);
         *backoff = BACKOFF_MIN;
         tracing::info!(
-            postgres = describe(&self.target.config),
+            postgres = self.target.describe(),
             keys = self.metrics.keys.load(Relaxed),
             "following API keys in PostgreSQL"
         );
@@ -648,7 +482,7 @@ fn epoch_ms_of(value: f64) -> u64 {
 /// (`~/.postgresql/root.crt`); `sslrootcert=system`: the system's trust
 /// store (found by probing, as the vendored OpenSSL's directory is not
 /// the system's).
-fn tls_connector(target: &Target) -> anyhow::Result<postgres_openssl::MakeTlsConnector> {
+fn tls_connector(target: &PostgresTarget) -> anyhow::Result<postgres_openssl::MakeTlsConnector> {
     use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
     let mut builder = SslConnector::builder(SslMethod::tls())?;
     let verify = match target.ssl_mode {
@@ -690,18 +524,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_described_without_their_password() {
-        let config = parse_url("postgresql://sluice:hunter2@db.internal:6432/keys").unwrap();
-        let shown = describe(&config.config);
-        assert_eq!(shown, "db.internal:6432/keys");
-        assert!(!shown.contains("hunter2"));
-        let error = parse_url("postgresql://sluice:hunter2@db:notaport/keys")
-            .unwrap_err()
-            .to_string();
-        assert!(!error.contains("hunter2"), "{error}");
-    }
-
-    #[test]
     fn the_load_reads_optional_columns_only_where_they_exist() {
         let spec: Vec<String> = REQUIRED_COLUMNS.iter().map(|c| c.to_string()).collect();
         let query = load_query(&spec).unwrap();
@@ -719,48 +541,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no api_keys table"));
-    }
-
-    #[test]
-    fn sslmode_and_statement_timeout_follow_libpq() {
-        let target = parse_url("postgresql://u@h/db").unwrap();
-        assert_eq!(target.ssl_mode, SslMode::Prefer, "libpq's default");
-        assert_eq!(target.statement_timeout, STATEMENT_TIMEOUT_DEFAULT);
-        for (mode, expected) in [
-            ("disable", SslMode::Disable),
-            ("allow", SslMode::Prefer),
-            ("prefer", SslMode::Prefer),
-            ("require", SslMode::Require),
-            ("verify-ca", SslMode::VerifyCa),
-            ("verify-full", SslMode::VerifyFull),
-        ] {
-            let url = format!(
-                "postgresql://u@h/db?sslmode={mode}&sslrootcert=%2Ftmp%2Fca.pem&connect_timeout=3"
-            );
-            let target = parse_url(&url).unwrap();
-            assert_eq!(target.ssl_mode, expected, "{mode}");
-            assert_eq!(target.root_certificate.as_deref(), Some("/tmp/ca.pem"));
-            assert_eq!(
-                target.config.get_connect_timeout(),
-                Some(&Duration::from_secs(3))
-            );
-        }
-        assert!(parse_url("postgresql://u@h/db?sslmode=sometimes").is_err());
-        for (options, millis) in [
-            ("-c%20statement_timeout%3D5s", Some(5_000)),
-            ("-c%20statement_timeout%3D1500", Some(1_500)),
-            ("-c%20statement_timeout%3D2min", Some(120_000)),
-            ("-c%20statement_timeout%3D0", None),
-        ] {
-            let target = parse_url(&format!("postgresql://u@h/db?options={options}")).unwrap();
-            assert_eq!(
-                target
-                    .statement_timeout_from_url
-                    .then_some(target.statement_timeout.as_millis() as u64),
-                millis,
-                "{options}"
-            );
-        }
     }
 
     #[test]

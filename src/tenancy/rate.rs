@@ -8,25 +8,10 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::config::KeyLimits;
+
 /// Nanoseconds per second.
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
-
-/// A key's limits; 0 means unlimited for that dimension.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
-    pub events_per_second: u64,
-    /// Events admitted at once from idle; 0: one second's worth.
-    pub burst_events: u64,
-    pub bytes_per_second: u64,
-    /// Bytes admitted at once from idle; 0: one second's worth.
-    pub burst_bytes: u64,
-}
-
-impl Limits {
-    pub fn is_unlimited(&self) -> bool {
-        self.events_per_second == 0 && self.bytes_per_second == 0
-    }
-}
 
 /// One dimension's GCRA state.
 #[derive(Debug)]
@@ -230,7 +215,7 @@ impl Lease {
 /// `Retry-After` is computed from where the fleet's schedule stood.
 #[derive(Debug)]
 pub struct KeyLimiter {
-    limits: Limits,
+    limits: KeyLimits,
     events: Cell,
     bytes: Cell,
     events_lease: Lease,
@@ -257,7 +242,7 @@ pub struct LeaseGrant {
 }
 
 impl KeyLimiter {
-    pub fn new(limits: Limits) -> KeyLimiter {
+    pub fn new(limits: KeyLimits) -> KeyLimiter {
         let events = Cell::new(limits.events_per_second, limits.burst_events);
         let bytes = Cell::new(limits.bytes_per_second, limits.burst_bytes);
         let instances = FLEET_INSTANCES.load(Ordering::Relaxed);
@@ -344,7 +329,7 @@ impl KeyLimiter {
         }
     }
 
-    pub fn limits(&self) -> Limits {
+    pub fn limits(&self) -> KeyLimits {
         self.limits
     }
 
@@ -490,10 +475,10 @@ mod tests {
 
     #[test]
     fn a_burst_then_the_sustained_rate() {
-        let limiter = KeyLimiter::new(Limits {
+        let limiter = KeyLimiter::new(KeyLimits {
             events_per_second: 100,
             burst_events: 100,
-            ..Limits::default()
+            ..KeyLimits::default()
         });
         let start = Instant::now();
         let admitted = |at: Duration, count: u64| {
@@ -516,7 +501,7 @@ mod tests {
 
     #[test]
     fn a_batch_counts_as_its_events_and_a_refusal_takes_nothing() {
-        let limiter = KeyLimiter::new(Limits {
+        let limiter = KeyLimiter::new(KeyLimits {
             events_per_second: 10,
             burst_events: 10,
             bytes_per_second: 1_000,
@@ -538,7 +523,7 @@ mod tests {
 
     #[test]
     fn over_a_burst_is_permanent_and_the_wait_is_the_longest_of_every_limit() {
-        let limiter = KeyLimiter::new(Limits {
+        let limiter = KeyLimiter::new(KeyLimits {
             events_per_second: 10,
             burst_events: 10,
             bytes_per_second: 100,
@@ -565,10 +550,10 @@ mod tests {
 
     #[test]
     fn in_fleet_mode_a_key_spends_its_allowance_then_its_leases() {
-        let limiter = KeyLimiter::new(Limits {
+        let limiter = KeyLimiter::new(KeyLimits {
             events_per_second: 1,
             burst_events: 90,
-            ..Limits::default()
+            ..KeyLimits::default()
         });
         // Three instances share the burst before the first lease.
         limiter.reset_lease_among(3);
@@ -605,7 +590,7 @@ mod tests {
 
     #[test]
     fn unlimited_admits_everything() {
-        let limiter = KeyLimiter::new(Limits::default());
+        let limiter = KeyLimiter::new(KeyLimits::default());
         let now = Instant::now();
         assert!((0..10_000).all(|_| limiter.admit(1_000, 1 << 20, now).is_ok()));
     }

@@ -2,6 +2,7 @@
 //! `sluice` binary, a raw-socket HTTP client and a Kafka consumer.
 #![allow(dead_code)]
 
+pub mod loadgen_cli;
 pub mod secure;
 pub mod services;
 
@@ -826,6 +827,45 @@ pub fn consume_until_with(
         });
     }
     records
+}
+
+/// Whether `record`'s `user_id` starts with `tag`: a test tags the users
+/// it sends, to tell its own records from others' in a shared topic.
+pub fn is_tagged(record: &Consumed, tag: &str) -> bool {
+    record.value["user_id"]
+        .as_str()
+        .is_some_and(|user| user.starts_with(tag))
+}
+
+/// The records of [`TOPIC`] whose `user_id` starts with `tag`, once
+/// `count` of them are there or 30 s have passed.
+pub fn consume_tagged(brokers: &str, tag: &str, count: usize) -> Vec<Consumed> {
+    let records = consume_until(brokers, TOPIC, Duration::from_secs(30), |records| {
+        records.iter().filter(|r| is_tagged(r, tag)).count() >= count
+    });
+    records.into_iter().filter(|r| is_tagged(r, tag)).collect()
+}
+
+/// Whether the dead letter `record` holds `marker` in its `raw` event.
+pub fn letter_holds(record: &Consumed, marker: &str) -> bool {
+    record.value["raw"]
+        .as_str()
+        .is_some_and(|raw| raw.contains(marker))
+}
+
+/// The dead-letter topic, once a letter whose `raw` holds `marker` is
+/// there or 30 s have passed.
+pub fn dead_letters_until(brokers: &str, marker: &str) -> Vec<Consumed> {
+    consume_until(brokers, DLQ_TOPIC, Duration::from_secs(30), |records| {
+        records.iter().any(|r| letter_holds(r, marker))
+    })
+}
+
+/// The dead letter whose `raw` holds `marker`, waited for up to 30 s.
+pub fn dead_letter(brokers: &str, marker: &str) -> Option<Consumed> {
+    dead_letters_until(brokers, marker)
+        .into_iter()
+        .find(|r| letter_holds(r, marker))
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
