@@ -391,33 +391,82 @@ impl SchemaSet {
             .map(|contract| &**contract)
     }
 
+    /// Whether events of `event_type` from `tenant` are checked at all
+    /// (they have a schema, or `schemas.require` refuses them).
+    pub fn applies(&self, tenant: &str, event_type: &str) -> bool {
+        self.require || self.lookup(tenant, event_type).is_some()
+    }
+
     /// Checks one event (`document`, as sent) of `event_type` from
     /// `tenant`: a `schema_violation` names the first failing location as
     /// a JSON Pointer, the keyword and what it allows; a validation past
-    /// the event's budget is a `schema_budget_exceeded`.
+    /// the event's budget is a `schema_budget_exceeded`. Its stack grows
+    /// with the event's nesting times `schemas.ref_depth_max`: a core
+    /// checks only events nested at most [`INLINE_NESTING_MAX`] deep
+    /// (see [`SchemaSet::check_within`]), the checker threads the rest.
     pub fn check(&self, tenant: &str, event_type: &str, document: &[u8]) -> Result<(), ApiError> {
+        match self.check_within(tenant, event_type, document, u64::MAX) {
+            Checked::Done(verdict) => verdict,
+            Checked::Deferred { .. } => unreachable!("an unbounded allowance never defers"),
+        }
+    }
+
+    /// [`SchemaSet::check`], spending at most `allowance` steps (the
+    /// parse counted at [`PARSE_STEPS_PER_BYTE`]): a check that would need
+    /// more is abandoned, `Deferred`, to be done where time is plentiful.
+    pub fn check_within(
+        &self,
+        tenant: &str,
+        event_type: &str,
+        document: &[u8],
+        allowance: u64,
+    ) -> Checked {
         let Some(contract) = self.lookup(tenant, event_type) else {
             if self.require {
-                return Err(violation(
+                return Checked::Done(Err(violation(
                     "/event_type".into(),
                     format!("no schema for event_type {event_type:?}, and schemas.require is on"),
-                ));
+                )));
             }
-            return Ok(());
+            return Checked::Done(Ok(()));
         };
-        let value: serde_json::Value = serde_json::from_slice(document)
-            .map_err(|error| violation(String::new(), format!("not JSON: {error}")))?;
-        let budget = self.limits.event_steps_max(document.len());
-        let (verdict, spent) = metered::metered(budget, contract.weights, contract.name_patterns.as_ref(), || {
-            contract
-                .validator
-                .validate(Instance(&value))
-                .map_err(|error| describe(&error))
-        });
-        if spent.cut {
-            return Err(self.over_budget(event_type, document.len(), budget));
+        let parse_steps = PARSE_STEPS_PER_BYTE.saturating_mul(document.len() as u64);
+        if parse_steps > allowance {
+            return Checked::Deferred { spent_steps: 0 };
         }
-        verdict
+        let value: serde_json::Value = match serde_json::from_slice(document) {
+            Ok(value) => value,
+            Err(error) => {
+                return Checked::Done(Err(violation(
+                    String::new(),
+                    format!("not JSON: {error}"),
+                )))
+            }
+        };
+        let budget = self.limits.event_steps_max(document.len());
+        let cap = budget.min(allowance - parse_steps);
+        let (verdict, spent) = metered::metered(
+            cap,
+            contract.weights,
+            contract.name_patterns.as_ref(),
+            || {
+                contract
+                    .validator
+                    .validate(Instance(&value))
+                    .map_err(|error| describe(&error))
+            },
+        );
+        match (spent.cut, cap < budget) {
+            (false, _) => Checked::Done(verdict),
+            (true, false) => Checked::Done(Err(self.over_budget(
+                event_type,
+                document.len(),
+                budget,
+            ))),
+            (true, true) => Checked::Deferred {
+                spent_steps: parse_steps + spent.steps,
+            },
+        }
     }
 
     fn over_budget(&self, event_type: &str, bytes: usize, budget: u64) -> ApiError {
@@ -474,6 +523,52 @@ pub fn fingerprint(dir: &Path) -> u64 {
         Err(problem) => problem.reason.hash(&mut hasher),
     }
     hasher.finish()
+}
+
+/// Steps charged per byte of an event parsed for its check (serde_json
+/// with exact numbers: about 2 ns a byte).
+pub const PARSE_STEPS_PER_BYTE: u64 = 4;
+
+/// The deepest nesting of an event a core checks itself; deeper ones go
+/// to the checker threads, whose stacks are sized for the deepest the
+/// budgets allow (128 levels, the parser's limit, times
+/// `schemas.ref_depth_max`; measured in `BENCHMARKS.md`: the default
+/// needs between 1 and 2 MiB, a core's whole stack).
+pub const INLINE_NESTING_MAX: usize = 32;
+
+/// A check's outcome when its time was limited.
+#[derive(Debug)]
+pub enum Checked {
+    Done(Result<(), ApiError>),
+    /// Not finished within the allowance: to be checked again elsewhere.
+    Deferred { spent_steps: u64 },
+}
+
+/// How deep `document`'s arrays and objects nest, read from its bytes
+/// (strings skipped): whether a core may check it.
+pub fn nesting(document: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in document {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The schemas in use: `None` without `schemas.dir`.
@@ -899,7 +994,8 @@ mod tests {
     #[ignore]
     fn the_deepest_validation_allowed_fits_a_core_stack() {
         let limits = SchemaLimits::default();
-        let chain = limits.ref_depth_max as usize - 2;
+        // Two in-place steps a link: the anyOf branch, then its $ref.
+        let chain = (limits.ref_depth_max as usize - 2) / 2;
         let mut defs = serde_json::Map::new();
         for link in 0..chain {
             defs.insert(
@@ -919,7 +1015,7 @@ mod tests {
         }
         let value: serde_json::Value = serde_json::from_str(&event).unwrap();
         let handle = std::thread::Builder::new()
-            .stack_size(2 << 20)
+            .stack_size(std::env::var("STACK_KB").map_or(2 << 20, |kb| kb.parse::<usize>().unwrap() << 10))
             .spawn(move || {
                 metered::metered(u64::MAX, contract.weights, None, || {
                     contract.validator.validate(Instance(&value)).is_ok()
