@@ -281,9 +281,12 @@ fn dedup(c: &mut Criterion) {
     use sluice::dedup::table::{owner, Claim, DedupTable};
     let table = DedupTable::new(4 << 20, 3_600_000);
     let tenant = table.tenant_hash("tenant_a");
+    let class = table.tenant(0, tenant);
     let entries = table.entries() as u128;
     for id in 0..entries {
-        if let Claim::Fresh(slot) = table.claim(table.fingerprint(tenant, id), owner(0, 0), 1) {
+        if let Claim::Fresh(slot) =
+            table.claim(class, table.fingerprint(tenant, id), owner(0, 0), 1)
+        {
             table.settle(slot, owner(0, 0), true, 1);
         }
     }
@@ -294,7 +297,7 @@ fn dedup(c: &mut Criterion) {
         b.iter(|| {
             next += 1;
             let print = table.fingerprint(tenant, next);
-            if let Claim::Fresh(slot) = table.claim(print, owner(0, next as u64), 2) {
+            if let Claim::Fresh(slot) = table.claim(class, print, owner(0, next as u64), 2) {
                 table.settle(slot, owner(0, next as u64), true, 2);
             }
         })
@@ -303,7 +306,7 @@ fn dedup(c: &mut Criterion) {
     group.bench_function("find_duplicate", |b| {
         b.iter(|| {
             seen = if seen <= entries { next } else { seen - 1 };
-            black_box(table.claim(table.fingerprint(tenant, seen), owner(1, 0), 3))
+            black_box(table.claim(class, table.fingerprint(tenant, seen), owner(1, 0), 3))
         })
     });
     group.finish();

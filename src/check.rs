@@ -81,10 +81,11 @@ pub fn run(
         }
     }
     for name in Config::unknown_variables(variables.iter().map(|(name, _)| name.clone())) {
-        findings.push(problem(
-            name,
-            "unknown SLUICE_ variable: it sets nothing (misspelt? `sluice --help` lists every variable)".into(),
-        ));
+        // A problem, not a note: the setting the name meant is not applied,
+        // so the server would run otherwise than intended. The value is
+        // never shown (it may be a secret).
+        let message = Config::unknown_variable_message(&name);
+        findings.push(problem(name, message));
     }
     if file.is_some() && text.is_none()
         || findings
@@ -355,8 +356,33 @@ fn check_schemas(config: &Config, findings: &mut Vec<Finding>) {
     if dir.is_empty() {
         return;
     }
-    match crate::events::schema::SchemaSet::load(Path::new(dir), config.schemas.require) {
-        Ok(set) => findings.push(note(dir.clone(), format!("{} schemas compile", set.len()))),
+    // The same budgets as the server's, start and reload alike.
+    let limits = crate::events::schema::SchemaLimits::from_config(&config.schemas);
+    let loaded = crate::events::schema::SchemaSet::load_within(
+        Path::new(dir),
+        config.schemas.require,
+        &limits,
+        None,
+    );
+    match loaded {
+        Ok(set) => {
+            let totals = set.totals();
+            findings.push(note(
+                dir.clone(),
+                format!(
+                    "{} schemas compile within the budgets: {} of {} files (schemas.files_max), {} of {} bytes (schemas.total_bytes_max), {} of {} patterns (schemas.patterns_max), {} of {} pattern states (schemas.pattern_states_max)",
+                    set.len(),
+                    totals.files,
+                    limits.files_max,
+                    totals.bytes,
+                    limits.total_bytes_max,
+                    totals.patterns,
+                    limits.patterns_max,
+                    totals.pattern_states,
+                    limits.pattern_states_max
+                ),
+            ))
+        }
         Err(problems) => {
             for schema_problem in problems {
                 findings.push(problem(

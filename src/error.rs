@@ -9,12 +9,13 @@ use crate::json::write_json_string;
 /// Every error code a refusal carries, in metrics order
 /// (`sluice_http_refusals_total{code}`); tests/refusal_codes.rs checks
 /// that every code in src/ is listed.
-pub const CODES: [&str; 20] = [
+pub const CODES: [&str; 22] = [
     "ambiguous_credentials",
     "bad_request",
     "event_in_flight",
     "expectation_failed",
     "header_too_large",
+    "idempotency_key_reused",
     "invalid_api_key",
     "invalid_event",
     "invalid_json",
@@ -27,6 +28,7 @@ pub const CODES: [&str; 20] = [
     "rate_limited",
     "request_timeout",
     "reserved_field",
+    "schema_budget_exceeded",
     "schema_violation",
     "unavailable",
     "unsupported_media_type",
@@ -190,6 +192,29 @@ impl ApiError {
         )
     }
 
+    /// 503: a request with the same `Idempotency-Key` is still waiting
+    /// for Kafka; once it is answered a retry is found stored (the same
+    /// payload) or refused (422, another payload) or stored (it stored
+    /// nothing).
+    pub fn idempotency_key_in_flight() -> Self {
+        Self::new(
+            503,
+            "event_in_flight",
+            "a request with this Idempotency-Key is being stored; retry once it is answered",
+        )
+    }
+
+    /// 422 (permanent): the `Idempotency-Key` named another payload within
+    /// the dedup window, and events of that payload are stored
+    /// (draft-ietf-httpapi-idempotency-key-header).
+    pub fn idempotency_key_reused() -> Self {
+        Self::new(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for another request body, whose events are stored; a retry must send the same bytes, and other events need another key",
+        )
+    }
+
     pub fn too_many_connections() -> Self {
         Self::unavailable("too many connections on this core").closing()
     }
@@ -251,8 +276,8 @@ impl ApiError {
         out.extend_from_slice(b"\"code\":\"");
         out.extend_from_slice(self.code.as_bytes());
         out.extend_from_slice(b"\",\"message\":");
-        write_json_string(out, self.message.as_bytes());
-        if let Some(pointer) = &self.pointer {
+        write_json_string(out, self.shown_message().as_bytes());
+        if let Some(pointer) = self.shown_pointer() {
             out.extend_from_slice(b",\"field\":");
             write_json_string(out, pointer.as_bytes());
         } else if let Some(field) = self.field {
@@ -260,6 +285,94 @@ impl ApiError {
             out.extend_from_slice(field.as_bytes());
             out.push(b'"');
         }
+    }
+}
+
+impl ApiError {
+    /// The message as answered, dead-lettered and logged: at most
+    /// [`ERROR_MESSAGE_BYTES_MAX`] bytes, whatever it quotes.
+    pub fn shown_message(&self) -> Cow<'_, str> {
+        truncate_utf8(&self.message, ERROR_MESSAGE_BYTES_MAX)
+    }
+
+    /// The pointer as answered and logged: at most
+    /// [`ERROR_VALUE_BYTES_MAX`] bytes (member names are the client's).
+    pub fn shown_pointer(&self) -> Option<Cow<'_, str>> {
+        let pointer = self.pointer.as_deref()?;
+        Some(truncate_utf8(pointer, ERROR_VALUE_BYTES_MAX))
+    }
+}
+
+/// The most bytes of one value a client sent that a refusal quotes (a
+/// schema violation names the offending value; a 500 KB string would
+/// otherwise be answered, dead-lettered and logged whole, per event).
+pub const ERROR_VALUE_BYTES_MAX: usize = 256;
+
+/// The most bytes of a refusal's message, whatever it quotes (several
+/// values, a list of unexpected member names, a schema).
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+
+/// What a cut text ends with.
+pub const ELLIPSIS: &str = "\u{2026}";
+
+/// `text`, or its first bytes cut on a character boundary and ended with
+/// [`ELLIPSIS`], `max_bytes` in all (`max_bytes` is at least 4).
+pub fn truncate_utf8(text: &str, max_bytes: usize) -> Cow<'_, str> {
+    if text.len() <= max_bytes {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max_bytes.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{ELLIPSIS}", &text[..end]))
+}
+
+/// `value` as `Display` writes it, at most `max_bytes` bytes (cut as
+/// [`truncate_utf8`] cuts). The writing stops once past the limit, so a
+/// huge value costs `max_bytes`, not its size.
+pub fn capped_display(value: &impl std::fmt::Display, max_bytes: usize) -> String {
+    use std::fmt::Write as _;
+    let mut capped = Capped {
+        text: String::new(),
+        room: max_bytes,
+        cut: false,
+    };
+    // An error is the cap, reached.
+    let _ = write!(capped, "{value}");
+    let mut text = capped.text;
+    if capped.cut {
+        let mut end = max_bytes.saturating_sub(ELLIPSIS.len()).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(ELLIPSIS);
+    }
+    text
+}
+
+/// A `fmt::Write` that takes `room` bytes, then fails.
+struct Capped {
+    text: String,
+    room: usize,
+    cut: bool,
+}
+
+impl std::fmt::Write for Capped {
+    fn write_str(&mut self, piece: &str) -> std::fmt::Result {
+        let left = self.room - self.text.len();
+        if piece.len() <= left {
+            self.text.push_str(piece);
+            return Ok(());
+        }
+        let mut end = left;
+        while !piece.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.text.push_str(&piece[..end]);
+        self.cut = true;
+        Err(std::fmt::Error)
     }
 }
 
@@ -355,5 +468,34 @@ mod tests {
         assert_eq!(value["index"], 3);
         assert_eq!(value["code"], "not_found");
         assert_eq!(value["message"], "no such route");
+    }
+
+    #[test]
+    fn refusals_quote_at_most_the_capped_bytes_cut_on_a_character() {
+        assert_eq!(truncate_utf8("short", 16), "short");
+        // 'é' is two bytes: a cut never splits it.
+        let long = "é".repeat(100);
+        for max in [4, 5, 6, 7, 64] {
+            let cut = truncate_utf8(&long, max);
+            assert!(cut.len() <= max && cut.ends_with(ELLIPSIS), "{max}: {cut}");
+            assert!(cut.len() + 2 > max, "{max}: {cut}");
+        }
+        let value = serde_json::Value::String("x".repeat(1 << 20));
+        let shown = capped_display(&value, ERROR_VALUE_BYTES_MAX);
+        assert_eq!(shown.len(), ERROR_VALUE_BYTES_MAX);
+        assert!(shown.starts_with("\"xxx") && shown.ends_with(ELLIPSIS), "{shown}");
+        assert_eq!(capped_display(&"fits", 4), "fits");
+        assert_eq!(capped_display(&"é".repeat(3), 5), "é\u{2026}");
+        // The answer, the dead letter and the log line show capped texts.
+        let error = ApiError {
+            pointer: Some(format!("/properties/{}", "k".repeat(10_000)).into()),
+            ..ApiError::new(400, "schema_violation", "v".repeat(100_000))
+        };
+        let shown = body(&error);
+        let message = shown["error"]["message"].as_str().unwrap();
+        assert_eq!(message.len(), ERROR_MESSAGE_BYTES_MAX);
+        let field = shown["error"]["field"].as_str().unwrap();
+        assert_eq!(field.len(), ERROR_VALUE_BYTES_MAX);
+        assert!(field.starts_with("/properties/kkk") && field.ends_with(ELLIPSIS));
     }
 }

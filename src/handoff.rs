@@ -105,6 +105,50 @@ pub struct Record {
     /// Not to be produced: the fleet dedup found it stored or in flight
     /// elsewhere, and has reported it to its core already.
     pub skip: bool,
+    /// The contract that validated the event (header `schema`), in the
+    /// batch's data; empty: none did.
+    pub schema: Range<usize>,
+    /// Rerouted to the overflow topic, and why (header `overflow`).
+    pub overflow: Overflow,
+}
+
+/// Whether a record leaves its key's partition for the overflow topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Produced to its topic, keyed.
+    #[default]
+    No,
+    /// Its key is over `overflow.key_events_per_second`.
+    Rate,
+    /// Its key is one of `overflow.force_keys`.
+    Forced,
+}
+
+impl Overflow {
+    /// The `overflow` header's value.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Overflow::No => None,
+            Overflow::Rate => Some("rate"),
+            Overflow::Forced => Some("forced"),
+        }
+    }
+}
+
+/// The two dedup markers of a request sent with an `Idempotency-Key`
+/// (SPEC §12, §15; `events::ids::idempotency_markers`): ids in its
+/// tenant's event-id space, kept in the local table and in Redis as event
+/// ids are, and settled with the request: stored once any of its events
+/// is stored, released when none is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Markers {
+    /// (tenant, key): the operation.
+    pub operation: u128,
+    /// (tenant, key, payload): the operation with this payload.
+    pub payload: u128,
+    /// Their claims in the local table, operation then payload
+    /// (`dedup::table::NO_CLAIM` for none: not claimed by this request).
+    pub claims: [u32; 2],
 }
 
 /// The records of one request, handed to a producer thread.
@@ -123,6 +167,19 @@ pub struct Batch {
     pub claims: Vec<u32>,
     /// The request's identity in the dedup table's pending slots.
     pub owner: u64,
+    /// An `Idempotency-Key` request's markers (native routes, dedup on).
+    pub markers: Option<Markers>,
+    /// Headers every record of the request carries, in `data` (empty:
+    /// not sent): `request_id` (the answer's `X-Request-Id`), and the
+    /// request's W3C `traceparent` and `tracestate` when valid.
+    pub request_id: Range<usize>,
+    pub traceparent: Range<usize>,
+    pub tracestate: Range<usize>,
+    /// Where rerouted records go (`overflow.topic`; empty when off).
+    pub overflow_topic: Arc<str>,
+    /// Rerouted records are produced without a key (spread over the
+    /// partitions; the key in header `key`) rather than keyed.
+    pub overflow_spread: bool,
 }
 
 impl Batch {
@@ -142,6 +199,12 @@ impl Batch {
             records: Vec::with_capacity(16),
             claims: Vec::with_capacity(16),
             owner: 0,
+            markers: None,
+            request_id: 0..0,
+            traceparent: 0..0,
+            tracestate: 0..0,
+            overflow_topic: empty.clone(),
+            overflow_spread: true,
         }
     }
 
@@ -149,6 +212,10 @@ impl Batch {
         self.data.clear();
         self.records.clear();
         self.claims.clear();
+        self.markers = None;
+        self.request_id = 0..0;
+        self.traceparent = 0..0;
+        self.tracestate = 0..0;
     }
 }
 
@@ -183,6 +250,12 @@ pub enum FleetVerdict {
     Duplicate,
     /// Being stored by another instance's request right now.
     InFlight,
+    /// The whole request kept back: its `Idempotency-Key` was used for
+    /// another payload (422).
+    KeyReused,
+    /// The whole request kept back: a request with its `Idempotency-Key`
+    /// is being stored right now (503).
+    KeyInFlight,
 }
 
 /// What producer threads send back to one core.

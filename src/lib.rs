@@ -10,6 +10,8 @@
 //!   fleet-wide sharing through Redis.
 //! - [`events`]: request bodies into validated, enriched records (batch
 //!   splitting, Segment translation, validation, dead letters).
+//! - [`hot_keys`]: which record keys are over their rate (SPEC §17), in
+//!   a bounded table shared by the cores.
 //! - [`handoff`]: what crosses between the cores and the producer threads
 //!   (pooled batches, delivery opaques, completions, mailboxes).
 //! - [`kafka`]: the only module that knows rdkafka; producer threads, their
@@ -32,6 +34,7 @@ pub mod error;
 pub mod events;
 pub mod handoff;
 pub mod health;
+pub mod hot_keys;
 pub mod http;
 pub mod json;
 pub mod kafka;

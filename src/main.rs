@@ -43,7 +43,7 @@ struct Flags {
     #[arg(long, value_name = "NAME", global = true)]
     dlq_topic: Option<String>,
     /// API keys file (auth.keys_file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     keys_file: Option<PathBuf>,
     /// When to answer 202: after Kafka acks (durable) or once queued (enqueued).
     #[arg(long, value_name = "durable|enqueued", global = true)]
@@ -56,7 +56,13 @@ struct Flags {
     dev: bool,
     /// With --dev: use this API key instead of a new one each start (1 to
     /// 256 printable ASCII characters).
-    #[arg(long, value_name = "KEY", env = "SLUICE_DEV_KEY", requires = "dev")]
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "SLUICE_DEV_KEY",
+        requires = "dev",
+        global = true
+    )]
     dev_key: Option<String>,
 }
 
@@ -111,6 +117,7 @@ fn main() -> ExitCode {
         ack_mode: flags.ack_mode,
         log_format: flags.log_format,
         dev: flags.dev,
+        dev_key: flags.dev_key,
     };
     match flags.command {
         Some(Command::Check {
@@ -132,16 +139,6 @@ fn main() -> ExitCode {
         }
     };
     config.apply_property_environment(std::env::vars());
-    if let Some(key) = flags.dev_key {
-        if key.is_empty()
-            || key.len() > 256
-            || !key.bytes().all(|byte| (0x21..=0x7e).contains(&byte))
-        {
-            eprintln!("sluice: --dev-key must be 1 to 256 printable ASCII characters, no spaces");
-            return ExitCode::from(2);
-        }
-        config.dev_key = Some(key);
-    }
     if config.dev && overrides.listen.is_none() && std::env::var("SLUICE_SERVER_LISTEN").is_err() {
         // A dev server is for this machine only unless asked otherwise.
         config.server.listen = "127.0.0.1:8080".into();
@@ -151,7 +148,8 @@ fn main() -> ExitCode {
     // Flushes the log lines still queued when main returns.
     let (_log_guard, log_lines_dropped) = init_logging(config.server.log_format);
     for name in Config::unknown_variables(std::env::vars().map(|(name, _)| name)) {
-        tracing::warn!(variable = %name, "unknown SLUICE_ variable; it sets nothing (misspelt?)");
+        // The name only: the value may be a secret.
+        tracing::warn!(variable = %name, "{}", Config::unknown_variable_message(&name));
     }
     match sluice::server::run(config, move || log_lines_dropped.dropped_lines() as u64) {
         Ok(()) => ExitCode::SUCCESS,

@@ -63,26 +63,119 @@ impl Shutdown {
 }
 
 /// Stops control-plane threads promptly: they sleep on it between rounds
-/// and wake as soon as it is set. Never used on a core thread.
+/// and wake as soon as it is set. It also carries SIGHUP's reload request
+/// to the threads that reload ([`ControlStop::nudge`]), so each reloads on
+/// its own thread and none waits for another's reload. Never used on a
+/// core thread.
 #[derive(Default)]
 pub struct ControlStop {
-    stopped: std::sync::Mutex<bool>,
+    state: std::sync::Mutex<ControlState>,
     changed: std::sync::Condvar,
 }
 
+#[derive(Default)]
+struct ControlState {
+    stopped: bool,
+    /// Reload requests (SIGHUPs) so far.
+    nudges: u64,
+}
+
+/// Why [`ControlStop::sleep_or_nudged`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    Stopped,
+    /// A reload was requested since the caller last saw one.
+    Nudged,
+    /// The duration passed.
+    Elapsed,
+}
+
 impl ControlStop {
+    fn state(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn stop(&self) {
-        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.state().stopped = true;
+        self.changed.notify_all();
+    }
+
+    /// Asks every thread in [`ControlStop::sleep_or_nudged`] to reload
+    /// now; requests made while a thread is busy are seen when it next
+    /// sleeps (several as one).
+    pub fn nudge(&self) {
+        self.state().nudges += 1;
         self.changed.notify_all();
     }
 
     /// Sleeps up to `duration`; returns `false` once stopped.
     pub fn sleep(&self, duration: std::time::Duration) -> bool {
-        let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        let (stopped, _) = self
+        let (state, _) = self
             .changed
-            .wait_timeout_while(stopped, duration, |stopped| !*stopped)
+            .wait_timeout_while(self.state(), duration, |state| !state.stopped)
             .unwrap_or_else(|p| p.into_inner());
-        !*stopped
+        !state.stopped
+    }
+
+    /// Sleeps up to `duration`, or until stopped, or until a reload is
+    /// requested that `seen` (the requests the caller has handled; start
+    /// at 0) does not count yet.
+    pub fn sleep_or_nudged(&self, duration: std::time::Duration, seen: &mut u64) -> Woken {
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(self.state(), duration, |state| {
+                !state.stopped && state.nudges == *seen
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        if state.stopped {
+            Woken::Stopped
+        } else if state.nudges != *seen {
+            *seen = state.nudges;
+            Woken::Nudged
+        } else {
+            Woken::Elapsed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_nudge_wakes_every_sleeper_once_and_stop_ends_them() {
+        let stop = Arc::new(ControlStop::default());
+        let long = Duration::from_secs(60);
+        let sleepers: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    let first = stop.sleep_or_nudged(long, &mut seen);
+                    let second = stop.sleep_or_nudged(long, &mut seen);
+                    (first, second)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        stop.nudge();
+        std::thread::sleep(Duration::from_millis(50));
+        stop.stop();
+        for sleeper in sleepers {
+            assert_eq!(sleeper.join().unwrap(), (Woken::Nudged, Woken::Stopped));
+        }
+        // A request made before the sleep is seen at once; plain sleeps ignore it.
+        let stop = ControlStop::default();
+        stop.nudge();
+        assert!(stop.sleep(Duration::from_millis(1)));
+        let mut seen = 0;
+        let started = Instant::now();
+        assert_eq!(stop.sleep_or_nudged(long, &mut seen), Woken::Nudged);
+        assert_eq!(
+            stop.sleep_or_nudged(Duration::from_millis(1), &mut seen),
+            Woken::Elapsed
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

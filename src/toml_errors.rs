@@ -67,8 +67,8 @@ pub fn plain_serde_message(message: &str) -> String {
     plain
 }
 
-/// Levenshtein distance, for "did you mean" (short key names only).
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance, for "did you mean" (key and variable names only).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

@@ -113,16 +113,20 @@ fn a_tenants_flood_does_not_make_anothers_retries_stored_twice() {
     let (victim, attacker) = (format!("victim{base}_"), format!("flood{base}_"));
     let victim_ids = base..base + VICTIM_EVENTS;
     assert_eq!(send_all(&sluice, KEY, &victim, victim_ids.clone()), 0);
-    // Twice the table in new ids, from four connections at once.
+    // Twice the table in new ids, from four connections at once; the
+    // victim retries all of its events once meanwhile, and once after.
     let flood = base + 100_000..base + 100_000 + 2 * ENTRIES as u64;
     let quarter = flood.clone().count() as u64 / 4;
-    std::thread::scope(|scope| {
+    let during = std::thread::scope(|scope| {
         for part in 0..4 {
             let (sluice, attacker) = (&sluice, &attacker);
             let start = flood.start + part * quarter;
             scope.spawn(move || send_all(sluice, ATTACKER_KEY, attacker, start..start + quarter));
         }
+        std::thread::sleep(Duration::from_millis(500));
+        send_all(&sluice, KEY, &victim, victim_ids.clone())
     });
+    assert_eq!(during as u64, VICTIM_EVENTS, "a retry during the flood");
     let answered = send_all(&sluice, KEY, &victim, victim_ids);
     let counts = stored(&broker, &victim);
     let twice = counts.values().filter(|&&count| count > 1).count();

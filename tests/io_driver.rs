@@ -1,6 +1,8 @@
 //! `server.io_driver = "epoll"` serves the same HTTP as the default
 //! io_uring driver: single and pipelined requests, timeouts, events into
 //! Kafka (librdkafka's mock cluster here; the driver is HTTP-side only).
+//! Either way `sluice_io_driver` and a start-up line say which runs
+//! (tests/seccomp.rs: epoll when a seccomp profile refuses io_uring).
 
 mod common;
 
@@ -28,6 +30,11 @@ fn the_epoll_driver_serves_requests_and_deadlines() {
     // The loop really runs on epoll: an epoll descriptor and no io_uring.
     assert_eq!(descriptors(&sluice, "[io_uring]"), 0);
     assert!(descriptors(&sluice, "[eventpoll]") >= 1);
+    // And says so.
+    assert_eq!(driver_in_use(&sluice), "epoll");
+    assert!(sluice
+        .logs()
+        .contains("I/O driver: epoll (server.io_driver)"));
 }
 
 #[test]
@@ -39,7 +46,22 @@ fn the_default_driver_is_io_uring_where_the_kernel_has_it() {
     // it is, the loop holds an io_uring descriptor.
     if io_uring_available() {
         assert!(descriptors(&sluice, "[io_uring]") >= 1);
+        assert_eq!(driver_in_use(&sluice), "io_uring");
+    } else {
+        assert_eq!(driver_in_use(&sluice), "epoll");
     }
+}
+
+/// The driver `sluice_io_driver` says the loops run on (the series at 1).
+fn driver_in_use(sluice: &Sluice) -> String {
+    let scrape = sluice.get("/metrics").text();
+    let in_use: Vec<&str> = scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix("sluice_io_driver{driver=\""))
+        .filter_map(|rest| rest.strip_suffix("\"} 1"))
+        .collect();
+    assert_eq!(in_use.len(), 1, "{scrape}");
+    in_use[0].to_string()
 }
 
 /// Descriptors of the server process whose link names `kind`

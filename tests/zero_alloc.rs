@@ -28,6 +28,8 @@ use sluice::tenancy::keys::KeyStore;
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Records the stand-in producer was handed for the overflow topic.
+static OVERFLOWED: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static COUNTED: Cell<bool> = const { Cell::new(false) };
@@ -73,6 +75,12 @@ fn start_core_with(schemas: sluice::events::schema::Schemas) -> std::net::Socket
     config.server.pin_cores = false;
     config.limits.inflight_events_per_core_max = 4096;
     config.limits.inflight_requests_per_core_max = 1024;
+    // Hot keys on, as an operator turns them on: every event is judged,
+    // and the repeated single event's user goes over its rate (1,000 a
+    // second) and overflows; one key is forced.
+    config.overflow.topic = "events_overflow".into();
+    config.overflow.force_keys = vec!["tenant_a:forced_user".into()];
+    let hot_keys = Some(Arc::new(sluice::hot_keys::HotKeys::new(&config.overflow)));
     let mailboxes: Arc<[Arc<Mailbox>]> = vec![Arc::new(Mailbox::new(4096))].into();
     // Dedup on, as by default: its claims are on the measured path.
     let dedup = Some(Arc::new(sluice::dedup::table::DedupTable::new(
@@ -104,8 +112,13 @@ fn start_core_with(schemas: sluice::events::schema::Schemas) -> std::net::Socket
         metrics: Arc::new(Metrics::new(1)),
         readiness,
         mailboxes: mailboxes.clone(),
+        // With contracts, their checker threads, as the server starts them.
+        checker: schemas.as_ref().map(|_| {
+            Arc::new(sluice::events::schema::checker::Checker::start(1, 16).unwrap())
+        }),
         schemas,
         dedup,
+        hot_keys,
         shutdown: Shutdown::new(1, Duration::from_secs(1)),
         config,
     });
@@ -116,6 +129,12 @@ fn start_core_with(schemas: sluice::events::schema::Schemas) -> std::net::Socket
             // once its records are handed over, before any delivery report.
             let mailbox = &mailboxes[batch.ticket.core];
             let ticket = batch.ticket;
+            let rerouted = batch
+                .records
+                .iter()
+                .filter(|record| record.overflow != sluice::handoff::Overflow::No)
+                .count();
+            OVERFLOWED.fetch_add(rerouted as u64, Ordering::Relaxed);
             let dead_letters: Vec<bool> = batch
                 .records
                 .iter()
@@ -233,6 +252,25 @@ fn steady_state_requests_allocate_nothing_on_the_core() {
     let per_single = allocations_per_request(address, &single);
     println!("single event: {per_single} allocations per request");
 
+    // Every header a record can carry: a request id, a W3C trace context
+    // (copied), a forced key (rerouted).
+    let body = format!(
+        r#"{{"user_id":"forced_user","event_type":"page_view","event_time":{}}}"#,
+        now_ms()
+    );
+    let traced = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: t\r\nX-CS-API-Key: {KEY}\r\nX-Request-Id: req-0123456789\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: congo=t61rcWkgMzE,rojo=00f067aa0ba902b7\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let per_traced = allocations_per_request(address, traced.as_bytes());
+    println!("single event, traced and forced to overflow: {per_traced} allocations per request");
+    assert_eq!(per_traced, 0.0, "the record headers allocate");
+    assert!(
+        OVERFLOWED.load(Ordering::Relaxed) >= 7_000,
+        "the forced key and the hot user were rerouted: {}",
+        OVERFLOWED.load(Ordering::Relaxed)
+    );
+
     // With an event_id: a new one each time (claimed in the dedup table,
     // settled by its report), then the same one (answered as a duplicate).
     let with_id = |id: &str| {
@@ -251,6 +289,30 @@ fn steady_state_requests_allocate_nothing_on_the_core() {
         allocations_per_request(address, &with_id("0f8fad5b-d9cb-469f-a165-70867728950e"));
     println!("single event, repeated event_id: {per_duplicate} allocations per request");
 
+    // With an Idempotency-Key: a new key each time (its two markers and
+    // its event's derived id claimed, settled by the report), then one
+    // key with one body again (an identical retry: a duplicate).
+    let keyed = |key: &str| {
+        let mut request = request(
+            "/v1/events",
+            &format!(
+                r#"{{"user_id":"user_123","event_type":"page_view","event_time":{}}}"#,
+                now_ms()
+            ),
+        );
+        let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        request.splice(
+            head_end..head_end,
+            format!("\r\nIdempotency-Key: {key}").into_bytes(),
+        );
+        request
+    };
+    let per_new_key =
+        allocations_per_request(address, &keyed(&format!("{FRESH_ID_PREFIX}000000000000")));
+    println!("single event, new Idempotency-Key: {per_new_key} allocations per request");
+    let per_same_key = allocations_per_request(address, &keyed("order-42"));
+    println!("single event, repeated Idempotency-Key: {per_same_key} allocations per request");
+
     let events: Vec<String> = (0..100)
         .map(|i| format!(r#"{{"user_id":"user_{i}","event_type":"click","event_time":{},"properties":{{"i":{i}}}}}"#, now_ms()))
         .collect();
@@ -265,6 +327,11 @@ fn steady_state_requests_allocate_nothing_on_the_core() {
     allocations_per_event_with_schemas_on_are_bounded();
     assert_eq!(per_fresh, 0.0, "the dedup claim path allocates");
     assert_eq!(per_duplicate, 0.0, "the duplicate path allocates");
+    assert_eq!(per_new_key, 0.0, "the Idempotency-Key path allocates");
+    assert_eq!(
+        per_same_key, 0.0,
+        "the Idempotency-Key retry path allocates"
+    );
     assert_eq!(per_batch, 0.0, "the batch path allocates");
 }
 

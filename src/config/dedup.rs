@@ -26,6 +26,20 @@ pub struct DedupConfig {
     /// How long a request waits for Redis's answer before it is served on
     /// local dedup alone.
     pub redis_timeout_ms: u64,
+    /// A tenant's live keys in Redis at most (0: `entries_max`): a claim
+    /// past it deletes that tenant's oldest keys, never another's, so
+    /// sluice's memory in Redis is bounded by tenants × this.
+    pub redis_keys_per_tenant_max: usize,
+}
+
+impl DedupConfig {
+    /// `redis_keys_per_tenant_max`, 0 read as `entries_max`.
+    pub fn redis_keys_per_tenant(&self) -> u64 {
+        match self.redis_keys_per_tenant_max {
+            0 => self.entries_max as u64,
+            keys => keys as u64,
+        }
+    }
 }
 
 impl Default for DedupConfig {
@@ -36,6 +50,7 @@ impl Default for DedupConfig {
             entries_max: 4_194_304,
             redis_url: Secret::default(),
             redis_timeout_ms: 100,
+            redis_keys_per_tenant_max: 0,
         }
     }
 }

@@ -17,8 +17,10 @@ mod auth;
 pub mod bounds;
 mod cors;
 mod dedup;
+mod environment;
 mod kafka;
 mod limits;
+mod overflow;
 mod schemas;
 mod server;
 pub mod urls;
@@ -31,6 +33,7 @@ pub use limits::{
     KeyLimits, LimitsConfig, KAFKA_MESSAGE_BYTES_MAX_DEFAULT, RECORD_BYTES_PER_BODY_BYTE_MAX,
     RECORD_BYTES_PER_EVENT_MAX, RECORD_OVERHEAD_BYTES_MAX,
 };
+pub use overflow::{OverflowConfig, FORCE_KEYS_MAX};
 pub use schemas::SchemasConfig;
 pub use server::{AckMode, IoDriver, LogFormat, ServerConfig};
 
@@ -45,6 +48,7 @@ pub struct Config {
     pub cors: CorsConfig,
     pub dedup: DedupConfig,
     pub schemas: SchemasConfig,
+    pub overflow: OverflowConfig,
     /// Run with librdkafka's in-process mock cluster and a generated dev key.
     pub dev: bool,
     /// `--dev-key`: the dev key to use instead of a generated one (a flag
@@ -98,6 +102,8 @@ pub struct Overrides {
     pub ack_mode: Option<String>,
     pub log_format: Option<String>,
     pub dev: bool,
+    /// `--dev-key` (or `SLUICE_DEV_KEY`).
+    pub dev_key: Option<String>,
 }
 
 /// Environment variable prefix.
@@ -110,30 +116,6 @@ pub const ENV_PREFIX: &str = "SLUICE_";
 pub const PROPERTY_ENV_PREFIX: &str = "SLUICE_KAFKA_PROPERTIES__";
 
 impl Config {
-    /// The `SLUICE_*` variables among `names` that set nothing: neither a
-    /// configuration key, nor a `[kafka.properties]` entry, nor one of the
-    /// test and debug switches. A misspelt variable is otherwise ignored
-    /// without a word.
-    pub fn unknown_variables(names: impl Iterator<Item = String>) -> Vec<String> {
-        const OTHER_VARIABLES: [&str; 3] = [
-            "SLUICE_DEBUG_PANIC_TARGET",
-            "SLUICE_TEST_CORES",
-            "SLUICE_CACHE_DIR",
-        ];
-        let known: std::collections::HashSet<String> = Self::keys()
-            .iter()
-            .map(|(section, key)| env_name(section, key))
-            .collect();
-        let mut unknown: Vec<String> = names
-            .filter(|name| name.starts_with(ENV_PREFIX))
-            .filter(|name| !name.starts_with(PROPERTY_ENV_PREFIX))
-            .filter(|name| !known.contains(name) && !OTHER_VARIABLES.contains(&name.as_str()))
-            .filter(|name| !name.starts_with("SLUICE_TANSU_"))
-            .collect();
-        unknown.sort();
-        unknown
-    }
-
     /// Sets `[kafka.properties]` entries from `SLUICE_KAFKA_PROPERTIES__*`
     /// variables (see [`PROPERTY_ENV_PREFIX`]); they win over the file.
     pub fn apply_property_environment(
@@ -238,6 +220,7 @@ impl Config {
                 plain_serde_message(error.message())
             )
         })?;
+        config.dev_key.clone_from(&overrides.dev_key);
         config.kafka.read_secret_files()?;
         Ok(config)
     }
@@ -304,6 +287,13 @@ impl Config {
                     "{:?} is not an address: write IP:PORT, for example 0.0.0.0:8080 or 127.0.0.1:8080",
                     self.server.listen
                 ),
+            ));
+        }
+        if self.dev_key.as_deref().is_some_and(|key| {
+            key.is_empty() || key.len() > 256 || !key.bytes().all(|byte| byte.is_ascii_graphic())
+        }) {
+            problems.push(Problem::general(
+                "--dev-key must be 1 to 256 printable ASCII characters, no spaces".into(),
             ));
         }
         match toml::Table::try_from(self) {
@@ -428,6 +418,7 @@ impl Config {
                 format!("{other:?} is not one of none, gzip, snappy, lz4, zstd"),
             )),
         }
+        problems.extend(self.overflow.problems(&self.kafka.partitioner));
         if let Err(error) = self.kafka.check_security() {
             problems.push(Problem::general(format!("{error:#}")));
         }
@@ -735,19 +726,6 @@ mod tests {
             format!("{error:#}").contains("kafka.security_protocol"),
             "{error:#}"
         );
-    }
-
-    #[test]
-    fn unknown_variables_are_found() {
-        let names = [
-            "SLUICE_KAFKA_LINGER_MS",
-            "SLUICE_KAFKA_LINGR_MS",
-            "SLUICE_KAFKA_PROPERTIES__SOCKET_KEEPALIVE_ENABLE",
-            "SLUICE_SERVER_WRITE_TIMEOUT_MS",
-            "PATH",
-        ];
-        let unknown = Config::unknown_variables(names.iter().map(|name| name.to_string()));
-        assert_eq!(unknown, vec!["SLUICE_KAFKA_LINGR_MS".to_string()]);
     }
 
     #[test]

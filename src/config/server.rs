@@ -77,6 +77,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Failed-request log lines per second per core; the rest are counted, not logged.
     pub error_logs_per_second_max: u32,
+    /// Failed-request log bytes per second per core (each line estimated
+    /// at its most, escaped); the rest are counted, not logged.
+    pub error_log_bytes_per_second_max: u64,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             write_timeout_ms: 10_000,
             log_format: LogFormat::Text,
             error_logs_per_second_max: 20,
+            error_log_bytes_per_second_max: 16 * 1024,
         }
     }
 }

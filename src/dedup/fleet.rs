@@ -113,11 +113,47 @@ end
 return 0
 ";
 
+/// KEYS: a request's payload marker, its operation marker (SPEC §12:
+/// `handoff::Markers`), its tenant's index. ARGV: this instance's token,
+/// the pending TTL (ms), the tenant's cap, the window (ms), the payload
+/// marker's member, the operation marker's member, the tenant's key
+/// prefix. Returns the payload marker's value if it has one (`S`: an
+/// identical retry; `P…`: in flight); else `R` if the operation marker is
+/// stored (the key was used for another payload), or its value if it is
+/// pending; else claims both (as [`CLAIM`] claims an event, cap
+/// included) and returns nil or how many of the tenant's oldest keys went.
+pub const MARK: &str = r"
+local payload = redis.call('GET', KEYS[1])
+if payload then return payload end
+local operation = redis.call('GET', KEYS[2])
+if operation == 'S' then return 'R' end
+if operation then return operation end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[4]) * 1000)
+redis.call('ZADD', KEYS[3], now, ARGV[5], now, ARGV[6])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[3])
+if over <= 0 then return false end
+local removed = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, over + 1)) do
+  if removed < over and member ~= ARGV[5] and member ~= ARGV[6] then
+    redis.call('ZREM', KEYS[3], member)
+    redis.call('DEL', ARGV[7] .. member)
+    removed = removed + 1
+  end
+end
+return removed
+";
+
 /// The scripts, by their SHA1 (loaded at each connect).
 struct Scripts {
     claim: redis::Script,
     store: redis::Script,
     release: redis::Script,
+    mark: redis::Script,
 }
 
 impl Scripts {
@@ -126,11 +162,12 @@ impl Scripts {
             claim: redis::Script::new(CLAIM),
             store: redis::Script::new(STORE),
             release: redis::Script::new(RELEASE),
+            mark: redis::Script::new(MARK),
         }
     }
 
     fn load(&self, connection: &mut redis::Connection) -> redis::RedisResult<()> {
-        for script in [&self.claim, &self.store, &self.release] {
+        for script in [&self.claim, &self.store, &self.release, &self.mark] {
             script.load(connection)?;
         }
         Ok(())
@@ -150,21 +187,15 @@ pub struct Fleet {
     pub timeout: Duration,
     pub window_ms: u64,
     pub pending_ttl_ms: u64,
+    /// A tenant's live keys in Redis at most
+    /// (`dedup.redis_keys_per_tenant_max`).
+    pub keys_per_tenant_max: u64,
     pub state: Arc<FleetDedup>,
     pub mailboxes: Arc<[Arc<Mailbox>]>,
 }
 
 /// How often an idle dedup thread checks that Redis is there.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-impl Fleet {
-    /// A tenant's live keys in Redis at most
-    /// (`dedup.redis_keys_per_tenant_max`). GATE-PENDING: a field set from
-    /// the configuration once issue 29's restructuring is in.
-    fn keys_per_tenant_max(&self) -> u64 {
-        u64::from(u32::MAX)
-    }
-}
 
 /// The prefix of a tenant's event keys.
 fn key_prefix(tenant: &str) -> String {
@@ -402,8 +433,28 @@ impl Fleet {
             }
         }
         let mut asked = 0u64;
+        let mut marked = 0u64;
         for batch in batches.iter() {
             let (prefix, index) = (key_prefix(&batch.tenant_id), index_key(&batch.tenant_id));
+            // A request's markers before its events: the key may keep the
+            // whole request back.
+            if let Some(markers) = &batch.markers {
+                let (payload, operation) = (member(markers.payload), member(markers.operation));
+                pipe.cmd("EVALSHA")
+                    .arg(scripts.mark.get_hash())
+                    .arg(3)
+                    .arg(format!("{prefix}{payload}"))
+                    .arg(format!("{prefix}{operation}"))
+                    .arg(&index)
+                    .arg(token)
+                    .arg(self.pending_ttl_ms)
+                    .arg(self.keys_per_tenant_max)
+                    .arg(self.window_ms)
+                    .arg(&payload)
+                    .arg(&operation)
+                    .arg(&prefix);
+                marked += 1;
+            }
             for record in &batch.records {
                 if let Some(id) = record.event_id {
                     let member = member(id);
@@ -414,7 +465,7 @@ impl Fleet {
                         .arg(&index)
                         .arg(token)
                         .arg(self.pending_ttl_ms)
-                        .arg(self.keys_per_tenant_max())
+                        .arg(self.keys_per_tenant_max)
                         .arg(self.window_ms)
                         .arg(&member)
                         .arg(&prefix);
@@ -423,7 +474,7 @@ impl Fleet {
             }
         }
         let answers: Vec<redis::Value> = pipe.query(connection).map_err(Some)?;
-        if answers.len() as u64 != asked {
+        if answers.len() as u64 != asked + marked {
             return Err(None);
         }
         self.state.checked.fetch_add(asked, Relaxed);
@@ -431,6 +482,32 @@ impl Fleet {
         for batch in batches.iter_mut() {
             let mailbox = &self.mailboxes[batch.ticket.core];
             let mut evicted = 0u64;
+            let refused = match batch.markers {
+                None => None,
+                Some(_) => match answers.next() {
+                    // An identical retry: its events are judged one by one.
+                    Some(redis::Value::BulkString(value)) if value == b"S" => None,
+                    Some(redis::Value::BulkString(value)) if value == b"R" => {
+                        Some(FleetVerdict::KeyReused)
+                    }
+                    Some(redis::Value::BulkString(_)) => {
+                        self.state.in_flight.fetch_add(1, Relaxed);
+                        Some(FleetVerdict::KeyInFlight)
+                    }
+                    Some(redis::Value::Int(pushed_out)) => {
+                        evicted += pushed_out.max(0) as u64;
+                        None
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(verdict) = refused {
+                evicted += self.refuse(batch, verdict, &mut answers);
+                if evicted > 0 {
+                    self.state.evicted(&batch.tenant_id, evicted);
+                }
+                continue;
+            }
             for (index, record) in batch.records.iter_mut().enumerate() {
                 if record.event_id.is_none() {
                     continue;
@@ -463,6 +540,48 @@ impl Fleet {
             }
         }
         Ok(())
+    }
+
+    /// Keeps a whole request back for its `Idempotency-Key` (`verdict`):
+    /// every record is skipped and reported so to its core, and the event
+    /// keys its claims took in this round (they ran, pipelined after the
+    /// markers) are released with the next round. Returns how many of the
+    /// tenant's keys those claims pushed out.
+    fn refuse(
+        &self,
+        batch: &mut Batch,
+        verdict: FleetVerdict,
+        answers: &mut impl Iterator<Item = redis::Value>,
+    ) -> u64 {
+        let mailbox = &self.mailboxes[batch.ticket.core];
+        let mut evicted = 0u64;
+        for (index, record) in batch.records.iter_mut().enumerate() {
+            if let Some(event_id) = record.event_id {
+                let claimed = match answers.next() {
+                    Some(redis::Value::Int(pushed_out)) => {
+                        evicted += pushed_out.max(0) as u64;
+                        true
+                    }
+                    Some(redis::Value::Nil) => true,
+                    _ => false,
+                };
+                if claimed {
+                    self.state.settle(Settle {
+                        tenant: Arc::clone(&batch.tenant_id),
+                        event_id,
+                        stored: false,
+                    });
+                }
+            }
+            record.skip = true;
+            mailbox.complete(Completion {
+                opaque: Opaque::new(batch.ticket, index, record.dead_letter),
+                delivered: false,
+                fleet: verdict,
+                event: record.event,
+            });
+        }
+        evicted
     }
 
     /// Hands a batch to the producers, or back to its core's pool when
@@ -500,6 +619,7 @@ mod tests {
             timeout: Duration::from_millis(10),
             window_ms: 60_000,
             pending_ttl_ms: 15_000,
+            keys_per_tenant_max: 10,
             state: Arc::new(FleetDedup::default()),
             mailboxes: Vec::new().into(),
         }

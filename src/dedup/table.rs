@@ -384,14 +384,8 @@ impl DedupTable {
         fingerprint.checked_shr(self.shift).unwrap_or(0) as usize
     }
 
-    /// Claims `fingerprint` for the request `owner` at `now_ms`, counted
-    /// as a tenant past the labelled ones.
-    pub fn claim(&self, fingerprint: u64, owner: u64, now_ms: u64) -> Claim {
-        self.claim_for(Tenant(OTHER_SLOT), fingerprint, owner, now_ms)
-    }
-
     /// Claims `fingerprint` of `tenant` for the request `owner` at `now_ms`.
-    pub fn claim_for(&self, tenant: Tenant, fingerprint: u64, owner: u64, now_ms: u64) -> Claim {
+    pub fn claim(&self, tenant: Tenant, fingerprint: u64, owner: u64, now_ms: u64) -> Claim {
         for _ in 0..CLAIM_ATTEMPTS {
             let victim = match self.scan(tenant, fingerprint, owner, now_ms) {
                 Ok(victim) => victim,
@@ -613,6 +607,8 @@ mod tests {
     use super::*;
 
     const HOUR_MS: u64 = 3_600_000;
+    /// One tenant, for the tests of one tenant's keys.
+    const T: Tenant = Tenant(0);
 
     /// A tenant's `n` keys, from `first`.
     fn prints(table: &DedupTable, tenant: &str, first: u128, n: u128) -> Vec<u64> {
@@ -625,7 +621,7 @@ mod tests {
     /// Claims and stores `print` for `tenant` at `now`: the claim.
     fn store(table: &DedupTable, tenant: Tenant, print: u64, serial: u64, now: u64) -> Claim {
         let me = owner(0, serial);
-        let claim = table.claim_for(tenant, print, me, now);
+        let claim = table.claim(tenant, print, me, now);
         if let Claim::Fresh(slot) = claim {
             if slot != NO_CLAIM {
                 table.settle(slot, me, true, now);
@@ -638,15 +634,15 @@ mod tests {
     fn a_stored_key_is_a_duplicate_until_the_window_ends() {
         let table = DedupTable::new(64, 1_000);
         let print = table.fingerprint(table.tenant_hash("t"), 7);
-        let Claim::Fresh(slot) = table.claim(print, owner(0, 1), 100) else {
+        let Claim::Fresh(slot) = table.claim(T, print, owner(0, 1), 100) else {
             panic!("first claim")
         };
-        assert_eq!(table.claim(print, owner(0, 1), 100), Claim::Repeated);
-        assert_eq!(table.claim(print, owner(1, 1), 100), Claim::InFlight);
+        assert_eq!(table.claim(T, print, owner(0, 1), 100), Claim::Repeated);
+        assert_eq!(table.claim(T, print, owner(1, 1), 100), Claim::InFlight);
         table.settle(slot, owner(0, 1), true, 200);
-        assert_eq!(table.claim(print, owner(1, 2), 1_199), Claim::Duplicate);
+        assert_eq!(table.claim(T, print, owner(1, 2), 1_199), Claim::Duplicate);
         assert!(matches!(
-            table.claim(print, owner(1, 3), 1_200),
+            table.claim(T, print, owner(1, 3), 1_200),
             Claim::Fresh(_)
         ));
     }
@@ -655,12 +651,12 @@ mod tests {
     fn a_failed_delivery_releases_the_key() {
         let table = DedupTable::new(64, 1_000);
         let print = table.fingerprint(table.tenant_hash("t"), 7);
-        let Claim::Fresh(slot) = table.claim(print, owner(0, 1), 100) else {
+        let Claim::Fresh(slot) = table.claim(T, print, owner(0, 1), 100) else {
             panic!("first claim")
         };
         table.settle(slot, owner(0, 1), false, 150);
         assert!(matches!(
-            table.claim(print, owner(0, 2), 160),
+            table.claim(T, print, owner(0, 2), 160),
             Claim::Fresh(_)
         ));
     }
@@ -671,11 +667,11 @@ mod tests {
         let a = table.fingerprint(table.tenant_hash("a"), 7);
         let b = table.fingerprint(table.tenant_hash("b"), 7);
         assert_ne!(a, b);
-        let Claim::Fresh(slot) = table.claim(a, owner(0, 1), 0) else {
+        let Claim::Fresh(slot) = table.claim(T, a, owner(0, 1), 0) else {
             panic!()
         };
         table.settle(slot, owner(0, 1), true, 0);
-        assert!(matches!(table.claim(b, owner(0, 2), 0), Claim::Fresh(_)));
+        assert!(matches!(table.claim(T, b, owner(0, 2), 0), Claim::Fresh(_)));
     }
 
     /// A full set evicts its oldest stored entry, counted; pending ones
@@ -687,13 +683,14 @@ mod tests {
             .map(|id| table.fingerprint(table.tenant_hash("t"), id))
             .collect();
         for (time, &print) in prints[..4].iter().enumerate() {
-            let Claim::Fresh(slot) = table.claim(print, owner(0, time as u64), time as u64) else {
+            let Claim::Fresh(slot) = table.claim(T, print, owner(0, time as u64), time as u64)
+            else {
                 panic!()
             };
             table.settle(slot, owner(0, time as u64), true, time as u64);
         }
         assert!(matches!(
-            table.claim(prints[4], owner(0, 9), 10),
+            table.claim(T, prints[4], owner(0, 9), 10),
             Claim::Fresh(_)
         ));
         assert_eq!(table.counters.evicted_young.load(Relaxed), 1);
@@ -704,11 +701,11 @@ mod tests {
         let table = DedupTable::new(4, 1_000_000);
         for (serial, &print) in prints[..4].iter().enumerate() {
             assert!(matches!(
-                table.claim(print, owner(0, serial as u64), 0),
+                table.claim(T, print, owner(0, serial as u64), 0),
                 Claim::Fresh(_)
             ));
         }
-        assert_eq!(table.claim(prints[4], owner(0, 9), 0), Claim::Busy);
+        assert_eq!(table.claim(T, prints[4], owner(0, 9), 0), Claim::Busy);
     }
 
     /// Many threads claiming the same keys at once: no key is claimed
@@ -733,7 +730,7 @@ mod tests {
                     for (id, count) in fresh.iter().enumerate() {
                         let print = table.fingerprint(tenant, id as u128);
                         let me = owner(core, id as u64);
-                        if let Claim::Fresh(slot) = table.claim(print, me, 1) {
+                        if let Claim::Fresh(slot) = table.claim(T, print, me, 1) {
                             count.fetch_add(1, Relaxed);
                             table.settle(slot, me, true, 1);
                         }
@@ -786,7 +783,7 @@ mod tests {
             "the losing claim destroyed an entry"
         );
         assert_eq!(second, None, "the loser looks again");
-        assert_eq!(table.claim_for(tenant, key, b, 10), Claim::InFlight);
+        assert_eq!(table.claim(tenant, key, b, 10), Claim::InFlight);
         assert_eq!(table.counters.evicted_young.load(Relaxed), 1, "A's only");
     }
 

@@ -69,7 +69,10 @@ fn repeated_name<'a>(nodes: &[Node<'a>], keys: &mut [usize]) -> Option<&'a str> 
     if keys.len() <= PAIRWISE_MEMBERS_MAX {
         for (position, &first) in keys.iter().enumerate() {
             let first = name(first);
-            if keys[position + 1..].iter().any(|&other| name(other) == first) {
+            if keys[position + 1..]
+                .iter()
+                .any(|&other| name(other) == first)
+            {
                 return Some(first);
             }
         }
@@ -154,12 +157,10 @@ mod tests {
     fn check(json: &str) -> Result<(), String> {
         let mut bytes = json.as_bytes().to_vec();
         let tape = simd_json::to_tape(&mut bytes).expect("valid JSON");
-        DuplicateCheck::default()
-            .check(&tape.0)
-            .map_err(|error| {
-                assert_eq!((error.status, error.code), (400, "invalid_event"));
-                error.pointer.expect("a pointer").into_string()
-            })
+        DuplicateCheck::default().check(&tape.0).map_err(|error| {
+            assert_eq!((error.status, error.code), (400, "invalid_event"));
+            error.pointer.expect("a pointer").into_string()
+        })
     }
 
     #[test]

@@ -28,6 +28,10 @@
 //! precision).
 
 pub mod budget;
+pub mod checker;
+pub mod checks;
+pub mod contract_id;
+pub mod equality;
 pub mod files;
 pub mod metered;
 pub mod pattern;
@@ -40,11 +44,12 @@ use ahash::AHashMap;
 use jsonschema::{PatternOptions, Validator};
 
 use self::budget::{DocumentCost, DocumentLimits};
+pub use self::contract_id::{ContractId, CONTRACT_SHA256_BYTES};
 use self::metered::{Instance, Metered, NamePatterns, Weights};
 use crate::error::ApiError;
 
-/// The budgets of `[schemas]`; see [`SchemaLimits::default`] for the
-/// defaults and `BENCHMARKS.md` for what they cost.
+/// The budgets of `[schemas]` (`config::SchemasConfig` documents each and
+/// its default; `BENCHMARKS.md` measures what they cost).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchemaLimits {
     /// Schema files in the set (`schemas.files_max`).
@@ -76,27 +81,37 @@ pub struct SchemaLimits {
 
 impl Default for SchemaLimits {
     fn default() -> Self {
-        SchemaLimits {
-            files_max: 1_000,
-            file_bytes_max: 1 << 20,
-            total_bytes_max: 16 << 20,
-            ref_depth_max: 32,
-            expansion_max: 2_048,
-            pattern_nfa_bytes_max: 256 * 1024,
-            patterns_max: 2_000,
-            pattern_states_max: 500_000,
-            validation_steps_per_event_byte: 256,
-            validation_steps_min: 1_000_000,
-        }
+        SchemaLimits::from_config(&crate::config::SchemasConfig::default())
     }
 }
 
 impl SchemaLimits {
-    fn document(&self) -> DocumentLimits {
+    /// The budgets `[schemas]` sets.
+    pub fn from_config(config: &crate::config::SchemasConfig) -> SchemaLimits {
+        let size = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        SchemaLimits {
+            files_max: size(config.files_max),
+            file_bytes_max: config.file_bytes_max,
+            total_bytes_max: config.total_bytes_max,
+            ref_depth_max: config.ref_depth_max,
+            expansion_max: config.expansion_max,
+            pattern_nfa_bytes_max: size(config.pattern_nfa_bytes_max),
+            patterns_max: config.patterns_max,
+            pattern_states_max: config.pattern_states_max,
+            validation_steps_per_event_byte: config.validation_steps_per_event_byte,
+            validation_steps_min: config.validation_steps_min,
+        }
+    }
+
+    /// A document's limits, with what the set has left of its pattern
+    /// budgets after `spent`.
+    fn document(&self, spent: &SetTotals) -> DocumentLimits {
         DocumentLimits {
             depth_max: self.ref_depth_max,
             expansion_max: self.expansion_max,
             pattern_nfa_bytes_max: self.pattern_nfa_bytes_max,
+            patterns_left: self.patterns_max.saturating_sub(spent.patterns),
+            pattern_states_left: self.pattern_states_max.saturating_sub(spent.pattern_states),
         }
     }
 
@@ -135,6 +150,9 @@ pub struct Contract {
     /// The file's bytes, hashed: a reload reuses a contract whose file did
     /// not change.
     digest: u64,
+    /// The first bytes of the file's SHA-256 (`sha256sum` shows them
+    /// first): the version a record's `schema` header names.
+    sha256: [u8; CONTRACT_SHA256_BYTES],
 }
 
 impl Contract {
@@ -178,7 +196,16 @@ impl std::fmt::Debug for SchemaSet {
 /// Compiles one schema document within `limits`: its cost is checked
 /// before jsonschema sees it.
 pub fn compile(schema: &serde_json::Value, limits: &SchemaLimits) -> Result<Contract, String> {
-    let (cost, names) = budget::analyze(schema, limits.document())?;
+    compile_within(schema, limits, &SetTotals::default())
+}
+
+/// [`compile`], in a set that has `spent` this much of its budgets.
+fn compile_within(
+    schema: &serde_json::Value,
+    limits: &SchemaLimits,
+    spent: &SetTotals,
+) -> Result<Contract, String> {
+    let (cost, names) = budget::analyze(schema, limits.document(spent))?;
     let validator = jsonschema::options_for::<Metered>()
         .with_draft(jsonschema::Draft::Draft202012)
         // `patternProperties` names are matched by jsonschema's own
@@ -210,13 +237,12 @@ pub fn compile(schema: &serde_json::Value, limits: &SchemaLimits) -> Result<Cont
         name_patterns,
         cost,
         digest: 0,
+        sha256: [0; CONTRACT_SHA256_BYTES],
     })
 }
 
 fn digest(bytes: &[u8]) -> u64 {
-    let mut hasher = ahash::RandomState::with_seeds(5, 6, 7, 8).build_hasher();
-    bytes.hash(&mut hasher);
-    hasher.finish()
+    ahash::RandomState::with_seeds(5, 6, 7, 8).hash_one(bytes)
 }
 
 /// Reads and compiles one file, or takes the contract of the set in use
@@ -225,6 +251,7 @@ fn load_file(
     file: &files::SchemaFile,
     limits: &SchemaLimits,
     reusable: &AHashMap<u64, Arc<Contract>>,
+    spent: &SetTotals,
 ) -> Result<Arc<Contract>, String> {
     if file.bytes > limits.file_bytes_max {
         return Err(format!(
@@ -251,8 +278,9 @@ fn load_file(
             error.column()
         )
     })?;
-    let mut contract = compile(&schema, limits)?;
+    let mut contract = compile_within(&schema, limits, spent)?;
     contract.digest = digest;
+    contract.sha256 = contract_id::sha256_prefix(&text);
     Ok(Arc::new(contract))
 }
 
@@ -318,7 +346,7 @@ impl SchemaSet {
         };
         let mut patterns_seen = false;
         for file in found {
-            let contract = match load_file(&file, limits, &reusable) {
+            let contract = match load_file(&file, limits, &reusable, &set.totals) {
                 Ok(contract) => contract,
                 Err(reason) => {
                     problems.push(problem(&file.path, reason));
@@ -372,6 +400,12 @@ impl SchemaSet {
         self.len() == 0
     }
 
+    /// Whether events of a type with no schema are refused
+    /// (`schemas.require`).
+    pub fn requires_schema(&self) -> bool {
+        self.require
+    }
+
     /// What the set holds in all.
     pub fn totals(&self) -> SetTotals {
         self.totals
@@ -391,6 +425,20 @@ impl SchemaSet {
             .map(|contract| &**contract)
     }
 
+    /// The contract `tenant`'s events of `event_type` are checked against,
+    /// named (a record's `schema` header).
+    pub fn identify(&self, tenant: &str, event_type: &str) -> Option<ContractId> {
+        let (tenant_scope, contract) =
+            match self.tenants.get(tenant).and_then(|map| map.get(event_type)) {
+                Some(contract) => (true, contract),
+                None => (false, self.global.get(event_type)?),
+            };
+        Some(ContractId {
+            tenant_scope,
+            sha256: contract.sha256,
+        })
+    }
+
     /// Whether events of `event_type` from `tenant` are checked at all
     /// (they have a schema, or `schemas.require` refuses them).
     pub fn applies(&self, tenant: &str, event_type: &str) -> bool {
@@ -406,8 +454,8 @@ impl SchemaSet {
     /// (see [`SchemaSet::check_within`]), the checker threads the rest.
     pub fn check(&self, tenant: &str, event_type: &str, document: &[u8]) -> Result<(), ApiError> {
         match self.check_within(tenant, event_type, document, u64::MAX) {
-            Checked::Done(verdict) => verdict,
-            Checked::Deferred { .. } => unreachable!("an unbounded allowance never defers"),
+            Checked::Done { result, .. } => result,
+            Checked::Deferred => unreachable!("an unbounded allowance never defers"),
         }
     }
 
@@ -421,26 +469,29 @@ impl SchemaSet {
         document: &[u8],
         allowance: u64,
     ) -> Checked {
+        let done = |result, spent_steps| Checked::Done {
+            result,
+            spent_steps,
+        };
         let Some(contract) = self.lookup(tenant, event_type) else {
             if self.require {
-                return Checked::Done(Err(violation(
+                let error = violation(
                     "/event_type".into(),
                     format!("no schema for event_type {event_type:?}, and schemas.require is on"),
-                )));
+                );
+                return done(Err(error), 0);
             }
-            return Checked::Done(Ok(()));
+            return done(Ok(()), 0);
         };
         let parse_steps = PARSE_STEPS_PER_BYTE.saturating_mul(document.len() as u64);
         if parse_steps > allowance {
-            return Checked::Deferred { spent_steps: 0 };
+            return Checked::Deferred;
         }
         let value: serde_json::Value = match serde_json::from_slice(document) {
             Ok(value) => value,
             Err(error) => {
-                return Checked::Done(Err(violation(
-                    String::new(),
-                    format!("not JSON: {error}"),
-                )))
+                let error = violation(String::new(), format!("not JSON: {error}"));
+                return done(Err(error), parse_steps);
             }
         };
         let budget = self.limits.event_steps_max(document.len());
@@ -456,16 +507,14 @@ impl SchemaSet {
                     .map_err(|error| describe(&error))
             },
         );
+        let spent_steps = parse_steps + spent.steps;
         match (spent.cut, cap < budget) {
-            (false, _) => Checked::Done(verdict),
-            (true, false) => Checked::Done(Err(self.over_budget(
-                event_type,
-                document.len(),
-                budget,
-            ))),
-            (true, true) => Checked::Deferred {
-                spent_steps: parse_steps + spent.steps,
-            },
+            (false, _) => done(verdict, spent_steps),
+            (true, false) => {
+                let error = self.over_budget(event_type, document.len(), budget);
+                done(Err(error), spent_steps)
+            }
+            (true, true) => Checked::Deferred,
         }
     }
 
@@ -539,9 +588,13 @@ pub const INLINE_NESTING_MAX: usize = 32;
 /// A check's outcome when its time was limited.
 #[derive(Debug)]
 pub enum Checked {
-    Done(Result<(), ApiError>),
-    /// Not finished within the allowance: to be checked again elsewhere.
-    Deferred { spent_steps: u64 },
+    Done {
+        result: Result<(), ApiError>,
+        spent_steps: u64,
+    },
+    /// Not finished within the allowance: to be checked again elsewhere
+    /// (what it spent is lost: at most the allowance).
+    Deferred,
 }
 
 /// How deep `document`'s arrays and objects nest, read from its bytes
@@ -773,16 +826,24 @@ mod tests {
         let contract = compile(&schema, &limits).unwrap();
         for text in every_keyword_events() {
             let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let (_, full) = metered::metered(u64::MAX, contract.weights, contract.name_patterns.as_ref(), || {
-                contract.validator.validate(Instance(&value)).is_ok()
-            });
+            let (_, full) = metered::metered(
+                u64::MAX,
+                contract.weights,
+                contract.name_patterns.as_ref(),
+                || contract.validator.validate(Instance(&value)).is_ok(),
+            );
             assert!(!full.cut);
             for budget in 0..=full.steps {
-                let (_, spent) = metered::metered(budget, contract.weights, contract.name_patterns.as_ref(), || {
-                    let valid = contract.validator.is_valid(Instance(&value));
-                    let first = contract.validator.validate(Instance(&value)).is_ok();
-                    (valid, first)
-                });
+                let (_, spent) = metered::metered(
+                    budget,
+                    contract.weights,
+                    contract.name_patterns.as_ref(),
+                    || {
+                        let valid = contract.validator.is_valid(Instance(&value));
+                        let first = contract.validator.validate(Instance(&value)).is_ok();
+                        (valid, first)
+                    },
+                );
                 assert!(spent.cut || budget >= full.steps, "{budget} of {full:?}");
             }
         }
@@ -799,9 +860,10 @@ mod tests {
             .unwrap();
         for text in every_keyword_events() {
             let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let (verdict, spent) = metered::metered(u64::MAX, ours.weights, ours.name_patterns.as_ref(), || {
-                ours.validator.is_valid(Instance(&value))
-            });
+            let (verdict, spent) =
+                metered::metered(u64::MAX, ours.weights, ours.name_patterns.as_ref(), || {
+                    ours.validator.is_valid(Instance(&value))
+                });
             assert!(!spent.cut);
             assert_eq!(verdict, reference.is_valid(&value), "{text}");
         }
@@ -809,7 +871,8 @@ mod tests {
 
     #[test]
     fn an_event_past_its_budget_is_refused_naming_the_limits() {
-        let dir = std::env::temp_dir().join(format!("sluice-schemas-{}-budget", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sluice-schemas-{}-budget", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
@@ -827,7 +890,9 @@ mod tests {
         let mut text = String::from(r#"{"properties":{"s":""#);
         let mut state = 7u64;
         for _ in 0..50_000 {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             text.push(if state >> 63 == 0 { 'a' } else { 'b' });
         }
         text.push_str(r#""}}"#);
@@ -835,14 +900,30 @@ mod tests {
         let error = set.check("t", "pricey", text.as_bytes()).unwrap_err();
         assert_eq!(error.status, 422);
         assert_eq!(error.code, "schema_budget_exceeded");
-        assert!(error.message.contains("schemas.validation_steps_per_event_byte"), "{}", error.message);
-        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            error
+                .message
+                .contains("schemas.validation_steps_per_event_byte"),
+            "{}",
+            error.message
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_reload_reuses_what_did_not_change() {
-        let (dir, loaded) = set("reuse", &[("a.json", r#"{"type":"object"}"#), ("b.json", r#"{"required":["x"]}"#)]);
+        let (dir, loaded) = set(
+            "reuse",
+            &[
+                ("a.json", r#"{"type":"object"}"#),
+                ("b.json", r#"{"required":["x"]}"#),
+            ],
+        );
         let first = loaded.unwrap();
         std::fs::write(dir.join("b.json"), r#"{"required":["y"]}"#).unwrap();
         let second =
@@ -870,26 +951,38 @@ mod tests {
         let problems = SchemaSet::load_within(&dir, false, &few_patterns, None).unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].file, dir.join("b.json"));
-        assert!(problems[0].reason.contains("schemas.patterns_max"), "{problems:?}");
+        assert!(
+            problems[0].reason.contains("schemas.patterns_max"),
+            "{problems:?}"
+        );
         let few_files = SchemaLimits {
             files_max: 2,
             ..SchemaLimits::default()
         };
         let problems = SchemaSet::load_within(&dir, false, &few_files, None).unwrap_err();
-        assert!(problems[0].reason.contains("schemas.files_max"), "{problems:?}");
+        assert!(
+            problems[0].reason.contains("schemas.files_max"),
+            "{problems:?}"
+        );
         let few_bytes = SchemaLimits {
             total_bytes_max: 40,
             ..SchemaLimits::default()
         };
         let problems = SchemaSet::load_within(&dir, false, &few_bytes, None).unwrap_err();
-        assert!(problems[0].reason.contains("schemas.total_bytes_max"), "{problems:?}");
+        assert!(
+            problems[0].reason.contains("schemas.total_bytes_max"),
+            "{problems:?}"
+        );
         let small_files = SchemaLimits {
             file_bytes_max: 17,
             ..SchemaLimits::default()
         };
         let problems = SchemaSet::load_within(&dir, false, &small_files, None).unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].reason.contains("schemas.file_bytes_max"), "{problems:?}");
+        assert!(
+            problems[0].reason.contains("schemas.file_bytes_max"),
+            "{problems:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -909,8 +1002,14 @@ mod tests {
             let mut state = 7u64;
             (0..bytes)
                 .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    if state >> 63 == 0 { 'a' } else { 'b' }
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    if state >> 63 == 0 {
+                        'a'
+                    } else {
+                        'b'
+                    }
                 })
                 .collect::<String>()
         };
@@ -1011,11 +1110,17 @@ mod tests {
         let contract = compile(&schema, &limits).unwrap();
         let mut event = String::from("\"leaf\"");
         for level in 0..127 {
-            event = if level % 2 == 0 { format!(r#"{{"a":{event}}}"#) } else { format!("[{event}]") };
+            event = if level % 2 == 0 {
+                format!(r#"{{"a":{event}}}"#)
+            } else {
+                format!("[{event}]")
+            };
         }
         let value: serde_json::Value = serde_json::from_str(&event).unwrap();
         let handle = std::thread::Builder::new()
-            .stack_size(std::env::var("STACK_KB").map_or(2 << 20, |kb| kb.parse::<usize>().unwrap() << 10))
+            .stack_size(
+                std::env::var("STACK_KB").map_or(2 << 20, |kb| kb.parse::<usize>().unwrap() << 10),
+            )
             .spawn(move || {
                 metered::metered(u64::MAX, contract.weights, None, || {
                     contract.validator.validate(Instance(&value)).is_ok()

@@ -7,6 +7,7 @@
 
 use simd_json::{Node, StaticNode, Tape};
 
+use super::duplicates::DuplicateCheck;
 use super::ids::EventIds;
 use super::record::{write_record, Enrichment, EventFields, RecordSpans};
 use crate::config::{RECORD_BYTES_PER_BODY_BYTE_MAX, RECORD_BYTES_PER_EVENT_MAX};
@@ -48,6 +49,7 @@ pub struct Validator {
     tape: Option<Tape<'static>>,
     scratch: Vec<u8>,
     ids: EventIds,
+    duplicates: DuplicateCheck,
 }
 
 impl Validator {
@@ -58,6 +60,7 @@ impl Validator {
             tape: Some(Tape::null().reset()),
             scratch: Vec::with_capacity(4096),
             ids: EventIds::new(seed),
+            duplicates: DuplicateCheck::default(),
         }
     }
 
@@ -86,7 +89,10 @@ impl Validator {
                 "invalid_json",
                 describe_json_error(raw, &error),
             )),
+            // The schema fields first (a repeated one is named as such),
+            // then every object at every depth (I-JSON).
             Ok(()) => inspect(&tape.0, &self.limits, enrichment.received_at_ms)
+                .and_then(|fields| self.duplicates.check(&tape.0).map(|()| fields))
                 .map(|fields| write_record(raw, &fields, enrichment, &mut self.ids, out)),
         };
         self.tape = Some(tape.reset());

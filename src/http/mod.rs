@@ -8,6 +8,7 @@ pub mod body;
 pub mod gzip;
 pub mod request;
 pub mod response;
+pub mod trace_context;
 
 use std::ops::Range;
 

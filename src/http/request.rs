@@ -50,6 +50,10 @@ pub struct Head {
     /// [`find_header`] finds it. A flag, not a span: the head is held by
     /// every idle connection's task, and few requests carry the header.
     pub has_idempotency_key: bool,
+    /// A `traceparent` or `tracestate` was sent (W3C Trace Context);
+    /// `http::trace_context` finds and checks them. A flag for the same
+    /// reason as `has_idempotency_key`.
+    pub has_trace_context: bool,
     /// `Origin`, sent by browsers on cross-origin requests (CORS).
     pub origin: Option<Span>,
 }
@@ -120,6 +124,7 @@ pub fn parse_head(buffer: &[u8], head_bytes_max: usize) -> Result<Parsed, Framin
         repeated_credential: None,
         request_id: None,
         has_idempotency_key: false,
+        has_trace_context: false,
         origin: None,
     };
     let found = read_headers(&mut head, request.headers, span_of)?;
@@ -230,6 +235,8 @@ fn read_headers(
             head.request_id = Some(span_of(value));
         } else if is(b"idempotency-key") {
             head.has_idempotency_key = true;
+        } else if is(b"traceparent") || is(b"tracestate") {
+            head.has_trace_context = true;
         } else if is(b"origin") {
             head.origin = Some(span_of(value));
         }

@@ -28,7 +28,7 @@ use rdkafka::producer::{
 
 use super::client_log::{self, RepeatFilter, Verdict};
 use crate::config::Config;
-use crate::handoff::{Batch, Completion, Mailbox, Opaque};
+use crate::handoff::{Batch, Completion, Mailbox, Opaque, Record};
 use crate::health::Readiness;
 
 /// How long a producer thread waits before retrying a full librdkafka queue.
@@ -425,6 +425,43 @@ fn produce_unless_expired(
     produce(producer, batch, mailboxes, client_logs);
 }
 
+/// A record's headers (SPEC §2): `tenant_id`, `content-type`,
+/// `event_type`, `request_id`, `traceparent`/`tracestate` and `schema`
+/// when known, `overflow` (and the original `key` when spread) when
+/// rerouted.
+fn record_headers(batch: &Batch, record: &Record, spread_key: Option<&[u8]>) -> OwnedHeaders {
+    let span = |range: &std::ops::Range<usize>| {
+        (!range.is_empty()).then(|| &batch.data[range.clone()])
+    };
+    let mut headers = OwnedHeaders::new_with_capacity(9)
+        .insert(Header {
+            key: "tenant_id",
+            value: Some(batch.tenant_id.as_bytes()),
+        })
+        .insert(Header {
+            key: "content-type",
+            value: Some("application/json"),
+        });
+    let optional: [(&str, Option<&[u8]>); 7] = [
+        ("event_type", span(&record.event_type)),
+        ("request_id", span(&batch.request_id)),
+        ("traceparent", span(&batch.traceparent)),
+        ("tracestate", span(&batch.tracestate)),
+        ("schema", span(&record.schema)),
+        ("overflow", record.overflow.reason().map(str::as_bytes)),
+        ("key", spread_key),
+    ];
+    for (key, value) in optional {
+        if let Some(value) = value {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+    }
+    headers
+}
+
 fn produce(
     producer: &Producer,
     batch: Batch,
@@ -437,30 +474,22 @@ fn produce(
             continue;
         }
         let opaque = Opaque::new(batch.ticket, index, record.dead_letter);
-        let topic: &str = if record.dead_letter {
-            &batch.dead_letter_topic
-        } else {
-            &batch.topic
+        let overflow = record.overflow.reason();
+        let topic: &str = match (record.dead_letter, overflow) {
+            (true, _) => &batch.dead_letter_topic,
+            (false, None) => &batch.topic,
+            (false, Some(_)) => &batch.overflow_topic,
         };
-        let mut headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: "tenant_id",
-                value: Some(batch.tenant_id.as_bytes()),
-            })
-            .insert(Header {
-                key: "content-type",
-                value: Some("application/json"),
-            });
-        if !record.event_type.is_empty() {
-            headers = headers.insert(Header {
-                key: "event_type",
-                value: Some(&batch.data[record.event_type.clone()]),
-            });
-        }
+        // Spread: no key, so the partitioner spreads the key's records
+        // over the overflow topic's partitions; the key is kept in a header.
+        let spread = overflow.is_some() && batch.overflow_spread;
+        let key = &batch.data[record.key.clone()];
         let mut pending = BaseRecord::with_opaque_to(topic, opaque.0)
-            .key(&batch.data[record.key.clone()])
             .payload(&batch.data[record.value.clone()])
-            .headers(headers);
+            .headers(record_headers(&batch, record, spread.then_some(key)));
+        if !spread {
+            pending = pending.key(key);
+        }
         loop {
             match producer.send(pending) {
                 Ok(()) => break,
@@ -519,6 +548,8 @@ mod tests {
             event_id: None,
             event: 0,
             skip: false,
+            schema: 0..0,
+            overflow: crate::handoff::Overflow::No,
         });
         (factory.create().unwrap(), mailboxes, batch)
     }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use crate::route::Route;
 
-pub(super) const STATUSES: [u16; 19] = [
-    200, 202, 204, 400, 401, 403, 404, 405, 408, 411, 413, 415, 417, 429, 431, 500, 503, 100, 0,
+pub(super) const STATUSES: [u16; 20] = [
+    200, 202, 204, 400, 401, 403, 404, 405, 408, 411, 413, 415, 417, 422, 429, 431, 500, 503, 100,
+    0,
 ];
 
 /// Upper bounds of the delivery-latency buckets, in microseconds.
@@ -74,6 +75,12 @@ pub struct CoreMetrics {
     pub(super) delivery_timeouts: AtomicU64,
     pub(super) logs_suppressed: AtomicU64,
     pub(super) write_timeouts: AtomicU64,
+    /// Requests whose `traceparent` / `tracestate` was invalid (ignored).
+    pub(super) trace_context_invalid: [AtomicU64; 2],
+    /// Events produced to the overflow topic: over the key rate, forced.
+    pub(super) overflow_events: [AtomicU64; 2],
+    /// Events of keys the hot-key detector had no room to judge.
+    pub(super) overflow_untracked: AtomicU64,
     pub inflight_requests: AtomicU64,
     pub inflight_events: AtomicU64,
     pub inflight_bytes: AtomicU64,
@@ -105,6 +112,9 @@ impl Default for CoreMetrics {
             delivery_timeouts: AtomicU64::new(0),
             logs_suppressed: AtomicU64::new(0),
             write_timeouts: AtomicU64::new(0),
+            trace_context_invalid: std::array::from_fn(|_| AtomicU64::new(0)),
+            overflow_events: std::array::from_fn(|_| AtomicU64::new(0)),
+            overflow_untracked: AtomicU64::new(0),
             inflight_requests: AtomicU64::new(0),
             inflight_events: AtomicU64::new(0),
             inflight_bytes: AtomicU64::new(0),
@@ -191,5 +201,31 @@ impl CoreMetrics {
     /// A connection closed because its socket took no bytes for the write timeout.
     pub fn write_timeout(&self) {
         bump(&self.write_timeouts, 1);
+    }
+
+    /// A request's trace context header was invalid: ignored, not copied.
+    pub fn trace_context_invalid(&self, invalid: crate::http::trace_context::Invalid) {
+        let index = match invalid {
+            crate::http::trace_context::Invalid::Traceparent => 0,
+            crate::http::trace_context::Invalid::Tracestate => 1,
+        };
+        bump(&self.trace_context_invalid[index], 1);
+    }
+
+    /// Events of one request rerouted to the overflow topic, by reason.
+    pub fn overflowed(&self, rate: u64, forced: u64) {
+        if rate > 0 {
+            bump(&self.overflow_events[0], rate);
+        }
+        if forced > 0 {
+            bump(&self.overflow_events[1], forced);
+        }
+    }
+
+    /// Events the hot-key detector could not judge (no room in its table).
+    pub fn overflow_untracked(&self, events: u64) {
+        if events > 0 {
+            bump(&self.overflow_untracked, events);
+        }
     }
 }

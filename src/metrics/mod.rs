@@ -10,6 +10,7 @@
 //!   source; subsystems (kafka/, tenancy/, dedup/) own their atomics and
 //!   are read here at scrape time, never the other way round.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
@@ -17,6 +18,7 @@ mod counters;
 mod exposition;
 mod process;
 mod requests;
+mod routing;
 mod subsystems;
 mod totals;
 
@@ -41,10 +43,17 @@ pub struct Metrics {
     pub dedup_fleet: OnceLock<Arc<crate::dedup::state::FleetDedup>>,
     /// The local dedup table, when dedup is on.
     pub dedup: OnceLock<Arc<crate::dedup::table::DedupTable>>,
+    /// The hot-key detector, when `overflow.topic` is set.
+    pub hot_keys: OnceLock<Arc<crate::hot_keys::HotKeys>>,
     /// Log lines the non-blocking log writer dropped because its queue was
     /// full (a slow log pipe); read at scrape time.
     log_lines_dropped: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+    /// The event loops' I/O driver, one of [`IO_DRIVERS`], set at start-up.
+    io_driver: OnceLock<&'static str>,
 }
+
+/// The I/O drivers `sluice_io_driver` has a series for.
+pub const IO_DRIVERS: [&str; 2] = ["io_uring", "epoll"];
 
 impl Metrics {
     pub fn new(cores: usize) -> Self {
@@ -59,9 +68,18 @@ impl Metrics {
             keys_postgres: Default::default(),
             fleet: Default::default(),
             dedup: OnceLock::new(),
+            hot_keys: OnceLock::new(),
             dedup_fleet: OnceLock::new(),
             log_lines_dropped: OnceLock::new(),
+            io_driver: OnceLock::new(),
         }
+    }
+
+    /// The I/O driver the event loops run on (the server decides it once,
+    /// at start-up).
+    pub fn io_driver_in_use(&self, driver: &'static str) {
+        debug_assert!(IO_DRIVERS.contains(&driver), "{driver}");
+        let _ = self.io_driver.set(driver);
     }
 
     /// Where the count of dropped log lines comes from (the log writer).
@@ -113,7 +131,9 @@ impl Metrics {
         self.render_durations(&mut out);
         self.render_refusals(&mut out);
         self.render_tenants(&mut out);
+        self.render_routing(&mut out);
         process::render(&mut out);
+        self.render_io_driver(&mut out);
         self.render_core_gauges(&mut out);
         exposition::write_metric(
             &mut out,
@@ -123,6 +143,26 @@ impl Metrics {
             u8::from(ready),
         );
         out
+    }
+}
+
+impl Metrics {
+    /// `sluice_io_driver`: one series per driver, 1 for the one in use, so
+    /// a query for `driver="epoll"` finds a series whichever runs.
+    fn render_io_driver(&self, out: &mut String) {
+        let Some(&in_use) = self.io_driver.get() else {
+            return;
+        };
+        exposition::write_header(
+            out,
+            "sluice_io_driver",
+            "The event loops' I/O driver, 1 for the one in use: epoll where configured, or where io_uring was refused (kernel, seccomp profile).",
+            "gauge",
+        );
+        for driver in IO_DRIVERS {
+            let value = u8::from(driver == in_use);
+            let _ = writeln!(out, "sluice_io_driver{{driver=\"{driver}\"}} {value}");
+        }
     }
 }
 
@@ -180,6 +220,17 @@ mod tests {
         assert!(text
             .contains("sluice_tenant_requests_refused_total{tenant=\"metrics-test-tenant\"} 1\n"));
         assert!(text.contains("sluice_tenant_events_accepted_total{tenant=\"other\"} 5\n"));
+    }
+
+    #[test]
+    fn the_io_driver_in_use_is_the_one_series_at_1() {
+        let metrics = Metrics::new(1);
+        assert!(!metrics.render(true).contains("sluice_io_driver"));
+        metrics.io_driver_in_use("epoll");
+        let text = metrics.render(true);
+        assert!(text.contains("# TYPE sluice_io_driver gauge\n"));
+        assert!(text.contains("sluice_io_driver{driver=\"epoll\"} 1\n"));
+        assert!(text.contains("sluice_io_driver{driver=\"io_uring\"} 0\n"));
     }
 
     #[test]

@@ -3,10 +3,29 @@
 //! source, the fleet-wide rate limits, the local dedup table and the fleet
 //! dedup, and the key store's size.
 
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::exposition::{write_by_result, write_metric};
+use super::exposition::{label_value, write_by_result, write_header, write_metric};
 use super::Metrics;
+
+/// Writes a per-tenant counter from its values by metrics label slot (the
+/// last one: every tenant past the labelled ones, `other`, shown when not
+/// zero).
+fn write_by_tenant(out: &mut String, name: &str, help: &str, counts: &[u64]) {
+    write_header(out, name, help, "counter");
+    let names = crate::tenancy::labels::names();
+    for (tenant, count) in names.iter().zip(counts) {
+        let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {count}", label_value(tenant));
+    }
+    let other = counts
+        .get(usize::from(crate::tenancy::labels::OTHER_SLOT))
+        .copied()
+        .unwrap_or(0);
+    if other > 0 {
+        let _ = writeln!(out, "{name}{{tenant=\"other\"}} {other}");
+    }
+}
 
 /// `sluice_api_keys_loaded`: keys in the snapshot in use (the caller
 /// reads the key store, which this module does not know).
@@ -103,6 +122,19 @@ impl Metrics {
                 counters.last_evicted_age_ms.load(Relaxed) as f64 / 1e3
             ),
         );
+        let losses = counters.losses_by_tenant();
+        write_by_tenant(
+            out,
+            "sluice_tenant_dedup_evicted_young_total",
+            "Dedup entries of the tenant forced out before dedup.window_ms ended (by its own claims, or any claim while it held more than its fair share of the table).",
+            &losses.iter().map(|loss| loss.evicted_young).collect::<Vec<_>>(),
+        );
+        write_by_tenant(
+            out,
+            "sluice_tenant_dedup_unremembered_total",
+            "Events of the tenant published without a dedup entry: their set of the table held only other tenants' entries within their fair share (a retry may be stored again).",
+            &losses.iter().map(|loss| loss.unremembered).collect::<Vec<_>>(),
+        );
     }
 
     pub(super) fn render_dedup_fleet(&self, out: &mut String) {
@@ -123,10 +155,17 @@ impl Metrics {
             ("sluice_dedup_redis_unchecked_batches_total", "Batches sent on unchecked because Redis did not answer in time.", &fleet.unchecked_batches),
             ("sluice_dedup_redis_failures_total", "Failed round trips to Redis.", &fleet.failures),
             ("sluice_dedup_redis_settles_dropped_total", "Outcomes not sent to Redis because its queue was full (their keys expire).", &fleet.settles_dropped),
+            ("sluice_dedup_redis_settles_given_up_total", "Outcomes of failed round trips given up after being sent again for the window (stored) or the pending TTL (released).", &fleet.settles_given_up),
         ];
         for (name, help, counter) in counters {
             write_metric(out, name, help, "counter", counter.load(Relaxed));
         }
+        write_by_tenant(
+            out,
+            "sluice_tenant_dedup_redis_evicted_total",
+            "The tenant's own oldest keys deleted from Redis to keep it within dedup.redis_keys_per_tenant_max.",
+            &fleet.evicted_by_tenant(),
+        );
     }
 
     pub(super) fn render_fleet_limits(&self, out: &mut String) {

@@ -291,17 +291,30 @@ pub fn write_probe(core: &Core, output: &mut Vec<u8>, reply: &Reply) {
     write_response(core, output, reply, status, content_type, &body, extra);
 }
 
-/// One line per refused request, within the core's log budget: what a
-/// client was told (code, message, field) and whose request it was. A
-/// client's mistake (4xx) is `info`; the server's trouble (5xx) is `warn`.
+/// One line per refused request, within the core's log budget (lines and
+/// bytes): what a client was told (code, message, field, each as capped
+/// for the answer) and whose request it was. A client's mistake (4xx) is
+/// `info`; the server's trouble (5xx) is `warn`.
 fn log_failure(core: &Core, reply: &Reply, error: &ApiError, tenant: Option<&str>) {
-    if !core.may_log() {
+    use super::context::{logged_bytes, LOG_LINE_BYTES_FIXED};
+    use crate::error::{ERROR_MESSAGE_BYTES_MAX, ERROR_VALUE_BYTES_MAX};
+    let tenant = tenant.unwrap_or("-");
+    let shown = |text: &str, max: usize| logged_bytes(&text.as_bytes()[..text.len().min(max)]);
+    let line_bytes = LOG_LINE_BYTES_FIXED
+        + shown(&error.message, ERROR_MESSAGE_BYTES_MAX)
+        + error
+            .pointer
+            .as_deref()
+            .map_or(0, |pointer| shown(pointer, ERROR_VALUE_BYTES_MAX))
+        + logged_bytes(tenant.as_bytes());
+    if !core.may_log_bytes(line_bytes) {
         return;
     }
     let request_id = String::from_utf8_lossy(reply.request_id());
-    let field = error.pointer.as_deref().or(error.field).unwrap_or("-");
-    let (status, code, message) = (error.status, error.code, &*error.message);
-    let tenant = tenant.unwrap_or("-");
+    let pointer = error.shown_pointer();
+    let field = pointer.as_deref().or(error.field).unwrap_or("-");
+    let message = error.shown_message();
+    let (status, code) = (error.status, error.code);
     let route = reply.route.label();
     if status >= 500 {
         tracing::warn!(status, code, field, tenant, request_id = %request_id, route, "request refused: {message}");

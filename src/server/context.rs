@@ -37,6 +37,27 @@ pub const IDLE_READ_BYTES: usize = 1024;
 /// theirs back; at most this many, 1 MiB, stay pooled).
 const POOLED_IDLE_BUFFERS_MAX: usize = 1024;
 
+/// What a log line takes besides the texts it quotes (timestamp, level,
+/// target, field names, status, request id), counted against
+/// `server.error_log_bytes_per_second_max`; a line that quotes nothing
+/// counts as this.
+pub const LOG_LINE_BYTES_FIXED: usize = 256;
+
+/// The most bytes `text` can take in a log line, escaped (text logs quote
+/// fields as Rust strings, JSON logs as JSON strings): a control
+/// character at most 6 bytes, a quote or backslash 2, a byte of a
+/// non-ASCII character 3 (`\u{10ffff}` for four).
+pub fn logged_bytes(text: &[u8]) -> usize {
+    text.iter()
+        .map(|&byte| match byte {
+            0..0x20 | 0x7f => 6,
+            b'"' | b'\\' => 2,
+            0x80.. => 3,
+            _ => 1,
+        })
+        .sum()
+}
+
 /// State shared by all cores and the control plane; read-mostly.
 pub struct Shared {
     pub config: Config,
@@ -46,8 +67,12 @@ pub struct Shared {
     pub mailboxes: Arc<[Arc<Mailbox>]>,
     /// The event contracts (`None`: no `schemas.dir`).
     pub schemas: crate::events::schema::Schemas,
+    /// The threads that check what the cores hand over (with `schemas`).
+    pub checker: Option<Arc<crate::events::schema::checker::Checker>>,
     /// The local dedup table (`None`: `dedup.enabled = false`).
     pub dedup: Option<Arc<crate::dedup::table::DedupTable>>,
+    /// The hot-key detector (`None`: `overflow.topic` unset).
+    pub hot_keys: Option<Arc<crate::hot_keys::HotKeys>>,
     pub topic: Arc<str>,
     pub dead_letter_topic: Arc<str>,
     pub shutdown: Shutdown,
@@ -65,6 +90,8 @@ pub struct Core {
     /// count each request's batch bumps is not shared with other cores.
     pub topic: Arc<str>,
     pub dead_letter_topic: Arc<str>,
+    /// `overflow.topic` (empty: off).
+    pub overflow_topic: Arc<str>,
     pub inflight: RefCell<Inflight>,
     pub validator: RefCell<Validator>,
     pub scratch: RefCell<Scratch>,
@@ -84,7 +111,9 @@ pub struct Core {
     request_counter: Cell<u64>,
     /// Requests that claimed dedup slots on this core, to name them.
     dedup_serial: Cell<u64>,
-    log_budget: Cell<(u64, u32)>,
+    /// The second the log budget counts, and the lines and (estimated)
+    /// bytes logged in it.
+    log_budget: Cell<(u64, u32, u64)>,
     /// Debug builds only: a target that panics, to test that a panic on a
     /// core aborts the process (`SLUICE_DEBUG_PANIC_TARGET`).
     #[cfg(debug_assertions)]
@@ -126,6 +155,7 @@ impl Core {
             mailbox,
             topic: Arc::from(&*shared.topic),
             dead_letter_topic: Arc::from(&*shared.dead_letter_topic),
+            overflow_topic: Arc::from(shared.config.overflow.topic.as_str()),
             inflight: RefCell::new(inflight),
             validator: RefCell::new(Validator::new(event_limits, seed)),
             scratch: RefCell::new(Scratch::default()),
@@ -138,7 +168,7 @@ impl Core {
             connections: RefCell::new(ConnectionTable::default()),
             request_counter: Cell::new(seed),
             dedup_serial: Cell::new(0),
-            log_budget: Cell::new((0, 0)),
+            log_budget: Cell::new((0, 0, 0)),
             #[cfg(debug_assertions)]
             panic_target: std::env::var("SLUICE_DEBUG_PANIC_TARGET")
                 .ok()
@@ -233,16 +263,34 @@ impl Core {
         }
     }
 
-    /// Whether a failed-request log line may be written now (per-second budget).
+    /// Whether a failed-request log line of the usual size may be written
+    /// now (see [`Core::may_log_bytes`]).
     pub fn may_log(&self) -> bool {
+        self.may_log_bytes(LOG_LINE_BYTES_FIXED)
+    }
+
+    /// Whether a failed-request log line of about `line_bytes` may be
+    /// written now: per core and second, at most
+    /// `server.error_logs_per_second_max` lines and
+    /// `server.error_log_bytes_per_second_max` bytes. A line refused is
+    /// counted in `sluice_log_lines_suppressed_total`.
+    pub fn may_log_bytes(&self, line_bytes: usize) -> bool {
+        let server = &self.shared.config.server;
         let second = self.now_ms() / 1000;
-        let (current, used) = self.log_budget.get();
-        let used = if current == second { used } else { 0 };
-        if used >= self.shared.config.server.error_logs_per_second_max {
+        let (current, lines, bytes) = self.log_budget.get();
+        let (lines, bytes) = if current == second {
+            (lines, bytes)
+        } else {
+            (0, 0)
+        };
+        let bytes_after = bytes.saturating_add(line_bytes as u64);
+        if lines >= server.error_logs_per_second_max
+            || bytes_after > server.error_log_bytes_per_second_max
+        {
             self.metrics().log_suppressed();
             return false;
         }
-        self.log_budget.set((second, used + 1));
+        self.log_budget.set((second, lines + 1, bytes_after));
         true
     }
 

@@ -1,6 +1,7 @@
 //! The control plane: the threads beside the cores that keep the shared
-//! state current. The Kafka readiness probe, the keys file and schema
-//! watcher, the PostgreSQL key loader, the fleet-wide limit sync, and the
+//! state current. The Kafka readiness probe, the keys file watcher, the
+//! schema watcher (a thread of its own: keys never wait for a schema
+//! compile), the PostgreSQL key loader, the fleet-wide limit sync, and the
 //! signals (SIGHUP reloads, SIGTERM and SIGINT start the drain). None of
 //! them adds work per request.
 
@@ -11,7 +12,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::kafka::producer::ProducerPool;
 use crate::server::context::Shared;
-use crate::shutdown::ControlStop;
+use crate::shutdown::{ControlStop, Woken};
 
 /// Starts the control-plane threads; returns those to join at shutdown
 /// (the PostgreSQL loader and the signal thread are left to end with the
@@ -41,30 +42,59 @@ pub(super) fn start_control_plane(
             })?,
     );
 
+    // Keys and schemas reload on threads of their own: a revoked key must
+    // stop working within the reload interval however long a schema set
+    // takes to compile. A SIGHUP wakes both (`ControlStop::nudge`).
+    let interval = Duration::from_millis(shared.config.auth.reload_interval_ms.max(10));
     let watcher = shared.clone();
     let watcher_stop = stop.clone();
     threads.push(
         std::thread::Builder::new()
             .name("sluice-keys".into())
             .spawn(move || {
-                let interval =
-                    Duration::from_millis(watcher.config.auth.reload_interval_ms.max(10));
-                let schemas_dir = std::path::PathBuf::from(watcher.config.schemas.dir.trim());
-                let mut schemas_seen = crate::events::schema::fingerprint(&schemas_dir);
-                while watcher_stop.sleep(interval) {
-                    if let Some(result) = watcher.keys.reload_if_changed() {
-                        log_reload(&watcher, "file change", result);
-                    }
-                    if watcher.schemas.is_some() {
-                        let now = crate::events::schema::fingerprint(&schemas_dir);
-                        if now != schemas_seen {
-                            schemas_seen = now;
-                            reload_schemas(&watcher, "file change");
+                let mut nudges_seen = 0;
+                loop {
+                    match watcher_stop.sleep_or_nudged(interval, &mut nudges_seen) {
+                        Woken::Stopped => break,
+                        Woken::Nudged => log_reload(&watcher, "SIGHUP", watcher.keys.reload()),
+                        Woken::Elapsed => {
+                            if let Some(result) = watcher.keys.reload_if_changed() {
+                                log_reload(&watcher, "file change", result);
+                            }
                         }
                     }
                 }
             })?,
     );
+
+    if shared.schemas.is_some() {
+        let watcher = shared.clone();
+        let watcher_stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("sluice-schemas".into())
+                .spawn(move || {
+                    let schemas_dir = std::path::PathBuf::from(watcher.config.schemas.dir.trim());
+                    let mut schemas_seen = crate::events::schema::fingerprint(&schemas_dir);
+                    let mut nudges_seen = 0;
+                    loop {
+                        let trigger = match watcher_stop.sleep_or_nudged(interval, &mut nudges_seen)
+                        {
+                            Woken::Stopped => break,
+                            Woken::Nudged => "SIGHUP",
+                            Woken::Elapsed => "file change",
+                        };
+                        // Read before the load: a change made during it is
+                        // seen by the next round.
+                        let now = crate::events::schema::fingerprint(&schemas_dir);
+                        if trigger == "SIGHUP" || now != schemas_seen {
+                            schemas_seen = now;
+                            reload_schemas(&watcher, trigger);
+                        }
+                    }
+                })?,
+        );
+    }
 
     if !shared.config.auth.postgres_url.is_empty() {
         let pg_config =
@@ -121,14 +151,15 @@ pub(super) fn start_control_plane(
 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let signalled = shared.clone();
+    let signal_stop = stop.clone();
     // Not joined: it blocks in the signal iterator and ends with the process.
     std::thread::Builder::new()
         .name("sluice-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    log_reload(&signalled, "SIGHUP", signalled.keys.reload());
-                    reload_schemas(&signalled, "SIGHUP");
+                    // The keys and schemas threads reload, each on its own.
+                    signal_stop.nudge();
                     continue;
                 }
                 signalled.readiness.start_draining();
@@ -174,7 +205,18 @@ fn reload_schemas(shared: &Shared, trigger: &str) {
         return;
     };
     let dir = std::path::Path::new(shared.config.schemas.dir.trim());
-    match crate::events::schema::SchemaSet::load(dir, shared.config.schemas.require) {
+    let limits = crate::events::schema::SchemaLimits::from_config(&shared.config.schemas);
+    // Files whose bytes did not change keep their compiled contract: a
+    // reload of one file compiles one file.
+    let in_use = current.load_full();
+    let loaded = crate::events::schema::SchemaSet::load_within(
+        dir,
+        shared.config.schemas.require,
+        &limits,
+        Some(&in_use),
+    );
+    drop(in_use);
+    match loaded {
         Ok(set) => {
             shared.metrics.schema_reload(true);
             shared.metrics.schemas_loaded(set.len());

@@ -40,6 +40,33 @@ pub struct CoreSetup {
     pub inflight: Inflight,
 }
 
+/// The I/O driver the event loops run on, with a start-up line that says
+/// which and why. `io_uring` asks for monoio's fusion driver, which takes
+/// io_uring only where `detect_uring` (probed once and cached, so this
+/// answer and every core's runtime agree) finds it allowed; where the
+/// kernel or a seccomp profile refuses it (containerd 2's and Docker's
+/// default profiles do) the loops run on epoll without an error, so an
+/// operator would not otherwise know.
+pub fn io_driver_in_use(configured: IoDriver) -> &'static str {
+    match configured {
+        IoDriver::Epoll => {
+            tracing::info!(io_driver = "epoll", "I/O driver: epoll (server.io_driver)");
+            "epoll"
+        }
+        IoDriver::IoUring if monoio::utils::detect_uring() => {
+            tracing::info!(io_driver = "io_uring", "I/O driver: io_uring");
+            "io_uring"
+        }
+        IoDriver::IoUring => {
+            tracing::warn!(
+                io_driver = "epoll",
+                "I/O driver: epoll, because io_uring was refused (by the kernel, or by a seccomp profile: see deploy/kubernetes)"
+            );
+            "epoll"
+        }
+    }
+}
+
 /// Runs one core until shutdown has drained it.
 pub fn run(setup: CoreSetup) -> anyhow::Result<()> {
     if let Some(cpu) = setup.cpu {

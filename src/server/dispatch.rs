@@ -14,12 +14,13 @@ use super::context::Core;
 use super::framing::{read_body, ReadError};
 use super::inflight::{Delivery, Settled};
 use super::ingest::{ingest, Handed, Outcome};
+use super::routing::Provenance;
 use super::wire::Wire;
 use crate::config::AckMode;
 use crate::error::ApiError;
 use crate::events::split::BodyKind;
 use crate::events::validate::IDEMPOTENCY_KEY_BYTES_MAX;
-use crate::handoff::Ticket;
+use crate::handoff::{FleetVerdict, Ticket};
 use crate::http::request::{find_header, trim, Framing, Head, Method};
 use crate::http::response::CONTINUE;
 use crate::http::{gzip, FramingError};
@@ -379,7 +380,7 @@ impl<'a> Exchange<'a> {
     ) -> Next {
         let core = self.core;
         self.outcome.clear();
-        let handed = match self.hand_off(head, grant, kind, body) {
+        let handed = match self.hand_off(head, grant, kind, body).await {
             Ok(handed) => handed,
             Err(error) => {
                 self.write_error(&error, Some(grant));
@@ -391,6 +392,7 @@ impl<'a> Exchange<'a> {
             }
         };
         let mut in_flight_elsewhere = None;
+        let mut key_refused = None;
         let delivered = match (handed.ticket, core.shared.config.server.ack_mode) {
             // Every event was already stored: nothing to wait for.
             (None, _) => true,
@@ -408,6 +410,7 @@ impl<'a> Exchange<'a> {
                 match self.await_delivery(ticket).await {
                     Ok(settled) => {
                         in_flight_elsewhere = settled.in_flight_elsewhere;
+                        key_refused = settled.key_refused;
                         settled.delivered
                     }
                     Err(error) => {
@@ -420,6 +423,15 @@ impl<'a> Exchange<'a> {
         };
         // Shutdown may have started while this request waited for Kafka.
         self.reply.keep_alive &= !core.shared.shutdown.is_triggered();
+        // The fleet dedup kept the whole request back for its key.
+        if let Some(verdict) = key_refused {
+            let error = match verdict {
+                FleetVerdict::KeyReused => ApiError::idempotency_key_reused(),
+                _ => ApiError::idempotency_key_in_flight(),
+            };
+            self.write_error(&error, Some(grant));
+            return self.next();
+        }
         if let Some(event) = in_flight_elsewhere {
             let error = ApiError::event_in_flight(event as usize);
             self.write_error(&error, Some(grant));
@@ -443,7 +455,7 @@ impl<'a> Exchange<'a> {
     }
 
     /// Inflates a gzip body if needed, then validates and hands it over.
-    fn hand_off(
+    async fn hand_off(
         &mut self,
         head: &Head,
         grant: &Grant,
@@ -472,41 +484,50 @@ impl<'a> Exchange<'a> {
                 "Idempotency-Key must be 1 to 256 printable ASCII characters",
             ));
         }
+        let provenance = Provenance {
+            request_id: self.reply.request_id(),
+            traced_head: head.has_trace_context.then(|| &input[..head.head_bytes]),
+        };
         let gzipped = header(input, &head.content_encoding).is_some_and(gzip::is_gzip);
-        if !gzipped {
-            return ingest(
+        let mut inflated = None;
+        if gzipped {
+            let mut buffer = std::mem::take(&mut core.scratch.borrow_mut().inflated);
+            let limit = core.shared.config.limits.decompressed_body_bytes_max;
+            if let Err(error) = gzip::inflate(&input[body.clone()], &mut buffer, limit) {
+                pool_inflated(core, buffer);
+                return Err(ApiError::from(error));
+            }
+            inflated = Some(buffer);
+        }
+        let bytes = inflated.as_deref().unwrap_or(&input[body]);
+        // The events' schema checks first: on this core while they are
+        // cheap, on the checker threads otherwise, awaited while this core
+        // serves its other connections.
+        let checked = super::contracts::check(core, self.wire.entry, grant, kind, bytes).await;
+        let result = checked.and_then(|verdicts| {
+            ingest(
                 core,
                 grant,
                 kind,
-                &input[body],
+                bytes,
                 idempotency_key,
+                &provenance,
+                verdicts.as_ref(),
                 &mut self.outcome,
-            );
+            )
+        });
+        if let Some(buffer) = inflated {
+            pool_inflated(core, buffer);
         }
-        let mut inflated = std::mem::take(&mut core.scratch.borrow_mut().inflated);
-        let limit = core.shared.config.limits.decompressed_body_bytes_max;
-        let result = gzip::inflate(&input[body], &mut inflated, limit)
-            .map_err(ApiError::from)
-            .and_then(|()| {
-                ingest(
-                    core,
-                    grant,
-                    kind,
-                    &inflated,
-                    idempotency_key,
-                    &mut self.outcome,
-                )
-            });
-        if inflated.capacity() > super::context::POOLED_BUFFER_BYTES_MAX {
-            inflated = Vec::new();
-        }
-        core.scratch.borrow_mut().inflated = inflated;
         result
     }
 
     /// Waits for every delivery report of the request, up to the deadline.
     async fn await_delivery(&mut self, ticket: Ticket) -> Result<Settled, ApiError> {
         let core = self.core;
+        // The clock was read at the hand-off (`ingest::send`) or since: the
+        // client never gives up before its batch's deadline, and no batch
+        // is dropped for the time its events took to check.
         let deadline =
             core.now() + Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
         let delivery = Delivery {
@@ -529,6 +550,14 @@ impl<'a> Exchange<'a> {
             }
         }
     }
+}
+
+/// Gives the core's inflate buffer back, unless it grew past what is kept.
+fn pool_inflated(core: &Core, mut buffer: Vec<u8>) {
+    if buffer.capacity() > super::context::POOLED_BUFFER_BYTES_MAX {
+        buffer = Vec::new();
+    }
+    core.scratch.borrow_mut().inflated = buffer;
 }
 
 /// The 401 for a request with no key, saying where the key was probably

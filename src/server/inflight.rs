@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::dedup::state::{FleetDedup, Settle};
 use crate::dedup::table::{DedupTable, NO_CLAIM};
 use crate::handoff::{
-    Completion, FleetVerdict, Mailbox, Record, Ticket, GENERATIONS, SLOTS_PER_CORE_MAX,
+    Completion, FleetVerdict, Mailbox, Markers, Record, Ticket, GENERATIONS, SLOTS_PER_CORE_MAX,
 };
 use crate::metrics::CoreMetrics;
 
@@ -49,6 +49,15 @@ struct Slot {
     /// duplicates), and one it found in flight elsewhere (a 503).
     fleet_duplicates: Vec<u32>,
     in_flight_elsewhere: Option<u32>,
+    /// An `Idempotency-Key` request's markers, settled once every report
+    /// arrived: stored if any event of the request is stored.
+    markers: Option<Markers>,
+    /// Whether an event of the request is stored (here, found stored by
+    /// the table at ingest, or by another instance).
+    stored_any: bool,
+    /// The fleet dedup kept the whole request back for its key
+    /// ([`FleetVerdict::KeyReused`] or [`FleetVerdict::KeyInFlight`]).
+    key_refused: Option<FleetVerdict>,
 }
 
 /// How a request's records ended, once every report arrived.
@@ -58,6 +67,8 @@ pub struct Settled {
     pub delivered: bool,
     /// An event another instance is storing right now.
     pub in_flight_elsewhere: Option<u32>,
+    /// The fleet dedup refused the request for its `Idempotency-Key`.
+    pub key_refused: Option<FleetVerdict>,
 }
 
 /// A pooled claims vector longer than this is freed on release, so a
@@ -161,6 +172,9 @@ impl Inflight {
                 event_ids: Vec::new(),
                 fleet_duplicates: Vec::new(),
                 in_flight_elsewhere: None,
+                markers: None,
+                stored_any: false,
+                key_refused: None,
             })
             .collect();
         Inflight {
@@ -232,16 +246,21 @@ impl Inflight {
         slot.fleet_duplicates.clear();
         slot.in_flight_elsewhere = None;
         slot.tenant = None;
+        slot.markers = claims.markers;
+        slot.stored_any = claims.stored_already;
+        slot.key_refused = None;
         if claims.claims.iter().any(|&claim| claim != NO_CLAIM) {
             slot.claims.extend_from_slice(claims.claims);
         }
         // An event the local table keeps no entry for (its set had none
-        // its tenant may take) still has its claim in Redis to settle.
+        // its tenant may take) still has its claim in Redis to settle;
+        // so do a request's markers.
         if self.fleet.is_some()
-            && claims
-                .records
-                .iter()
-                .any(|record| record.event_id.is_some())
+            && (claims.markers.is_some()
+                || claims
+                    .records
+                    .iter()
+                    .any(|record| record.event_id.is_some()))
         {
             slot.tenant = claims.tenant.cloned();
             slot.event_ids
@@ -260,7 +279,8 @@ impl Inflight {
     }
 
     /// Frees a reservation whose batch never reached a producer; its
-    /// dedup claims are released (nothing was stored).
+    /// dedup claims and markers are released (nothing was stored; nor
+    /// claimed in Redis, which only a sent batch is).
     pub fn cancel(&mut self, ticket: Ticket, metrics: &CoreMetrics) {
         let slot = &mut self.slots[ticket.slot];
         if let Some(dedup) = &self.dedup {
@@ -268,6 +288,9 @@ impl Inflight {
                 if claim != NO_CLAIM {
                     dedup.settle(claim, slot.owner, false, 0);
                 }
+            }
+            if let Some(markers) = slot.markers.take() {
+                settle_markers(dedup, &markers, slot.owner, false, 0);
             }
         }
         slot.claims.clear();
@@ -313,8 +336,9 @@ impl Inflight {
         metrics
             .inflight_events
             .store(self.records as u64, std::sync::atomic::Ordering::Relaxed);
-        if !completion.delivered && !completion.opaque.is_dead_letter() {
-            slot.failed = true;
+        if !completion.opaque.is_dead_letter() {
+            slot.failed |= !completion.delivered;
+            slot.stored_any |= completion.delivered;
         }
         let record = completion.opaque.record();
         match completion.fleet {
@@ -322,6 +346,9 @@ impl Inflight {
             FleetVerdict::Duplicate => slot.fleet_duplicates.push(completion.event),
             FleetVerdict::InFlight => {
                 slot.in_flight_elsewhere.get_or_insert(completion.event);
+            }
+            FleetVerdict::KeyReused | FleetVerdict::KeyInFlight => {
+                slot.key_refused = Some(completion.fleet);
             }
         }
         if let (Some(dedup), Some(&claim)) = (&self.dedup, slot.claims.get(record)) {
@@ -345,6 +372,25 @@ impl Inflight {
         }
         if slot.pending > 0 {
             return;
+        }
+        if let Some(markers) = slot.markers.take() {
+            if let Some(dedup) = &self.dedup {
+                settle_markers(dedup, &markers, slot.owner, slot.stored_any, now_ms);
+            }
+            // Redis holds the markers this request claimed there, or
+            // learns them now if the round failed; a request the fleet
+            // refused for its key claimed neither, and the key it found
+            // is another request's.
+            if let (Some(fleet), Some(tenant), None) = (&self.fleet, &slot.tenant, slot.key_refused)
+            {
+                for event_id in [markers.operation, markers.payload] {
+                    fleet.settle(Settle {
+                        tenant: Arc::clone(tenant),
+                        event_id,
+                        stored: slot.stored_any,
+                    });
+                }
+            }
         }
         metrics.delivery_latency(now.saturating_duration_since(slot.started));
         if slot.detached {
@@ -370,6 +416,7 @@ impl Inflight {
             let settled = Settled {
                 delivered: !slot.failed,
                 in_flight_elsewhere: slot.in_flight_elsewhere,
+                key_refused: slot.key_refused,
             };
             duplicates.extend_from_slice(&slot.fleet_duplicates);
             self.release(ticket.slot, metrics);
@@ -391,6 +438,7 @@ impl Inflight {
         slot.event_ids.clear();
         slot.fleet_duplicates.clear();
         slot.tenant = None;
+        slot.markers = None;
         if slot.claims.capacity() > POOLED_CLAIMS_MAX {
             slot.claims = Vec::new();
             slot.event_ids = Vec::new();
@@ -424,6 +472,31 @@ pub struct Claims<'a> {
     pub owner: u64,
     pub tenant: Option<&'a Arc<str>>,
     pub records: &'a [Record],
+    /// An `Idempotency-Key` request's markers.
+    pub markers: Option<Markers>,
+    /// Whether an event of the request was found stored at ingest (a
+    /// duplicate, not in the batch): its markers are then stored whatever
+    /// its records do.
+    pub stored_already: bool,
+}
+
+/// Settles a request's local marker claims (SPEC §12): stored once any of
+/// its events is stored, so that an identical retry of a partly stored
+/// request is answered (its stored events as duplicates, the others
+/// stored) and another payload under its key gets 422; released when none
+/// is, so that the key is free again.
+pub fn settle_markers(
+    dedup: &DedupTable,
+    markers: &Markers,
+    owner: u64,
+    stored: bool,
+    now_ms: u64,
+) {
+    for claim in markers.claims {
+        if claim != NO_CLAIM {
+            dedup.settle(claim, owner, stored, now_ms);
+        }
+    }
 }
 
 /// Resolves to how a request's records ended. Dropping it early
@@ -574,6 +647,8 @@ mod tests {
             event_id: Some(7),
             event: 0,
             skip: false,
+            schema: 0..0,
+            overflow: crate::handoff::Overflow::No,
         }];
         let ticket = inflight
             .reserve_claimed(
@@ -584,6 +659,7 @@ mod tests {
                     owner: 1,
                     tenant: Some(&tenant),
                     records: &records,
+                    ..Claims::default()
                 },
                 Instant::now(),
                 &metrics,
@@ -595,6 +671,126 @@ mod tests {
             (&*settle.tenant, settle.event_id, settle.stored),
             ("t", 7, true)
         );
+    }
+
+    /// A keyed request's markers (SPEC §12) settle once every report
+    /// arrived: stored if any event is stored (a partial first attempt
+    /// too, or one whose events were found stored at ingest), released if
+    /// none is, or if the batch never left; in Redis likewise, unless the
+    /// fleet refused the request for its key (it claimed neither there).
+    #[test]
+    fn markers_are_stored_once_any_event_is_and_released_when_none_is() {
+        let metrics = CoreMetrics::default();
+        let mailbox = Mailbox::new(16);
+        let table = Arc::new(DedupTable::new(1_024, 60_000));
+        let fleet = Arc::new(FleetDedup::default());
+        let mut inflight = Inflight::new(
+            0,
+            4,
+            8,
+            1_000,
+            &mailbox,
+            Some(table.clone()),
+            Some(fleet.clone()),
+        )
+        .unwrap();
+        let tenant: Arc<str> = "t".into();
+        let tenant_hash = table.tenant_hash("t");
+        let class = table.tenant(0, tenant_hash);
+        let records: [Record; 2] = std::array::from_fn(|event| Record {
+            dead_letter: false,
+            key: 0..0,
+            value: 0..1,
+            event_type: 0..0,
+            event_id: None,
+            event: event as u32,
+            skip: false,
+            schema: 0..0,
+            overflow: crate::handoff::Overflow::No,
+        });
+        let mut ids = 0u128;
+        // (reports delivered, found stored at ingest, fleet verdict, cancelled)
+        let cases = [
+            ([true, false], false, FleetVerdict::Produced, false, true),
+            ([false, false], false, FleetVerdict::Produced, false, false),
+            ([false, false], true, FleetVerdict::Produced, false, true),
+            ([false, false], false, FleetVerdict::KeyReused, false, false),
+            ([true, true], false, FleetVerdict::Produced, true, false),
+        ];
+        for (owner, (delivered, stored_already, verdict, cancelled, stored)) in (1u64..).zip(cases)
+        {
+            ids += 2;
+            let mut markers = Markers {
+                operation: ids,
+                payload: ids + 1,
+                claims: [NO_CLAIM; 2],
+            };
+            for (claim, id) in markers.claims.iter_mut().zip([ids, ids + 1]) {
+                let fingerprint = table.fingerprint(tenant_hash, id);
+                let crate::dedup::table::Claim::Fresh(slot) =
+                    table.claim(class, fingerprint, owner, 1)
+                else {
+                    panic!("not fresh");
+                };
+                *claim = slot;
+            }
+            let ticket = inflight
+                .reserve_claimed(
+                    2,
+                    2,
+                    Claims {
+                        claims: &[NO_CLAIM; 2],
+                        owner,
+                        tenant: Some(&tenant),
+                        records: &records,
+                        markers: Some(markers),
+                        stored_already,
+                    },
+                    Instant::now(),
+                    &metrics,
+                )
+                .unwrap();
+            if cancelled {
+                inflight.cancel(ticket, &metrics);
+            } else {
+                for (record, delivered) in delivered.into_iter().enumerate() {
+                    inflight.complete(
+                        Completion {
+                            opaque: Opaque::new(ticket, record, false),
+                            delivered,
+                            fleet: verdict,
+                            event: record as u32,
+                        },
+                        Instant::now(),
+                        2,
+                        &metrics,
+                    );
+                }
+                inflight.detach(ticket, &metrics);
+            }
+            let case = (delivered, stored_already, verdict, cancelled);
+            for id in [ids, ids + 1] {
+                let fingerprint = table.fingerprint(tenant_hash, id);
+                assert_eq!(table.is_stored(fingerprint, 3), stored, "{case:?}");
+                if !stored {
+                    // Released: the key is free again.
+                    assert!(matches!(
+                        table.claim(class, fingerprint, 99, 3),
+                        crate::dedup::table::Claim::Fresh(_)
+                    ));
+                }
+            }
+            let mut settles = Vec::new();
+            while let Some(settle) = fleet.pop_settle() {
+                settles.push((settle.event_id, settle.stored));
+            }
+            let expected = match (cancelled, verdict) {
+                (true, _) | (_, FleetVerdict::KeyReused) => vec![],
+                _ => vec![(ids, stored), (ids + 1, stored)],
+            };
+            assert_eq!(settles, expected, "{case:?}");
+        }
+        assert_eq!(inflight.requests(), 0);
     }
 
     /// A late report for an earlier use of a slot must not count towards

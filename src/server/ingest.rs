@@ -8,15 +8,18 @@ use std::sync::Arc;
 use crossbeam_channel::TrySendError;
 
 use super::context::{Core, Scratch};
-use super::inflight::Claims;
+use super::inflight::{settle_markers, Claims};
+use super::routing::{judge_key, rerouted, stamp, write_schema_header, Provenance};
 use crate::dedup::table::{Claim, NO_CLAIM};
 use crate::error::ApiError;
 use crate::events::dead_letter::write_dead_letter;
+use crate::events::ids::idempotency_markers;
 use crate::events::record::Enrichment;
+use crate::events::schema::checks::Verdicts;
 use crate::events::segment::{dead_letter_raw, translate, Envelope};
 use crate::events::split::{event_spans, BodyKind, Shared};
 use crate::events::validate::record_bytes_max;
-use crate::handoff::{Batch, Record, Ticket};
+use crate::handoff::{Batch, Markers, Overflow, Record, Ticket};
 use crate::tenancy::keys::Grant;
 
 /// A request's take of its key's rate limit, given back when the request
@@ -73,6 +76,8 @@ pub fn ingest(
     kind: BodyKind,
     body: &[u8],
     idempotency_key: Option<&[u8]>,
+    provenance: &Provenance<'_>,
+    verdicts: Option<&Verdicts>,
     outcome: &mut Outcome,
 ) -> Result<Handed, ApiError> {
     let mut batch = Unsent::new(core, core.take_batch());
@@ -80,22 +85,33 @@ pub fn ingest(
     batch.dead_letter_topic = core.dead_letter_topic.clone();
     batch.tenant_id = Arc::clone(&grant.tenant_id);
     batch.owner = core.next_dedup_owner();
+    batch.overflow_topic = core.overflow_topic.clone();
+    batch.overflow_spread = core.shared.config.overflow.spread;
+    stamp(core, &mut batch, provenance);
     let (rejected, admission) = fill_batch(
         core,
         grant,
-        (kind, body, idempotency_key),
+        (kind, body, idempotency_key, verdicts),
         &mut batch,
         outcome,
     )?;
     let duplicates = outcome.duplicates.len();
     let accepted = batch.records.len() - rejected + duplicates;
     let ticket = if batch.records.is_empty() {
-        // Every event a duplicate: no record, so no claim to give back.
+        // Every event a duplicate: no record, so no claim to give back;
+        // the request's markers are stored (its events are).
         debug_assert!(batch.claims.is_empty());
+        if let (Some(markers), Some(table)) = (batch.markers.take(), &core.shared.dedup) {
+            let stored = duplicates > 0;
+            settle_markers(table, &markers, batch.owner, stored, core.now_ms());
+        }
         drop(batch);
         None
     } else {
-        Some(send(core, batch).inspect_err(|_| admission.refund())?)
+        let rerouted = rerouted(core, &batch.records);
+        let ticket = send(core, batch, duplicates > 0).inspect_err(|_| admission.refund())?;
+        core.metrics().overflowed(rerouted.0, rerouted.1);
+        Some(ticket)
     };
     core.metrics().events(accepted - duplicates, rejected);
     core.metrics().duplicates(duplicates);
@@ -187,6 +203,9 @@ impl Drop for Unsent<'_> {
                             table.settle(claim, batch.owner, false, 0);
                         }
                     }
+                    if let Some(markers) = &batch.markers {
+                        settle_markers(table, markers, batch.owner, false, 0);
+                    }
                 }
             }
         }
@@ -203,7 +222,7 @@ impl Drop for Unsent<'_> {
 fn fill_batch<'g>(
     core: &Core,
     grant: &'g Grant,
-    (kind, body, idempotency_key): (BodyKind, &[u8], Option<&[u8]>),
+    (kind, body, idempotency_key, verdicts): (BodyKind, &[u8], Option<&[u8]>, Option<&Verdicts>),
     batch: &mut Batch,
     outcome: &mut Outcome,
 ) -> Result<(usize, Admission<'g>), ApiError> {
@@ -217,7 +236,9 @@ fn fill_batch<'g>(
     // instead would shed a large request forever once its bound passed
     // the table's size (a 503 no retry cures). The bound is enforced as
     // the records are built, and `send` reserves what was built.
-    let bytes_max = record_bytes_max(body.len(), spans.len());
+    // The request's own headers ([`stamp`], at most a few hundred bytes)
+    // are in the data already: the bound is on what its events build.
+    let bytes_max = record_bytes_max(body.len(), spans.len()).saturating_add(batch.data.len());
     if !core.inflight.borrow().has_room(spans.len(), body.len()) {
         return Err(shed(core));
     }
@@ -233,6 +254,14 @@ fn fill_batch<'g>(
             .admit(admission.events, admission.bytes, core.now())
             .map_err(ApiError::rate_limited)?;
     }
+    // Native routes only: a Segment call's `messageId` is its own key.
+    let segment = matches!(kind, BodyKind::SegmentCall(_) | BodyKind::SegmentBatch);
+    if let Some(key) = idempotency_key.filter(|_| !segment) {
+        if let Err(error) = claim_markers(core, grant, key, body, batch) {
+            admission.refund();
+            return Err(error);
+        }
+    }
     let built = build_records(
         core,
         grant,
@@ -242,6 +271,7 @@ fn fill_batch<'g>(
             shared: &shared,
             spans,
             idempotency_key,
+            verdicts,
         },
         translated,
         bytes_max,
@@ -260,6 +290,56 @@ fn fill_batch<'g>(
     }
 }
 
+/// Claims the markers of a request sent with an `Idempotency-Key` (SPEC
+/// §12, §15) in the local table, before any of its events, and puts them
+/// in the batch (released with it if the request is refused, else settled
+/// with its records; the fleet dedup claims them in Redis the same way).
+/// The payload marker found stored: an identical retry, whose events are
+/// then claimed as any retry's (its stored ones are duplicates). Else the
+/// operation marker found stored: the key was used for another payload
+/// within the window, 422. Either found pending: a request with the key
+/// is being stored, 503. The operation marker is claimed only with the
+/// payload marker (a table set with no room for the payload marker would
+/// otherwise leave the operation stored alone, and turn the identical
+/// retry into a 422).
+fn claim_markers(
+    core: &Core,
+    grant: &Grant,
+    key: &[u8],
+    body: &[u8],
+    batch: &mut Batch,
+) -> Result<(), ApiError> {
+    let ids = idempotency_markers(&grant.tenant_id, key, body);
+    let owner = batch.owner;
+    let markers = batch.markers.insert(Markers {
+        operation: ids.operation,
+        payload: ids.payload,
+        claims: [NO_CLAIM; 2],
+    });
+    let Some(table) = core.shared.dedup.as_deref() else {
+        return Ok(());
+    };
+    let tenant_hash = table.tenant_hash(&grant.tenant_id);
+    let tenant = table.tenant(grant.metrics_slot, tenant_hash);
+    let now_ms = core.now_ms();
+    let claim = |id| table.claim(tenant, table.fingerprint(tenant_hash, id), owner, now_ms);
+    match claim(ids.payload) {
+        Claim::Fresh(NO_CLAIM) | Claim::Duplicate => return Ok(()),
+        Claim::Fresh(slot) => markers.claims[1] = slot,
+        Claim::InFlight | Claim::Repeated => return Err(ApiError::idempotency_key_in_flight()),
+        Claim::Busy => return Err(shed(core)),
+    }
+    match claim(ids.operation) {
+        Claim::Fresh(slot) => {
+            markers.claims[0] = slot;
+            Ok(())
+        }
+        Claim::Duplicate => Err(ApiError::idempotency_key_reused()),
+        Claim::InFlight | Claim::Repeated => Err(ApiError::idempotency_key_in_flight()),
+        Claim::Busy => Err(shed(core)),
+    }
+}
+
 /// A request body and what splitting it found.
 struct Request<'a> {
     kind: BodyKind,
@@ -268,6 +348,8 @@ struct Request<'a> {
     spans: &'a [Range<usize>],
     /// Native routes only: a Segment call's `messageId` is its own key.
     idempotency_key: Option<&'a [u8]>,
+    /// The events' schema checks, done ahead (`contracts::check`).
+    verdicts: Option<&'a Verdicts>,
 }
 
 /// Validates each event of `spans` into `batch`, refusing the request
@@ -287,12 +369,14 @@ fn build_records(
         shared,
         spans,
         idempotency_key,
+        verdicts,
     } = request;
     let limits = &core.shared.config.limits;
     let mut enrichment = Enrichment {
         tenant_id: &grant.tenant_id,
         project_id: grant.project_id.as_deref(),
-        received_at_ms: core.now_ms(),
+        // A Segment call is published as it was translated for its check.
+        received_at_ms: verdicts.map_or_else(|| core.now_ms(), |checked| checked.received_at_ms),
         idempotency_key: match kind {
             BodyKind::SegmentCall(_) | BodyKind::SegmentBatch => None,
             _ => idempotency_key,
@@ -313,11 +397,18 @@ fn build_records(
     };
     let mut validator = core.validator.borrow_mut();
     let dedup = core.shared.dedup.as_deref();
-    let schemas = core.shared.schemas.as_ref().map(|set| set.load());
+    // The set the events were checked against, not one reloaded since.
+    let schemas = match verdicts {
+        Some(checked) => Some(Arc::clone(&checked.set)),
+        None => core.shared.schemas.as_ref().map(|set| set.load_full()),
+    };
     let tenant_hash = dedup.map_or(0, |table| table.tenant_hash(&grant.tenant_id));
+    // The tenant as the table's fair shares count it.
+    let dedup_tenant = dedup.map(|table| table.tenant(grant.metrics_slot, tenant_hash));
     let mut rejected = 0;
     for (index, span) in spans.iter().enumerate() {
         enrichment.event_index = index;
+        let mut schema = 0..0;
         let raw = &body[span.clone()];
         let validated = match &segment {
             None => validator.validate_into(raw, &enrichment, &mut batch.data),
@@ -337,8 +428,15 @@ fn build_records(
                 };
                 let event_type =
                     std::str::from_utf8(&batch.data[spans.event_type.clone()]).unwrap_or("");
-                match set.check(&grant.tenant_id, event_type, document) {
-                    Ok(()) => Ok(spans),
+                let tenant = &grant.tenant_id;
+                match super::contracts::verdict(verdicts, set, index, tenant, event_type, document)
+                {
+                    Ok(()) => {
+                        if let Some(id) = set.identify(&grant.tenant_id, event_type) {
+                            schema = write_schema_header(&id, spans.event_type.clone(), batch);
+                        }
+                        Ok(spans)
+                    }
                     Err(error) => {
                         batch.data.truncate(spans.key.start);
                         Err(error)
@@ -349,8 +447,9 @@ fn build_records(
         };
         match validated {
             Ok(spans) => {
-                let claim = match (dedup, spans.event_id) {
-                    (Some(table), Some(id)) => match table.claim(
+                let claim = match (dedup.zip(dedup_tenant), spans.event_id) {
+                    (Some((table, tenant)), Some(id)) => match table.claim(
+                        tenant,
                         table.fingerprint(tenant_hash, id),
                         batch.owner,
                         enrichment.received_at_ms,
@@ -366,6 +465,7 @@ fn build_records(
                     },
                     _ => NO_CLAIM,
                 };
+                let overflow = judge_key(core, grant, &batch.data[spans.key.clone()]);
                 batch.records.push(Record {
                     dead_letter: false,
                     key: spans.key,
@@ -374,6 +474,8 @@ fn build_records(
                     event_id: spans.event_id,
                     event: index as u32,
                     skip: false,
+                    schema,
+                    overflow,
                 });
                 batch.claims.push(claim);
             }
@@ -402,6 +504,8 @@ fn build_records(
                     event_id: None,
                     event: index as u32,
                     skip: false,
+                    schema: 0..0,
+                    overflow: Overflow::No,
                 });
                 batch.claims.push(NO_CLAIM);
             }
@@ -416,7 +520,9 @@ fn build_records(
 /// Reserves in-flight capacity for the batch and sends it to a producer
 /// thread; a full table or queue sheds the request (503) at once. Refused,
 /// the batch gives back what it holds as it drops ([`Unsent`]).
-fn send(core: &Core, mut batch: Unsent<'_>) -> Result<Ticket, ApiError> {
+/// `stored_already`: an event of the request was found stored (its
+/// markers are stored whatever its records do).
+fn send(core: &Core, mut batch: Unsent<'_>, stored_already: bool) -> Result<Ticket, ApiError> {
     let metrics = core.metrics();
     let (records, bytes) = (batch.records.len(), batch.data.len());
     if !core.inflight.borrow().could_ever_hold(records, bytes) {
@@ -428,6 +534,11 @@ fn send(core: &Core, mut batch: Unsent<'_>) -> Result<Ticket, ApiError> {
             ),
         ));
     }
+    // A fresh clock: the delivery deadline, here and for the client's
+    // wait (`await_delivery`, which reads the same tick or a later one),
+    // counts from the hand-off, not from the request's start, so no batch
+    // reaches its producer expired for the time its events took to check.
+    let now = core.tick();
     let reserved = core.inflight.borrow_mut().reserve_claimed(
         batch.records.len(),
         batch.data.len(),
@@ -436,8 +547,10 @@ fn send(core: &Core, mut batch: Unsent<'_>) -> Result<Ticket, ApiError> {
             owner: batch.owner,
             tenant: Some(&batch.tenant_id),
             records: &batch.records,
+            markers: batch.markers,
+            stored_already,
         },
-        core.now(),
+        now,
         metrics,
     );
     let Ok(ticket) = reserved else {
@@ -445,8 +558,8 @@ fn send(core: &Core, mut batch: Unsent<'_>) -> Result<Ticket, ApiError> {
     };
     batch.reserved = Some(ticket);
     batch.ticket = ticket;
-    batch.deadline = core.now()
-        + std::time::Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
+    batch.deadline =
+        now + std::time::Duration::from_millis(core.shared.config.server.delivery_timeout_ms);
     match batch.hand_over() {
         Ok(()) => Ok(ticket),
         Err(TrySendError::Full(())) => Err(shed(core)),
@@ -456,7 +569,7 @@ fn send(core: &Core, mut batch: Unsent<'_>) -> Result<Ticket, ApiError> {
     }
 }
 
-fn shed(core: &Core) -> ApiError {
+pub(super) fn shed(core: &Core) -> ApiError {
     core.metrics().shed();
     core.shared.readiness.note_shed(core.now_ms());
     ApiError::overloaded()

@@ -10,12 +10,14 @@
 pub mod answer;
 pub mod connection;
 pub mod context;
+mod contracts;
 mod control;
 pub mod core;
 pub mod dispatch;
 pub mod framing;
 pub mod inflight;
 pub mod ingest;
+pub mod routing;
 mod startup;
 pub mod wire;
 
@@ -30,7 +32,8 @@ use anyhow::Context as _;
 use self::control::start_control_plane;
 use self::inflight::Inflight;
 use self::startup::{
-    announce, bind_listeners, load_schemas, open_keys, raise_open_files_limit, start_dedup,
+    announce, bind_listeners, load_schemas, open_keys, raise_open_files_limit, start_checker,
+    start_dedup,
 };
 use crate::config::Config;
 use crate::handoff::Mailbox;
@@ -83,6 +86,7 @@ pub fn run(
 
     let metrics = Arc::new(Metrics::new(cores));
     metrics.count_dropped_log_lines(log_lines_dropped);
+    metrics.io_driver_in_use(core::io_driver_in_use(config.server.io_driver));
     let readiness = Arc::new(Readiness::default());
     let limits = &config.limits;
     let mailboxes: Arc<[Arc<Mailbox>]> = (0..cores)
@@ -92,9 +96,14 @@ pub fn run(
     if let Some(set) = &schemas {
         metrics.schemas_loaded(set.load().len());
     }
+    let checker = start_checker(&config, &schemas)?;
     let dedup = start_dedup(&config, cores);
     if let Some(table) = &dedup {
         let _ = metrics.dedup.set(Arc::clone(table));
+    }
+    let hot_keys = startup::start_hot_keys(&config);
+    if let Some(detector) = &hot_keys {
+        let _ = metrics.hot_keys.set(Arc::clone(detector));
     }
     let fleet = (dedup.is_some() && !config.dedup.redis_url.is_empty())
         .then(|| Arc::new(crate::dedup::state::FleetDedup::default()));
@@ -130,6 +139,7 @@ pub fn run(
                 timeout: Duration::from_millis(config.dedup.redis_timeout_ms),
                 window_ms: config.dedup.window_ms,
                 pending_ttl_ms: config.kafka.message_timeout_ms + 10_000,
+                keys_per_tenant_max: config.dedup.redis_keys_per_tenant(),
                 state,
                 mailboxes: mailboxes.clone(),
             };
@@ -164,7 +174,9 @@ pub fn run(
         readiness,
         mailboxes,
         schemas,
+        checker,
         dedup,
+        hot_keys,
         shutdown: Shutdown::new(cores, drain_timeout),
     });
     // The effective configuration, one structured line per key (secrets

@@ -38,8 +38,14 @@ pub(super) fn load_schemas(config: &Config) -> anyhow::Result<crate::events::sch
     if dir.is_empty() {
         return Ok(None);
     }
-    match crate::events::schema::SchemaSet::load(std::path::Path::new(dir), config.schemas.require)
-    {
+    let limits = crate::events::schema::SchemaLimits::from_config(&config.schemas);
+    let loaded = crate::events::schema::SchemaSet::load_within(
+        std::path::Path::new(dir),
+        config.schemas.require,
+        &limits,
+        None,
+    );
+    match loaded {
         Ok(set) => {
             tracing::info!(
                 dir,
@@ -54,6 +60,22 @@ pub(super) fn load_schemas(config: &Config) -> anyhow::Result<crate::events::sch
             anyhow::bail!("schemas.dir {dir}: {}", list.join("; "))
         }
     }
+}
+
+/// The threads that check what the cores hand over (`schemas.checker_*`),
+/// when there are contracts to check.
+pub(super) fn start_checker(
+    config: &Config,
+    schemas: &crate::events::schema::Schemas,
+) -> anyhow::Result<Option<Arc<crate::events::schema::checker::Checker>>> {
+    if schemas.is_none() {
+        return Ok(None);
+    }
+    let threads = usize::try_from(config.schemas.checker_threads)?;
+    let queue = usize::try_from(config.schemas.checker_queue_requests_max)?;
+    let checker = crate::events::schema::checker::Checker::start(threads, queue)
+        .map_err(|error| anyhow::anyhow!("cannot start the schema checker threads: {error}"))?;
+    Ok(Some(Arc::new(checker)))
 }
 
 /// The local dedup table, allocated whole now (`dedup.entries_max`), or
@@ -92,6 +114,33 @@ pub(super) fn start_dedup(
         "dedup table allocated"
     );
     Some(Arc::new(table))
+}
+
+/// The hot-key detector (`overflow.*`, its table allocated whole now), or
+/// `None` while `overflow.topic` is empty.
+pub(super) fn start_hot_keys(config: &Config) -> Option<Arc<crate::hot_keys::HotKeys>> {
+    use crate::hot_keys::{HotKeys, TRACKED_KEYS};
+    let settings = &config.overflow;
+    if !settings.enabled() {
+        return None;
+    }
+    if !HotKeys::is_lock_free() {
+        tracing::warn!(
+            "this CPU has no 16-byte compare-and-swap: the hot-key table takes a lock per event"
+        );
+    }
+    let detector = HotKeys::new(settings);
+    tracing::info!(
+        topic = settings.topic,
+        key_events_per_second = settings.key_events_per_second,
+        key_burst = settings.key_burst,
+        dwell_ms = settings.dwell_ms,
+        forced_keys = detector.forced_keys(),
+        tracked_keys = TRACKED_KEYS,
+        spread = settings.spread,
+        "hot keys overflow (ordering per key is relaxed while a key overflows)"
+    );
+    Some(Arc::new(detector))
 }
 
 /// The key store: the keys file (optional with `--dev` or PostgreSQL),

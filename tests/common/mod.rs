@@ -781,10 +781,28 @@ pub fn consume_to_end(brokers: &str, topic: &str, timeout: Duration) -> Vec<Cons
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
             value,
             raw_value,
-            headers: Vec::new(),
+            headers: headers_of(&message),
         });
     }
     records
+}
+
+/// A consumed message's headers, in order, values as text.
+fn headers_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Vec<(String, String)> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// [`consume_until`] with extra client properties (security settings).
@@ -804,20 +822,7 @@ pub fn consume_until_with(
         };
         let Ok(message) = message else { continue };
         let raw_value = message.payload().unwrap_or_default().to_vec();
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = headers_of(&message);
         records.push(Consumed {
             partition: message.partition(),
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),

@@ -43,6 +43,12 @@ pub struct DocumentLimits {
     pub expansion_max: u64,
     /// One pattern's compiled NFA (`schemas.pattern_nfa_bytes_max`).
     pub pattern_nfa_bytes_max: usize,
+    /// Patterns the set has left for this document
+    /// (`schemas.patterns_max`, less the files before it).
+    pub patterns_left: u64,
+    /// NFA states the set has left for this document
+    /// (`schemas.pattern_states_max`, less the files before it).
+    pub pattern_states_left: u64,
 }
 
 /// What a document was found to cost.
@@ -146,7 +152,11 @@ pub fn analyze(
     while let Some((schema, resolver)) = walk.pending.pop() {
         walk.subschema(schema, &resolver, 1)?;
     }
-    let names = walk.name_patterns.iter().map(|name| name.to_string()).collect();
+    let names = walk
+        .name_patterns
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
     Ok((walk.cost, names))
 }
 
@@ -362,6 +372,19 @@ impl<'r> Walk<'r> {
             self.cost.patterns += 1;
             self.cost.pattern_states += states;
             self.cost.pattern_nfa_bytes += nfa.memory_usage() as u64;
+            // Before anything is compiled for good: 26,000 patterns in one
+            // file once took 22.9 GB to compile.
+            if self.cost.patterns > self.limits.patterns_left
+                || self.cost.pattern_states > self.limits.pattern_states_left
+            {
+                return Err(format!(
+                    "with this file the set's patterns pass their budget: this file alone has {} patterns of {} NFA states so far, and the set has room for {} more patterns (schemas.patterns_max) of {} more states (schemas.pattern_states_max)",
+                    self.cost.patterns,
+                    self.cost.pattern_states,
+                    self.limits.patterns_left,
+                    self.limits.pattern_states_left
+                ));
+            }
         }
         Ok(states)
     }
@@ -375,6 +398,8 @@ mod tests {
         depth_max: 32,
         expansion_max: 1_000,
         pattern_nfa_bytes_max: 64 * 1024,
+        patterns_left: 100,
+        pattern_states_left: 100_000,
     };
 
     fn cost(schema: Value) -> Result<DocumentCost, String> {

@@ -150,6 +150,9 @@ impl<'i> Keyword<'i, Metered> for Pattern {
     }
 }
 
+/// A compiled keyword, as jsonschema takes it.
+type BoxedKeyword = Box<dyn for<'i> Keyword<'i, Metered>>;
+
 /// The `pattern` keyword's factory for `jsonschema::options().with_keyword`.
 pub fn factory(
     nfa_bytes_max: usize,
@@ -157,7 +160,7 @@ pub fn factory(
     &'a serde_json::Map<String, Value>,
     &'a Value,
     jsonschema::paths::Location,
-) -> Result<Box<dyn for<'i> Keyword<'i, Metered>>, ValidationError<'a>>
+) -> Result<BoxedKeyword, ValidationError<'a>>
        + Send
        + Sync
        + 'static {
@@ -166,7 +169,7 @@ pub fn factory(
             return Err(ValidationError::custom("pattern must be a string"));
         };
         Pattern::new(pattern, nfa_bytes_max)
-            .map(|compiled| Box::new(compiled) as Box<dyn for<'i> Keyword<'i, Metered>>)
+            .map(|compiled| Box::new(compiled) as BoxedKeyword)
             .map_err(ValidationError::custom)
     }
 }
@@ -205,7 +208,9 @@ mod tests {
         ];
         for (pattern, text, expected) in cases {
             let compiled = Pattern::new(pattern, 1 << 20).unwrap();
-            let (found, spent) = metered(u64::MAX, Weights::default(), None, || compiled.is_match(text));
+            let (found, spent) = metered(u64::MAX, Weights::default(), None, || {
+                compiled.is_match(text)
+            });
             assert_eq!(found, expected, "{pattern} on {text}");
             assert!(!spent.cut);
         }
@@ -218,7 +223,9 @@ mod tests {
         let compiled = Pattern::new("a[ab]{1000}[^ab]", 1 << 20).unwrap();
         let text = random_ab(200_000);
         let started = std::time::Instant::now();
-        let (_, spent) = metered(10_000_000, Weights::default(), None, || compiled.is_match(&text));
+        let (_, spent) = metered(10_000_000, Weights::default(), None, || {
+            compiled.is_match(&text)
+        });
         assert!(spent.cut, "{spent:?}");
         assert!(
             started.elapsed() < std::time::Duration::from_millis(500),
@@ -231,7 +238,9 @@ mod tests {
     fn a_plain_pattern_costs_about_a_step_per_byte() {
         let compiled = Pattern::new("^[ab]+$", 1 << 20).unwrap();
         let text = random_ab(100_000);
-        let (found, spent) = metered(u64::MAX, Weights::default(), None, || compiled.is_match(&text));
+        let (found, spent) = metered(u64::MAX, Weights::default(), None, || {
+            compiled.is_match(&text)
+        });
         assert!(found);
         assert!(spent.steps < 4 * text.len() as u64, "{spent:?}");
     }

@@ -1,0 +1,104 @@
+//! The schema check of a request's events (SPEC §13), done before its
+//! records are built, so that no tenant's events keep a core from other
+//! connections (§15): the core checks while `schemas.core_steps_per_request_max`
+//! lasts (and only bodies up to `schemas.core_body_bytes_max`, events
+//! nested at most `INLINE_NESTING_MAX` deep), then hands the rest to the
+//! checker threads and serves its other connections while they work.
+//! `ingest` applies the verdicts instead of checking again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::context::Core;
+use crate::error::ApiError;
+use crate::events::schema::checks::{check_events, Progress, RequestShape, Verdicts};
+use crate::events::schema::{nesting, SchemaSet, INLINE_NESTING_MAX};
+use crate::events::split::BodyKind;
+use crate::tenancy::keys::Grant;
+
+/// Checks the events of `body` against the contracts in use; `None`
+/// without contracts.
+pub(super) async fn check(
+    core: &Core,
+    entry: Option<usize>,
+    grant: &Grant,
+    kind: BodyKind,
+    body: &[u8],
+) -> Result<Option<Verdicts>, ApiError> {
+    let (Some(schemas), Some(checker)) = (&core.shared.schemas, &core.shared.checker) else {
+        return Ok(None);
+    };
+    let set = schemas.load_full();
+    if set.is_empty() && !set.requires_schema() {
+        return Ok(None);
+    }
+    let config = &core.shared.config;
+    let shape = RequestShape {
+        kind,
+        batch_events_max: config.limits.batch_events_max,
+        received_at_ms: core.now_ms(),
+    };
+    let mut by_index = Vec::new();
+    let progress = if body.len() as u64 > config.schemas.core_body_bytes_max {
+        Progress::StoppedAt(0)
+    } else {
+        check_events(
+            &set,
+            &grant.tenant_id,
+            shape,
+            body,
+            0,
+            config.schemas.core_steps_per_request_max,
+            &mut by_index,
+        )
+    };
+    if let Progress::StoppedAt(from) = progress {
+        let pending = checker
+            .submit(
+                Arc::clone(&set),
+                Arc::clone(&grant.tenant_id),
+                shape,
+                body,
+                from,
+                by_index,
+            )
+            .map_err(|_| super::ingest::shed(core))?;
+        let deadline = core.now() + Duration::from_millis(config.server.delivery_timeout_ms);
+        by_index = super::wire::bounded(core, entry, deadline, pending)
+            .await
+            .map_err(|_| {
+                ApiError::unavailable(
+                    "the events' schema check did not finish before the delivery deadline",
+                )
+            })?;
+        // Time passed while the checker worked.
+        core.tick();
+    }
+    Ok(Some(Verdicts {
+        set,
+        received_at_ms: shape.received_at_ms,
+        by_index,
+    }))
+}
+
+/// The contract's verdict on event `index` (of type `event_type`, as
+/// `document`): the one found ahead, or, should the request path read an
+/// event otherwise than the check did, a check now, where a core can do it.
+pub(super) fn verdict(
+    verdicts: Option<&Verdicts>,
+    set: &SchemaSet,
+    index: usize,
+    tenant: &str,
+    event_type: &str,
+    document: &[u8],
+) -> Result<(), ApiError> {
+    if let Some(found) = verdicts.and_then(|verdicts| verdicts.verdict(index, tenant, event_type)) {
+        return found;
+    }
+    if nesting(document) > INLINE_NESTING_MAX {
+        return Err(ApiError::unavailable(
+            "this event's schema check could not be done here; retry",
+        ));
+    }
+    set.check(tenant, event_type, document)
+}
