@@ -1,7 +1,8 @@
 //! Criterion benches of the per-request hot path, piece by piece:
 //! HTTP head parsing, chunked decoding, event validation (simd-json, with a
 //! serde_json baseline), a Segment call's rewrite and validation beside the
-//! native event's, key lookup, and batch encoding for the producer.
+//! native event's, key lookup, and batch encoding for the producer; the
+//! headers a record carries, and the hot-key detector per event.
 //!
 //! `cargo bench --bench hot_path`; numbers and hardware go in BENCHMARKS.md.
 
@@ -349,8 +350,88 @@ fn schemas(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What a request's records say of where they came from (SPEC §2): the
+/// request id and a W3C trace context (parsed, checked, copied into the
+/// batch's data, once per request), and a record's `schema` header (once
+/// per event with schemas on).
+fn record_headers(c: &mut Criterion) {
+    use sluice::events::schema::ContractId;
+    use sluice::http::trace_context::copy_trace_context;
+    let head = b"POST /v1/events HTTP/1.1\r\nHost: ingest.example.com\r\nX-CS-API-Key: cs_live_abc123xyz\r\nContent-Type: application/json\r\nX-Request-Id: 4f1c2a0e-7b9d-4c55-9a51-2d6f0b1e8c33\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: congo=t61rcWkgMzE,rojo=00f067aa0ba902b7\r\nContent-Length: 312\r\n\r\n";
+    let request_id = b"4f1c2a0e-7b9d-4c55-9a51-2d6f0b1e8c33";
+    let mut data = Vec::with_capacity(4096);
+    let mut group = c.benchmark_group("record_headers");
+    group.bench_function("request_id_and_trace_context_per_request", |b| {
+        b.iter(|| {
+            data.clear();
+            data.extend_from_slice(black_box(request_id));
+            black_box(copy_trace_context(black_box(head), &mut data))
+        })
+    });
+    let empty: std::sync::Arc<str> = "".into();
+    let mut batch = sluice::handoff::Batch::new(&empty);
+    let id = ContractId {
+        tenant_scope: false,
+        sha256: [0x9f, 0x86, 0xd0, 0x81, 0x88, 0x4c],
+    };
+    group.bench_function("schema_header_per_event", |b| {
+        b.iter(|| {
+            batch.data.clear();
+            batch.data.extend_from_slice(b"page_view");
+            black_box(sluice::server::routing::write_schema_header(
+                black_box(&id),
+                0..9,
+                &mut batch,
+            ))
+        })
+    });
+    group.finish();
+}
+
+/// The hot-key detector per event (overflow on): distinct keys that stay
+/// on their partition (overflow on with no hot key: the common case), one
+/// key overflowing for its rate, and a forced key.
+fn hot_keys(c: &mut Criterion) {
+    use sluice::config::OverflowConfig;
+    use sluice::hot_keys::HotKeys;
+    let config = OverflowConfig {
+        topic: "events_overflow".into(),
+        force_keys: vec!["tenant_a:bot".into()],
+        ..OverflowConfig::default()
+    };
+    let detector = HotKeys::new(&config);
+    let keys: Vec<Vec<u8>> = (0..100_000)
+        .map(|index| format!("tenant_a:user_{index}").into_bytes())
+        .collect();
+    let start = std::time::Instant::now();
+    let mut group = c.benchmark_group("hot_keys");
+    // 10 µs apart: 100,000 events a second over 100,000 keys, each far
+    // under its rate.
+    let mut tick = 0u64;
+    group.bench_function("judge_distinct_keys", |b| {
+        b.iter(|| {
+            tick += 1;
+            let now = start + std::time::Duration::from_micros(10 * tick);
+            black_box(detector.judge(&keys[tick as usize % keys.len()], now))
+        })
+    });
+    group.bench_function("judge_hot_key_overflowing", |b| {
+        b.iter(|| {
+            tick += 1;
+            let now = start + std::time::Duration::from_micros(10 * tick);
+            black_box(detector.judge(black_box(b"tenant_a:hot"), now))
+        })
+    });
+    group.bench_function("judge_forced_key", |b| {
+        b.iter(|| black_box(detector.judge(black_box(b"tenant_a:bot"), start)))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    record_headers,
+    hot_keys,
     dedup,
     schemas,
     head_parsing,

@@ -483,7 +483,10 @@ mod tests {
         let value = serde_json::Value::String("x".repeat(1 << 20));
         let shown = capped_display(&value, ERROR_VALUE_BYTES_MAX);
         assert_eq!(shown.len(), ERROR_VALUE_BYTES_MAX);
-        assert!(shown.starts_with("\"xxx") && shown.ends_with(ELLIPSIS), "{shown}");
+        assert!(
+            shown.starts_with("\"xxx") && shown.ends_with(ELLIPSIS),
+            "{shown}"
+        );
         assert_eq!(capped_display(&"fits", 4), "fits");
         assert_eq!(capped_display(&"é".repeat(3), 5), "é\u{2026}");
         // The answer, the dead letter and the log line show capped texts.

@@ -56,13 +56,10 @@ struct Flags {
     dev: bool,
     /// With --dev: use this API key instead of a new one each start (1 to
     /// 256 printable ASCII characters).
-    #[arg(
-        long,
-        value_name = "KEY",
-        env = "SLUICE_DEV_KEY",
-        requires = "dev",
-        global = true
-    )]
+    // Not clap's `requires = "dev"`: dev mode may come from the file or
+    // SLUICE_DEV too, and clap checks it before a `--dev` given after
+    // `check` is seen; `Config::problems` refuses a dev key without it.
+    #[arg(long, value_name = "KEY", env = "SLUICE_DEV_KEY", global = true)]
     dev_key: Option<String>,
 }
 
@@ -138,7 +135,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    config.apply_property_environment(std::env::vars());
+    let (variables, not_text) = text_environment();
+    config.apply_property_environment(variables.iter().cloned());
     if config.dev && overrides.listen.is_none() && std::env::var("SLUICE_SERVER_LISTEN").is_err() {
         // A dev server is for this machine only unless asked otherwise.
         config.server.listen = "127.0.0.1:8080".into();
@@ -147,9 +145,12 @@ fn main() -> ExitCode {
     tune_c_allocator();
     // Flushes the log lines still queued when main returns.
     let (_log_guard, log_lines_dropped) = init_logging(config.server.log_format);
-    for name in Config::unknown_variables(std::env::vars().map(|(name, _)| name)) {
+    for name in Config::unknown_variables(variables.into_iter().map(|(name, _)| name)) {
         // The name only: the value may be a secret.
         tracing::warn!(variable = %name, "{}", Config::unknown_variable_message(&name));
+    }
+    for name in not_text {
+        tracing::warn!(variable = %name, "{NOT_TEXT}");
     }
     match sluice::server::run(config, move || log_lines_dropped.dropped_lines() as u64) {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,20 +167,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// What is said of a `SLUICE_*` variable whose name or value is not UTF-8.
+const NOT_TEXT: &str = "not UTF-8 text: it sets nothing (its value is not shown)";
+
+/// The environment as text. `std::env::vars` panics on any variable, not
+/// only sluice's, whose name or value is not UTF-8: such variables are left
+/// out, and the `SLUICE_*` ones among them are returned by name (never by
+/// value) to be reported, since they set nothing.
+fn text_environment() -> (Vec<(String, String)>, Vec<String>) {
+    let mut text = Vec::new();
+    let mut not_text = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => text.push((name, value)),
+            (name, _) => {
+                let name = name.unwrap_or_else(|name| name.to_string_lossy().into_owned());
+                if name.starts_with(sluice::config::ENV_PREFIX) {
+                    not_text.push(name);
+                }
+            }
+        }
+    }
+    (text, not_text)
+}
+
 /// `sluice check`: prints each finding, then a summary; 0 or 2.
 fn check(overrides: &Overrides, skip_kafka: bool, kafka_timeout_ms: u64) -> ExitCode {
-    let variables: Vec<(String, String)> = std::env::vars().collect();
+    let (variables, not_text) = text_environment();
     let options = sluice::check::Options {
         skip_kafka,
         kafka_timeout: std::time::Duration::from_millis(kafka_timeout_ms),
     };
     // librdkafka's own log lines would interleave with the findings.
-    let findings = sluice::check::run(
+    let mut findings = sluice::check::run(
         overrides,
         |name| std::env::var(name).ok(),
         &variables,
         &options,
     );
+    findings.extend(not_text.into_iter().map(|name| sluice::check::Finding {
+        severity: sluice::check::Severity::Problem,
+        place: name,
+        message: NOT_TEXT.into(),
+    }));
     for finding in &findings {
         println!("{finding}");
     }

@@ -463,3 +463,60 @@ fn an_unknown_variable_is_named_with_the_closest_and_never_its_value() {
     );
     assert!(!logs.contains(SECRET), "a value was logged");
 }
+
+/// A variable that is not UTF-8 (anyone's, not only sluice's) neither
+/// crashes a start nor `sluice check`; a `SLUICE_*` one is named (it sets
+/// nothing), never shown.
+#[test]
+fn a_variable_that_is_not_utf8_is_named_not_a_crash() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let binary = std::ffi::OsStr::from_bytes(b"\xff\xfebinary");
+    let dir = TempDir::new("check-not-utf8");
+    let mut command = Command::new(sluice_binary());
+    command
+        .current_dir(&dir.0)
+        .args(["check", "--dev", "--skip-kafka"])
+        .env("OTHER_TOOL_VARIABLE", binary)
+        .env("SLUICE_KAFKA_LINGER_MS", binary);
+    let output = output_within(&mut command, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stdout.lines().any(|line| line
+            == "problem: SLUICE_KAFKA_LINGER_MS: not UTF-8 text: it sets nothing (its value is not shown)"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stdout.contains("OTHER_TOOL_VARIABLE"), "{stdout}");
+    // A start: it serves, and warns.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(sluice_binary())
+        .current_dir(&dir.0)
+        .args(["--dev", "--listen", &listen])
+        .env("OTHER_TOOL_VARIABLE", binary)
+        .env("SLUICE_KAFKA_LINGER_MS", binary)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        if std::net::TcpStream::connect(&listen).is_ok() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(served, "no listener:\n{stderr}");
+    assert!(
+        stderr.lines().any(|line| line.contains("WARN")
+            && line.contains("SLUICE_KAFKA_LINGER_MS")
+            && line.contains("not UTF-8 text")),
+        "{stderr}"
+    );
+}

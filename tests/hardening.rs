@@ -602,7 +602,9 @@ fn hole9_head_scanning_is_linear() {
 // a log pipe nobody reads stalled ingestion.
 #[test]
 fn hole10_a_stalled_log_pipe_does_not_stall_ingestion() {
-    let sluice = Sluice::dev("[server]\nerror_logs_per_second_max = 1000000\n");
+    let sluice = Sluice::dev(
+        "[server]\nerror_logs_per_second_max = 1000000\nerror_log_bytes_per_second_max = 1073741824\n",
+    );
     sluice.logs_paused.store(true, Ordering::Relaxed);
     // Each refused request logs a line: far more than the pipe and the log
     // queue (16,384 lines) hold together.

@@ -246,22 +246,24 @@ fn a_key_in_flight_is_retryable_and_settles_with_its_request() {
 }
 
 // Fleet-wide: the markers travel through Redis as event ids do, so a
-// retry on another instance is judged the same way.
+// retry on another instance is judged the same way, in flight included.
 #[test]
 fn a_key_reused_on_another_instance_is_refused_through_redis() {
-    let broker = Broker::start();
+    // Two brokers: B's stays up while A's hangs, so that B takes the
+    // retry of a request A is still storing. What matters is the sum.
+    let (broker_a, broker_b) = (Broker::start(), Broker::start());
     let redis = services::Redis::start();
-    let instance = || {
+    let instance = |broker: &Broker| {
         Sluice::start(Options {
             brokers: Some(broker.address.clone()),
             extra_config: format!(
-                "[server]\ndelivery_timeout_ms = 2000\n[dedup]\nredis_url = \"{}\"\n",
+                "[server]\ndelivery_timeout_ms = 3000\n[dedup]\nredis_url = \"{}\"\n",
                 redis.url()
             ),
             ..Default::default()
         })
     };
-    let (a, b) = (instance(), instance());
+    let (a, b) = (instance(&broker_a), instance(&broker_b));
     a.wait_ready(200, Duration::from_secs(20));
     b.wait_ready(200, Duration::from_secs(20));
     let tag = format!("idkr{}_", now_ms());
@@ -286,8 +288,50 @@ fn a_key_reused_on_another_instance_is_refused_through_redis() {
     let response = post(&b, "/v1/events/batch", &other, changed.as_bytes(), false);
     assert_eq!(response.status, 202, "{}", response.text());
 
-    let counts = counts(&broker, &tag);
-    println!("stored: {counts:?}");
+    // In flight on A (its broker hangs): on B the key is in flight too,
+    // whatever the body; once A's request settled, B answers as above.
+    let (later, later_restamped) = (first + 2_000, first + 3_000);
+    let hung_key = format!("{tag}hung");
+    let (hung, hung_changed) = (batch(&tag, later), batch(&tag, later_restamped));
+    broker_a.hang();
+    std::thread::scope(|scope| {
+        let waiting =
+            scope.spawn(|| post(&a, "/v1/events/batch", &hung_key, hung.as_bytes(), false));
+        std::thread::sleep(Duration::from_millis(500));
+        for sent in [&hung_changed, &hung] {
+            let response = post(&b, "/v1/events/batch", &hung_key, sent.as_bytes(), false);
+            println!(
+                "in flight on A, on B: {} {}",
+                response.status,
+                response.text()
+            );
+            assert_eq!(response.status, 503, "{}", response.text());
+            assert_eq!(response.code(), "event_in_flight", "{}", response.text());
+        }
+        assert_eq!(waiting.join().unwrap().status, 503);
+    });
+    broker_a.signal(libc::SIGCONT);
+    // Stored by A once its broker is back, or by B if A's attempt failed.
+    wait_until(
+        "the retry on B answered 2xx",
+        Duration::from_secs(30),
+        || {
+            let response = post(&b, "/v1/events/batch", &hung_key, hung.as_bytes(), false);
+            assert!(matches!(response.status, 202 | 503), "{}", response.text());
+            response.status == 202
+        },
+    );
+    let response = post(
+        &b,
+        "/v1/events/batch",
+        &hung_key,
+        hung_changed.as_bytes(),
+        false,
+    );
+    assert_eq!(response.status, 422, "{}", response.text());
+
+    let (counts_a, counts_b) = (counts(&broker_a, &tag), counts(&broker_b, &tag));
+    println!("stored: {counts_a:?} {counts_b:?}");
     for (user, time, expected) in [
         ("u0", first, 1),
         ("u1", first, 1),
@@ -295,11 +339,77 @@ fn a_key_reused_on_another_instance_is_refused_through_redis() {
         ("u0", restamped, 1),
         ("u1", restamped, 1),
         ("u2", restamped, 0),
+        ("u0", later, 1),
+        ("u1", later, 1),
+        ("u2", later, 0),
+        ("u0", later_restamped, 0),
+        ("u1", later_restamped, 0),
     ] {
+        let user = format!("{tag}{user}");
         assert_eq!(
-            count(&counts, &format!("{tag}{user}"), time),
+            count(&counts_a, &user, time) + count(&counts_b, &user, time),
             expected,
-            "{user} at {time}: {counts:?}"
+            "{user} at {time}: {counts_a:?} {counts_b:?}"
         );
+    }
+}
+
+// An attack on the rule: many bodies raced under one key, over two cores
+// (two requests may claim the key at the same instant): exactly one body
+// is stored; every other request is told in flight (503) until it is
+// told 422, and none is stored.
+#[test]
+fn bodies_raced_under_one_key_store_exactly_one() {
+    const RACERS: u64 = 16;
+    let broker = Broker::start();
+    let sluice = Sluice::start(Options {
+        brokers: Some(broker.address.clone()),
+        cores: 2,
+        ..Default::default()
+    });
+    sluice.wait_ready(200, Duration::from_secs(20));
+    let tag = format!("idkx{}_", now_ms());
+    let key = format!("{tag}order");
+    let base = now_ms();
+    let answers: Vec<(u64, u16)> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..RACERS)
+            .map(|racer| {
+                let (sluice, key, tag) = (&sluice, &key, &tag);
+                scope.spawn(move || {
+                    let body = batch(tag, base + racer);
+                    loop {
+                        let response =
+                            post(sluice, "/v1/events/batch", key, body.as_bytes(), false);
+                        match response.status {
+                            503 => std::thread::sleep(Duration::from_millis(20)),
+                            202 | 422 => return (racer, response.status),
+                            _ => panic!("{}", response.text()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        racers
+            .into_iter()
+            .map(|racer| racer.join().unwrap())
+            .collect()
+    });
+    println!("answers: {answers:?}");
+    let winners: Vec<u64> = answers
+        .iter()
+        .filter(|(_, status)| *status == 202)
+        .map(|(racer, _)| *racer)
+        .collect();
+    assert_eq!(winners.len(), 1, "{answers:?}");
+    let counts = counts(&broker, &tag);
+    for racer in 0..RACERS {
+        let expected = usize::from(racer == winners[0]);
+        for user in ["u0", "u1"] {
+            assert_eq!(
+                count(&counts, &format!("{tag}{user}"), base + racer),
+                expected,
+                "racer {racer}: {counts:?}"
+            );
+        }
     }
 }

@@ -23,7 +23,10 @@ const CHECKOUT: &str = r#"{"type":"object","properties":{"properties":{"type":"o
 fn sha256_12(text: &str) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(text.as_bytes());
-    digest[..6].iter().map(|byte| format!("{byte:02x}")).collect()
+    digest[..6]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// Base64 of `KEY:`, the Segment SDKs' Basic credentials.
@@ -63,10 +66,7 @@ fn records_carry_request_id_trace_context_and_schema() {
     schemas.file(&format!("{TENANT}/checkout.json"), CHECKOUT);
     let sluice = Sluice::start(Options {
         brokers: Some(broker.address.clone()),
-        env: vec![(
-            "SLUICE_SCHEMAS_DIR".into(),
-            schemas.0.display().to_string(),
-        )],
+        env: vec![("SLUICE_SCHEMAS_DIR".into(), schemas.0.display().to_string())],
         ..Default::default()
     });
     sluice.wait_ready(200, Duration::from_secs(20));
@@ -96,17 +96,24 @@ fn records_carry_request_id_trace_context_and_schema() {
     let batch_body = format!(
         r#"{{"events":[{},{},{},{{"user_id":"{tag}bad","event_type":"page_view"}}]}}"#,
         event(&format!("{tag}batch_view"), ""),
-        event(&format!("{tag}batch_checkout"), "")
-            .replace("\"page_view\"", "\"checkout\""),
+        event(&format!("{tag}batch_checkout"), "").replace("\"page_view\"", "\"checkout\""),
         event(&format!("{tag}batch_free"), "").replace("\"page_view\"", "\"signup\""),
     );
     let batch = sluice.post(
         "/v1/events/batch",
-        &[key, json, ("traceparent", zero_trace), ("tracestate", STATE)],
+        &[
+            key,
+            json,
+            ("traceparent", zero_trace),
+            ("tracestate", STATE),
+        ],
         batch_body.as_bytes(),
     );
     assert_eq!(batch.status, 202, "{}", batch.text());
-    let batch_id = batch.header("x-request-id").expect("X-Request-Id").to_string();
+    let batch_id = batch
+        .header("x-request-id")
+        .expect("X-Request-Id")
+        .to_string();
     assert!(!batch_id.is_empty());
 
     // A Segment call, traced.
@@ -147,8 +154,16 @@ fn records_carry_request_id_trace_context_and_schema() {
         ("batch_free", None),
     ] {
         let record = record(user);
-        assert_eq!(record.header("request_id"), Some(batch_id.as_str()), "{user}");
-        assert_eq!(record.header("traceparent"), None, "{user}: invalid, not copied");
+        assert_eq!(
+            record.header("request_id"),
+            Some(batch_id.as_str()),
+            "{user}"
+        );
+        assert_eq!(
+            record.header("traceparent"),
+            None,
+            "{user}: invalid, not copied"
+        );
         assert_eq!(record.header("tracestate"), None, "{user}");
         assert_eq!(record.header("schema"), schema, "{user}");
     }

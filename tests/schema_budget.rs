@@ -407,3 +407,89 @@ fn a_configmap_mount_is_enforced_and_its_atomic_swap_reloads() {
     );
     assert_eq!(post("signup", r#"{"plan":"pro"}"#), Some(400));
 }
+
+/// `sluice` with none of the harness's own `SLUICE_*` variables: the
+/// command reads the environment as configuration.
+fn sluice_command() -> std::process::Command {
+    let mut command = std::process::Command::new(sluice_binary());
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("SLUICE_")) {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// A schema directory holding one file of each budget class that used to
+/// load: a deep `$ref` chain, a doubling expansion, and a link out.
+fn over_budget_schemas(dir: &TempDir) -> std::path::PathBuf {
+    let schemas = dir.0.join("schemas");
+    std::fs::create_dir_all(&schemas).unwrap();
+    let links: Vec<String> = (0..200)
+        .map(|link| format!(r##""a{link}":{{"$ref":"#/$defs/a{}"}}"##, link + 1))
+        .collect();
+    std::fs::write(
+        schemas.join("chain.json"),
+        format!(
+            r##"{{"$defs":{{{},"a200":{{}}}},"$ref":"#/$defs/a0"}}"##,
+            links.join(",")
+        ),
+    )
+    .unwrap();
+    let outside = dir.file("outside.json", "{}");
+    symlink(outside, schemas.join("leak.json")).unwrap();
+    schemas
+}
+
+// Item 3: `sluice check` applies the same budgets as the server, naming
+// each file and the limit it passes.
+#[test]
+fn sluice_check_names_each_file_over_budget_and_the_limit() {
+    let dir = TempDir::new("schema-check");
+    let schemas = over_budget_schemas(&dir);
+    let config = dir.file(
+        "sluice.toml",
+        &format!("[schemas]\ndir = \"{}\"\n", schemas.display()),
+    );
+    let output = output_within(
+        sluice_command()
+            .args(["check", "--skip-kafka", "--config"])
+            .arg(&config),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("sluice check printed:\n{stdout}");
+    assert_ne!(output.status.code(), Some(0));
+    let problem = |parts: &[&str]| {
+        stdout
+            .lines()
+            .any(|line| line.starts_with("problem") && parts.iter().all(|part| line.contains(part)))
+    };
+    assert!(
+        problem(&["chain.json", "schemas.ref_depth_max"]),
+        "{stdout}"
+    );
+    assert!(problem(&["leak.json", "out of schemas.dir"]), "{stdout}");
+}
+
+// Item 3: at start-up, too: the server does not start, naming the file
+// and the limit (before, it started, and the first event aborted it).
+#[test]
+fn a_server_does_not_start_on_a_schema_over_budget() {
+    let dir = TempDir::new("schema-start");
+    let schemas = over_budget_schemas(&dir);
+    let config = dir.file(
+        "sluice.toml",
+        &format!("[schemas]\ndir = \"{}\"\n", schemas.display()),
+    );
+    let output = output_within(
+        sluice_command()
+            .args(["--dev", "--listen", "127.0.0.1:0", "--keys-file"])
+            .arg(dir.file("keys.toml", &keys_file_text()))
+            .arg("--config")
+            .arg(&config),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("chain.json"), "{stderr}");
+    assert!(stderr.contains("schemas.ref_depth_max"), "{stderr}");
+}

@@ -113,9 +113,9 @@ fn start_core_with(schemas: sluice::events::schema::Schemas) -> std::net::Socket
         readiness,
         mailboxes: mailboxes.clone(),
         // With contracts, their checker threads, as the server starts them.
-        checker: schemas.as_ref().map(|_| {
-            Arc::new(sluice::events::schema::checker::Checker::start(1, 16).unwrap())
-        }),
+        checker: schemas
+            .as_ref()
+            .map(|_| Arc::new(sluice::events::schema::checker::Checker::start(1, 16).unwrap())),
         schemas,
         dedup,
         hot_keys,
@@ -323,6 +323,20 @@ fn steady_state_requests_allocate_nothing_on_the_core() {
     let per_batch = allocations_per_request(address, &batch);
     println!("batch of 100: {per_batch} allocations per request");
 
+    // A wide object: the duplicate-member check sorts its 100 names (more
+    // than 16 are sorted, not compared pairwise) in its reused buffer.
+    let members: Vec<String> = (0..100).map(|i| format!(r#""p{i}":{i}"#)).collect();
+    let wide = request(
+        "/v1/events",
+        &format!(
+            r#"{{"user_id":"user_123","event_type":"wide","event_time":{},"properties":{{{}}}}}"#,
+            now_ms(),
+            members.join(",")
+        ),
+    );
+    let per_wide = allocations_per_request(address, &wide);
+    println!("single event, 100 properties: {per_wide} allocations per request");
+
     assert_eq!(per_single, 0.0, "the single-event path allocates");
     allocations_per_event_with_schemas_on_are_bounded();
     assert_eq!(per_fresh, 0.0, "the dedup claim path allocates");
@@ -333,6 +347,7 @@ fn steady_state_requests_allocate_nothing_on_the_core() {
         "the Idempotency-Key retry path allocates"
     );
     assert_eq!(per_batch, 0.0, "the batch path allocates");
+    assert_eq!(per_wide, 0.0, "the duplicate-member check allocates");
 }
 
 /// With event contracts on, each event is parsed into a `serde_json::Value`

@@ -114,20 +114,23 @@ mod tests {
             ("SLUICE_SERVR_CORES", Some("SLUICE_SERVER_CORES")),
             ("SLUICE_DEV_KY", Some("SLUICE_DEV_KEY")),
             ("SLUICE_LINGER_MS", Some("SLUICE_KAFKA_LINGER_MS")),
-            ("SLUICE_BODY_BYTES_MAX", Some("SLUICE_LIMITS_BODY_BYTES_MAX")),
+            (
+                "SLUICE_BODY_BYTES_MAX",
+                Some("SLUICE_LIMITS_BODY_BYTES_MAX"),
+            ),
             (
                 "SLUICE_KAFKA_PROPERTIES_SASL_PASSWORD",
                 Some("SLUICE_KAFKA_PROPERTIES__SASL_PASSWORD"),
             ),
-            // A key in two sections: no guess.
-            ("SLUICE_RELOAD_INTERVAL_MS", None),
+            (
+                "SLUICE_RELOAD_INTERVAL_MS",
+                Some("SLUICE_AUTH_RELOAD_INTERVAL_MS"),
+            ),
+            // A key of two sections (dedup.redis_url, limits.redis_url): no guess.
+            ("SLUICE_REDIS_URL", None),
             ("SLUICE_ZZZZZZZZZZ", None),
         ] {
-            assert_eq!(
-                Config::closest_variable(typo).as_deref(),
-                meant,
-                "{typo}"
-            );
+            assert_eq!(Config::closest_variable(typo).as_deref(), meant, "{typo}");
         }
         let message = Config::unknown_variable_message("SLUICE_KAFKA_LINGR_MS");
         assert!(

@@ -296,6 +296,12 @@ impl Config {
                 "--dev-key must be 1 to 256 printable ASCII characters, no spaces".into(),
             ));
         }
+        if self.dev_key.is_some() && !self.dev {
+            problems.push(Problem::general(
+                "--dev-key (or SLUICE_DEV_KEY) is for dev mode only: add --dev (or dev = true)"
+                    .into(),
+            ));
+        }
         match toml::Table::try_from(self) {
             Ok(table) => problems.extend(bounds::problems(&table)),
             Err(error) => problems.push(Problem::general(format!("configuration: {error}"))),
@@ -538,6 +544,29 @@ fn apply_flags(table: &mut toml::Table, flags: &Overrides) -> anyhow::Result<()>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_dev_key_needs_dev_mode_and_printable_text() {
+        let problems = |dev: bool, key: &str| {
+            let overrides = Overrides {
+                dev,
+                dev_key: Some(key.into()),
+                ..Default::default()
+            };
+            let config = Config::assemble(&overrides, &|_: &str| None).unwrap();
+            assert_eq!(config.dev_key.as_deref(), Some(key));
+            config
+                .problems()
+                .into_iter()
+                .map(|problem| problem.message)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(problems(true, "cs_dev_1"), Vec::<String>::new());
+        assert!(problems(false, "cs_dev_1")[0].contains("dev mode only"));
+        assert!(problems(true, "with space")[0].contains("printable"));
+        assert!(problems(true, "")[0].contains("printable"));
+        assert!(problems(true, &"k".repeat(257))[0].contains("printable"));
+    }
+
     #[test]
     fn every_numeric_key_has_a_stated_range_and_the_defaults_are_in_it() {
         let defaults = toml::Table::try_from(Config::default()).unwrap();

@@ -57,10 +57,7 @@ impl OverflowConfig {
         if self.force_keys.len() > FORCE_KEYS_MAX {
             problems.push(super::Problem::new(
                 "overflow.force_keys",
-                format!(
-                    "{} keys; at most {FORCE_KEYS_MAX}",
-                    self.force_keys.len()
-                ),
+                format!("{} keys; at most {FORCE_KEYS_MAX}", self.force_keys.len()),
             ));
         }
         for key in &self.force_keys {
@@ -92,5 +89,91 @@ impl OverflowConfig {
             ));
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Overrides};
+
+    fn load(variables: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let variables: Vec<(String, String)> = variables
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        Config::load(&Overrides::default(), |name| {
+            variables
+                .iter()
+                .find(|(known, _)| known == name)
+                .map(|(_, value)| value.clone())
+        })
+    }
+
+    #[test]
+    fn every_key_comes_from_the_environment() {
+        let config = load(&[
+            ("SLUICE_OVERFLOW_TOPIC", "events_overflow"),
+            ("SLUICE_OVERFLOW_KEY_EVENTS_PER_SECOND", "50"),
+            ("SLUICE_OVERFLOW_KEY_BURST", "7"),
+            ("SLUICE_OVERFLOW_DWELL_MS", "2500"),
+            ("SLUICE_OVERFLOW_FORCE_KEYS", "t:bot, u:shared"),
+            ("SLUICE_OVERFLOW_SPREAD", "false"),
+        ])
+        .unwrap();
+        let overflow = &config.overflow;
+        assert!(overflow.enabled());
+        assert_eq!(overflow.topic, "events_overflow");
+        assert_eq!(
+            (
+                overflow.key_events_per_second,
+                overflow.key_burst,
+                overflow.dwell_ms
+            ),
+            (50, 7, 2500)
+        );
+        assert_eq!(overflow.force_keys, ["t:bot", "u:shared"]);
+        assert!(!overflow.spread);
+        assert!(!Config::default().overflow.enabled(), "off by default");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_naming_the_key() {
+        for (variables, key) in [
+            (
+                vec![
+                    ("SLUICE_OVERFLOW_TOPIC", "o"),
+                    ("SLUICE_OVERFLOW_KEY_EVENTS_PER_SECOND", "0"),
+                ],
+                "overflow.key_events_per_second",
+            ),
+            (
+                vec![
+                    ("SLUICE_OVERFLOW_TOPIC", "o"),
+                    ("SLUICE_OVERFLOW_FORCE_KEYS", "no_colon"),
+                ],
+                "overflow.force_keys",
+            ),
+            (
+                vec![("SLUICE_OVERFLOW_FORCE_KEYS", "t:u")],
+                "overflow.force_keys",
+            ),
+            (
+                vec![
+                    ("SLUICE_OVERFLOW_TOPIC", "o"),
+                    ("SLUICE_KAFKA_PARTITIONER", "murmur2"),
+                ],
+                "overflow.spread",
+            ),
+        ] {
+            let error = format!("{:#}", load(&variables).unwrap_err());
+            assert!(error.contains(key), "{variables:?}: {error}");
+        }
+        // Keyed overflow works with any partitioner.
+        load(&[
+            ("SLUICE_OVERFLOW_TOPIC", "o"),
+            ("SLUICE_KAFKA_PARTITIONER", "murmur2"),
+            ("SLUICE_OVERFLOW_SPREAD", "false"),
+        ])
+        .unwrap();
     }
 }

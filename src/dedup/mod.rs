@@ -2,5 +2,7 @@
 //! published again. [`table`] is this instance's memory of it.
 
 pub mod fleet;
+mod occupancy;
+mod scripts;
 pub mod state;
 pub mod table;

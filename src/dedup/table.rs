@@ -19,7 +19,7 @@
 //!
 //! Fair shares (SPEC §15). When a key's set holds no empty or expired
 //! slot, a young stored entry must go, and tenants do not trust each
-//! other. Each tenant class counts its young stored entries ([`Occupancy`]:
+//! other. Each tenant class counts its young stored entries (`occupancy.rs`:
 //! per class a ring of atomic counters by time, so entries age out of the
 //! count with the window, with no sweep). A tenant's *share* is the
 //! table's entries divided by the classes holding young entries
@@ -56,6 +56,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 
 use portable_atomic::AtomicU128;
 
+use super::occupancy::Occupancy;
+pub use super::occupancy::SHARE_REFRESH_MS;
 use crate::tenancy::labels::{OTHER_SLOT, TENANT_LABELS_MAX};
 
 /// Slots per set: 4 x 16 bytes, one cache line.
@@ -82,14 +84,6 @@ const CLAIM_ATTEMPTS: usize = 4;
 /// past them are spread over the rest by the hash of their id.
 pub const TENANT_CLASSES: usize = 1 << CLASS_BITS;
 const _: () = assert!(TENANT_LABELS_MAX < TENANT_CLASSES / 2);
-
-/// Time slices a class's young entries are counted in: the window is
-/// `EPOCHS - 1` of them, so an entry leaves the count at most one slice
-/// (a seventh of the window) after it leaves the window.
-const EPOCHS: usize = 8;
-/// How stale the share may be.
-pub const SHARE_REFRESH_MS: u64 = 100;
-const NEVER: u64 = u64::MAX;
 
 /// Bytes of memory per entry.
 pub const ENTRY_BYTES: usize = 16;
@@ -208,117 +202,6 @@ impl DedupCounters {
     }
 }
 
-/// Per tenant class, its young stored entries: a ring of [`EPOCHS`]
-/// counters, each tagged with the time slice it counts (32-bit slice
-/// number, 32-bit signed count, in one atomic). An entry is counted in
-/// the slice of its stored time when it is stored, and uncounted there
-/// when it is overwritten; a slice older than the ring falls out of the
-/// sum, and its counter is reused for a new slice.
-struct Occupancy {
-    rings: Box<[Ring]>,
-    epoch_ms: u64,
-    entries: u64,
-    share: AtomicU64,
-    share_at_ms: AtomicU64,
-}
-
-#[repr(align(64))]
-struct Ring([AtomicU64; EPOCHS]);
-
-impl Occupancy {
-    fn new(entries: usize, window_ms: u64) -> Self {
-        Occupancy {
-            rings: (0..TENANT_CLASSES)
-                .map(|_| Ring(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
-            epoch_ms: window_ms.div_ceil(EPOCHS as u64 - 1).max(1),
-            entries: entries as u64,
-            share: AtomicU64::new(entries as u64),
-            share_at_ms: AtomicU64::new(NEVER),
-        }
-    }
-
-    fn epoch(&self, ms: u64) -> u32 {
-        (ms / self.epoch_ms) as u32
-    }
-
-    fn stored(&self, tenant: usize, at_ms: u64) {
-        self.change(tenant, self.epoch(at_ms), 1);
-    }
-
-    fn overwritten(&self, tenant: usize, stored_at_ms: u64) {
-        self.change(tenant, self.epoch(stored_at_ms), -1);
-    }
-
-    fn change(&self, tenant: usize, epoch: u32, delta: i32) {
-        let cell = &self.rings[tenant].0[epoch as usize % EPOCHS];
-        let mut current = cell.load(Relaxed);
-        loop {
-            let (tag, count) = unpack(current);
-            let next = if tag == epoch {
-                pack(epoch, count.wrapping_add(delta))
-            } else if (epoch.wrapping_sub(tag) as i32) > 0 {
-                // A newer slice: the cell's old one has left the window.
-                pack(epoch, delta)
-            } else {
-                // The cell already counts a newer slice: this one is gone.
-                return;
-            };
-            match cell.compare_exchange_weak(current, next, Relaxed, Relaxed) {
-                Ok(_) => return,
-                Err(seen) => current = seen,
-            }
-        }
-    }
-
-    /// The tenant's stored entries younger than the window (give or take
-    /// a slice).
-    fn young(&self, tenant: usize, now_ms: u64) -> u64 {
-        let now = self.epoch(now_ms);
-        let sum: i64 = self.rings[tenant]
-            .0
-            .iter()
-            .map(|cell| {
-                let (tag, count) = unpack(cell.load(Relaxed));
-                let age = now.wrapping_sub(tag) as i32;
-                // A slice slightly ahead is another core's clock.
-                if -(EPOCHS as i32) < age && age < EPOCHS as i32 {
-                    i64::from(count)
-                } else {
-                    0
-                }
-            })
-            .sum();
-        sum.max(0) as u64
-    }
-
-    /// The entries each tenant holding young entries may keep at least.
-    fn share(&self, now_ms: u64) -> u64 {
-        let at = self.share_at_ms.load(Relaxed);
-        if (at == NEVER || now_ms.abs_diff(at) >= SHARE_REFRESH_MS)
-            && self
-                .share_at_ms
-                .compare_exchange(at, now_ms, Relaxed, Relaxed)
-                .is_ok()
-        {
-            let active = (0..TENANT_CLASSES)
-                .filter(|&tenant| self.young(tenant, now_ms) > 0)
-                .count()
-                .max(1);
-            self.share.store(self.entries / active as u64, Relaxed);
-        }
-        self.share.load(Relaxed)
-    }
-}
-
-fn pack(epoch: u32, count: i32) -> u64 {
-    u64::from(epoch) << 32 | u64::from(count as u32)
-}
-
-fn unpack(value: u64) -> (u32, i32) {
-    ((value >> 32) as u32, value as u32 as i32)
-}
-
 pub struct DedupTable {
     sets: Box<[Set]>,
     /// `64 - log2(sets)`: a hash's top bits pick its set.
@@ -338,7 +221,7 @@ impl DedupTable {
             .map(|_| Set(std::array::from_fn(|_| AtomicU128::new(0))))
             .collect();
         let shift = 64 - sets.len().trailing_zeros();
-        let occupancy = Occupancy::new(sets.len() * WAYS, window_ms);
+        let occupancy = Occupancy::new(TENANT_CLASSES, sets.len() * WAYS, window_ms);
         DedupTable {
             sets,
             shift,
@@ -533,7 +416,7 @@ impl DedupTable {
         let (old_print, old_meta) = split(victim.old);
         if old_print != 0 && old_meta & STATE_MASK == STORED {
             self.occupancy
-                .overwritten(class_of(old_meta), old_meta & TIME_MASK);
+                .overwritten(class_of(old_meta), old_meta & TIME_MASK, now_ms);
         }
         if victim.young {
             self.counters.evicted_young.fetch_add(1, Relaxed);

@@ -36,7 +36,9 @@ pub mod files;
 pub mod metered;
 pub mod pattern;
 
-use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+pub use self::checks::{nesting, INLINE_NESTING_MAX};
+pub use self::files::fingerprint;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -550,40 +552,9 @@ fn violation(pointer: String, message: String) -> ApiError {
     }
 }
 
-/// What the schema files under `dir` look like now (names, what links
-/// resolve to, sizes, modification times, and the problems met): a reload
-/// is due when it changes. A ConfigMap update swaps `..data`, so every
-/// link's target changes even when sizes and times do not.
-pub fn fingerprint(dir: &Path) -> u64 {
-    let mut hasher = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
-    match files::list(dir, SchemaLimits::default().files_max.max(10_000) + 1) {
-        Ok((found, problems)) => {
-            for file in found {
-                file.path.hash(&mut hasher);
-                file.target.hash(&mut hasher);
-                file.bytes.hash(&mut hasher);
-                file.modified.hash(&mut hasher);
-            }
-            for problem in problems {
-                problem.file.hash(&mut hasher);
-                problem.reason.hash(&mut hasher);
-            }
-        }
-        Err(problem) => problem.reason.hash(&mut hasher),
-    }
-    hasher.finish()
-}
-
 /// Steps charged per byte of an event parsed for its check (serde_json
 /// with exact numbers: about 2 ns a byte).
 pub const PARSE_STEPS_PER_BYTE: u64 = 4;
-
-/// The deepest nesting of an event a core checks itself; deeper ones go
-/// to the checker threads, whose stacks are sized for the deepest the
-/// budgets allow (128 levels, the parser's limit, times
-/// `schemas.ref_depth_max`; measured in `BENCHMARKS.md`: the default
-/// needs between 1 and 2 MiB, a core's whole stack).
-pub const INLINE_NESTING_MAX: usize = 32;
 
 /// A check's outcome when its time was limited.
 #[derive(Debug)]
@@ -595,33 +566,6 @@ pub enum Checked {
     /// Not finished within the allowance: to be checked again elsewhere
     /// (what it spent is lost: at most the allowance).
     Deferred,
-}
-
-/// How deep `document`'s arrays and objects nest, read from its bytes
-/// (strings skipped): whether a core may check it.
-pub fn nesting(document: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &byte in document {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 /// The schemas in use: `None` without `schemas.dir`.

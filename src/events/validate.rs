@@ -529,6 +529,32 @@ mod tests {
     }
 
     #[test]
+    fn a_member_named_twice_at_any_depth_is_refused_with_its_pointer() {
+        let event = |extra: &str| {
+            format!(r#"{{"user_id":"u","event_type":"t","event_time":{NOW_MS}{extra}}}"#)
+        };
+        for (extra, pointer) in [
+            (
+                r#","properties":{"plan":"gold","plan":"pro"}"#,
+                "/properties/plan",
+            ),
+            (r#","x":[{"a":1,"a":2}]"#, "/x/0/a"),
+            (r#","x":1,"x":2"#, "/x"),
+        ] {
+            let error = check(&event(extra)).unwrap_err();
+            assert_eq!(
+                (error.status, error.code, error.pointer.as_deref()),
+                (400, "invalid_event", Some(pointer)),
+                "{extra}"
+            );
+        }
+        // A schema field sent twice is named as the field, as before.
+        let error = check(&event(r#","user_id":"v""#)).unwrap_err();
+        assert_eq!((error.field, error.pointer), (Some("user_id"), None));
+        assert!(check(&event(r#","properties":{"a":{"b":1},"b":{"a":1}}"#)).is_ok());
+    }
+
+    #[test]
     fn each_field_is_checked_precisely() {
         let cases: &[(&str, &str, Option<&str>)] = &[
             (

@@ -430,9 +430,8 @@ fn produce_unless_expired(
 /// when known, `overflow` (and the original `key` when spread) when
 /// rerouted.
 fn record_headers(batch: &Batch, record: &Record, spread_key: Option<&[u8]>) -> OwnedHeaders {
-    let span = |range: &std::ops::Range<usize>| {
-        (!range.is_empty()).then(|| &batch.data[range.clone()])
-    };
+    let span =
+        |range: &std::ops::Range<usize>| (!range.is_empty()).then(|| &batch.data[range.clone()]);
     let mut headers = OwnedHeaders::new_with_capacity(9)
         .insert(Header {
             key: "tenant_id",

@@ -245,6 +245,15 @@ impl Core {
         }
     }
 
+    /// Gives the inflate buffer back to the core's scratch, unless it grew
+    /// past what is kept.
+    pub fn keep_inflated(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() > POOLED_BUFFER_BYTES_MAX {
+            buffer = Vec::new();
+        }
+        self.scratch.borrow_mut().inflated = buffer;
+    }
+
     /// A pooled batch, recycled by the producer threads.
     pub fn take_batch(&self) -> Batch {
         self.mailbox

@@ -4,7 +4,8 @@
 //! lasts (and only bodies up to `schemas.core_body_bytes_max`, events
 //! nested at most `INLINE_NESTING_MAX` deep), then hands the rest to the
 //! checker threads and serves its other connections while they work.
-//! `ingest` applies the verdicts instead of checking again.
+//! `ingest` applies the verdicts instead of checking again
+//! (`checks::verdict_or_check`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,6 @@ use std::time::Duration;
 use super::context::Core;
 use crate::error::ApiError;
 use crate::events::schema::checks::{check_events, Progress, RequestShape, Verdicts};
-use crate::events::schema::{nesting, SchemaSet, INLINE_NESTING_MAX};
 use crate::events::split::BodyKind;
 use crate::tenancy::keys::Grant;
 
@@ -62,7 +62,12 @@ pub(super) async fn check(
                 from,
                 by_index,
             )
-            .map_err(|_| super::ingest::shed(core))?;
+            .map_err(|_| {
+                // Shed as a full in-flight table sheds (`ingest`).
+                core.metrics().shed();
+                core.shared.readiness.note_shed(core.now_ms());
+                ApiError::overloaded()
+            })?;
         let deadline = core.now() + Duration::from_millis(config.server.delivery_timeout_ms);
         by_index = super::wire::bounded(core, entry, deadline, pending)
             .await
@@ -79,26 +84,4 @@ pub(super) async fn check(
         received_at_ms: shape.received_at_ms,
         by_index,
     }))
-}
-
-/// The contract's verdict on event `index` (of type `event_type`, as
-/// `document`): the one found ahead, or, should the request path read an
-/// event otherwise than the check did, a check now, where a core can do it.
-pub(super) fn verdict(
-    verdicts: Option<&Verdicts>,
-    set: &SchemaSet,
-    index: usize,
-    tenant: &str,
-    event_type: &str,
-    document: &[u8],
-) -> Result<(), ApiError> {
-    if let Some(found) = verdicts.and_then(|verdicts| verdicts.verdict(index, tenant, event_type)) {
-        return found;
-    }
-    if nesting(document) > INLINE_NESTING_MAX {
-        return Err(ApiError::unavailable(
-            "this event's schema check could not be done here; retry",
-        ));
-    }
-    set.check(tenant, event_type, document)
 }

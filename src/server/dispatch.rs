@@ -13,7 +13,7 @@ use super::answer::{write_accepted, write_error, write_preflight, write_probe, R
 use super::context::Core;
 use super::framing::{read_body, ReadError};
 use super::inflight::{Delivery, Settled};
-use super::ingest::{ingest, Handed, Outcome};
+use super::ingest::{ingest, Body, Handed, Outcome};
 use super::routing::Provenance;
 use super::wire::Wire;
 use crate::config::AckMode;
@@ -494,30 +494,25 @@ impl<'a> Exchange<'a> {
             let mut buffer = std::mem::take(&mut core.scratch.borrow_mut().inflated);
             let limit = core.shared.config.limits.decompressed_body_bytes_max;
             if let Err(error) = gzip::inflate(&input[body.clone()], &mut buffer, limit) {
-                pool_inflated(core, buffer);
+                core.keep_inflated(buffer);
                 return Err(ApiError::from(error));
             }
             inflated = Some(buffer);
         }
         let bytes = inflated.as_deref().unwrap_or(&input[body]);
-        // The events' schema checks first: on this core while they are
-        // cheap, on the checker threads otherwise, awaited while this core
-        // serves its other connections.
+        // The events' schema checks first (on this core while cheap).
         let checked = super::contracts::check(core, self.wire.entry, grant, kind, bytes).await;
         let result = checked.and_then(|verdicts| {
-            ingest(
-                core,
-                grant,
+            let body = Body {
                 kind,
                 bytes,
                 idempotency_key,
-                &provenance,
-                verdicts.as_ref(),
-                &mut self.outcome,
-            )
+                verdicts: verdicts.as_ref(),
+            };
+            ingest(core, grant, body, &provenance, &mut self.outcome)
         });
         if let Some(buffer) = inflated {
-            pool_inflated(core, buffer);
+            core.keep_inflated(buffer);
         }
         result
     }
@@ -550,14 +545,6 @@ impl<'a> Exchange<'a> {
             }
         }
     }
-}
-
-/// Gives the core's inflate buffer back, unless it grew past what is kept.
-fn pool_inflated(core: &Core, mut buffer: Vec<u8>) {
-    if buffer.capacity() > super::context::POOLED_BUFFER_BYTES_MAX {
-        buffer = Vec::new();
-    }
-    core.scratch.borrow_mut().inflated = buffer;
 }
 
 /// The 401 for a request with no key, saying where the key was probably

@@ -374,8 +374,12 @@ impl Inflight {
             return;
         }
         if let Some(markers) = slot.markers.take() {
+            // A request the fleet refused for its key is not the key's
+            // operation, even if some of its events (their own
+            // `event_id`s) were found stored at ingest.
+            let stored = slot.stored_any && slot.key_refused.is_none();
             if let Some(dedup) = &self.dedup {
-                settle_markers(dedup, &markers, slot.owner, slot.stored_any, now_ms);
+                settle_markers(dedup, &markers, slot.owner, stored, now_ms);
             }
             // Redis holds the markers this request claimed there, or
             // learns them now if the round failed; a request the fleet
@@ -387,7 +391,7 @@ impl Inflight {
                     fleet.settle(Settle {
                         tenant: Arc::clone(tenant),
                         event_id,
-                        stored: slot.stored_any,
+                        stored,
                     });
                 }
             }
@@ -715,6 +719,15 @@ mod tests {
             ([false, false], false, FleetVerdict::Produced, false, false),
             ([false, false], true, FleetVerdict::Produced, false, true),
             ([false, false], false, FleetVerdict::KeyReused, false, false),
+            // Refused by the fleet: not the key's operation, even with an
+            // event found stored at ingest.
+            (
+                [false, false],
+                true,
+                FleetVerdict::KeyInFlight,
+                false,
+                false,
+            ),
             ([true, true], false, FleetVerdict::Produced, true, false),
         ];
         for (owner, (delivered, stored_already, verdict, cancelled, stored)) in (1u64..).zip(cases)
@@ -785,7 +798,7 @@ mod tests {
                 settles.push((settle.event_id, settle.stored));
             }
             let expected = match (cancelled, verdict) {
-                (true, _) | (_, FleetVerdict::KeyReused) => vec![],
+                (true, _) | (_, FleetVerdict::KeyReused | FleetVerdict::KeyInFlight) => vec![],
                 _ => vec![(ids, stored), (ids + 1, stored)],
             };
             assert_eq!(settles, expected, "{case:?}");

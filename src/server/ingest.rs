@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::events::dead_letter::write_dead_letter;
 use crate::events::ids::idempotency_markers;
 use crate::events::record::Enrichment;
-use crate::events::schema::checks::Verdicts;
+use crate::events::schema::checks::{verdict_or_check, Verdicts};
 use crate::events::segment::{dead_letter_raw, translate, Envelope};
 use crate::events::split::{event_spans, BodyKind, Shared};
 use crate::events::validate::record_bytes_max;
@@ -66,6 +66,18 @@ impl Outcome {
     }
 }
 
+/// A request's body, as `ingest` takes it.
+#[derive(Clone, Copy)]
+pub struct Body<'a> {
+    pub kind: BodyKind,
+    /// Inflated, when it came gzipped.
+    pub bytes: &'a [u8],
+    /// Native routes only: a Segment call's `messageId` is its own key.
+    pub idempotency_key: Option<&'a [u8]>,
+    /// The events' schema checks, done ahead (`contracts::check`).
+    pub verdicts: Option<&'a Verdicts>,
+}
+
 /// Validates `body` and hands its records over. Rejected events of a batch
 /// are described in `outcome.rejected` and become dead-letter records; a
 /// single invalid event is an error. Events already stored (dedup) are
@@ -73,11 +85,8 @@ impl Outcome {
 pub fn ingest(
     core: &Core,
     grant: &Grant,
-    kind: BodyKind,
-    body: &[u8],
-    idempotency_key: Option<&[u8]>,
+    body: Body<'_>,
     provenance: &Provenance<'_>,
-    verdicts: Option<&Verdicts>,
     outcome: &mut Outcome,
 ) -> Result<Handed, ApiError> {
     let mut batch = Unsent::new(core, core.take_batch());
@@ -88,13 +97,7 @@ pub fn ingest(
     batch.overflow_topic = core.overflow_topic.clone();
     batch.overflow_spread = core.shared.config.overflow.spread;
     stamp(core, &mut batch, provenance);
-    let (rejected, admission) = fill_batch(
-        core,
-        grant,
-        (kind, body, idempotency_key, verdicts),
-        &mut batch,
-        outcome,
-    )?;
+    let (rejected, admission) = fill_batch(core, grant, body, &mut batch, outcome)?;
     let duplicates = outcome.duplicates.len();
     let accepted = batch.records.len() - rejected + duplicates;
     let ticket = if batch.records.is_empty() {
@@ -222,10 +225,11 @@ impl Drop for Unsent<'_> {
 fn fill_batch<'g>(
     core: &Core,
     grant: &'g Grant,
-    (kind, body, idempotency_key, verdicts): (BodyKind, &[u8], Option<&[u8]>, Option<&Verdicts>),
+    request_body: Body<'_>,
     batch: &mut Batch,
     outcome: &mut Outcome,
 ) -> Result<(usize, Admission<'g>), ApiError> {
+    let (kind, body) = (request_body.kind, request_body.bytes);
     let limits = &core.shared.config.limits;
     let mut scratch = core.scratch.borrow_mut();
     let Scratch {
@@ -266,12 +270,9 @@ fn fill_batch<'g>(
         core,
         grant,
         Request {
-            kind,
-            body,
+            body: request_body,
             shared: &shared,
             spans,
-            idempotency_key,
-            verdicts,
         },
         translated,
         bytes_max,
@@ -342,14 +343,9 @@ fn claim_markers(
 
 /// A request body and what splitting it found.
 struct Request<'a> {
-    kind: BodyKind,
-    body: &'a [u8],
+    body: Body<'a>,
     shared: &'a Shared,
     spans: &'a [Range<usize>],
-    /// Native routes only: a Segment call's `messageId` is its own key.
-    idempotency_key: Option<&'a [u8]>,
-    /// The events' schema checks, done ahead (`contracts::check`).
-    verdicts: Option<&'a Verdicts>,
 }
 
 /// Validates each event of `spans` into `batch`, refusing the request
@@ -364,12 +360,15 @@ fn build_records(
     outcome: &mut Outcome,
 ) -> Result<usize, ApiError> {
     let Request {
-        kind,
-        body,
+        body:
+            Body {
+                kind,
+                bytes: body,
+                idempotency_key,
+                verdicts,
+            },
         shared,
         spans,
-        idempotency_key,
-        verdicts,
     } = request;
     let limits = &core.shared.config.limits;
     let mut enrichment = Enrichment {
@@ -398,10 +397,8 @@ fn build_records(
     let mut validator = core.validator.borrow_mut();
     let dedup = core.shared.dedup.as_deref();
     // The set the events were checked against, not one reloaded since.
-    let schemas = match verdicts {
-        Some(checked) => Some(Arc::clone(&checked.set)),
-        None => core.shared.schemas.as_ref().map(|set| set.load_full()),
-    };
+    let schemas = (verdicts.map(|checked| Arc::clone(&checked.set)))
+        .or_else(|| core.shared.schemas.as_ref().map(|set| set.load_full()));
     let tenant_hash = dedup.map_or(0, |table| table.tenant_hash(&grant.tenant_id));
     // The tenant as the table's fair shares count it.
     let dedup_tenant = dedup.map(|table| table.tenant(grant.metrics_slot, tenant_hash));
@@ -429,8 +426,7 @@ fn build_records(
                 let event_type =
                     std::str::from_utf8(&batch.data[spans.event_type.clone()]).unwrap_or("");
                 let tenant = &grant.tenant_id;
-                match super::contracts::verdict(verdicts, set, index, tenant, event_type, document)
-                {
+                match verdict_or_check(verdicts, set, index, tenant, event_type, document) {
                     Ok(()) => {
                         if let Some(id) = set.identify(&grant.tenant_id, event_type) {
                             schema = write_schema_header(&id, spans.event_type.clone(), batch);
@@ -569,7 +565,7 @@ fn send(core: &Core, mut batch: Unsent<'_>, stored_already: bool) -> Result<Tick
     }
 }
 
-pub(super) fn shed(core: &Core) -> ApiError {
+fn shed(core: &Core) -> ApiError {
     core.metrics().shed();
     core.shared.readiness.note_shed(core.now_ms());
     ApiError::overloaded()

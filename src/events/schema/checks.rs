@@ -15,7 +15,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{nesting, Checked, SchemaSet, INLINE_NESTING_MAX, PARSE_STEPS_PER_BYTE};
+use super::{Checked, SchemaSet, PARSE_STEPS_PER_BYTE};
 use crate::error::ApiError;
 use crate::events::segment::{translate, Envelope};
 use crate::events::split::{event_spans, BodyKind};
@@ -67,6 +67,29 @@ impl Verdicts {
             Verdict::Unchecked => Some(Ok(())),
         }
     }
+}
+
+/// The verdict on event `index` (of type `event_type`, as `document`):
+/// the one found ahead in `verdicts`, or, should the request path read an
+/// event otherwise than the check did (or no check ran ahead), a check
+/// now, where a core can do it.
+pub fn verdict_or_check(
+    verdicts: Option<&Verdicts>,
+    set: &SchemaSet,
+    index: usize,
+    tenant: &str,
+    event_type: &str,
+    document: &[u8],
+) -> Result<(), ApiError> {
+    if let Some(found) = verdicts.and_then(|verdicts| verdicts.verdict(index, tenant, event_type)) {
+        return found;
+    }
+    if nesting(document) > INLINE_NESTING_MAX {
+        return Err(ApiError::unavailable(
+            "this event's schema check could not be done here; retry",
+        ));
+    }
+    set.check(tenant, event_type, document)
 }
 
 /// What a request is, for its check.
@@ -183,6 +206,40 @@ pub fn check_events(
         }
     }
     Progress::Finished
+}
+
+/// The deepest nesting of an event a core checks itself; deeper ones go
+/// to the checker threads, whose stacks are sized for the deepest the
+/// budgets allow (128 levels, the parser's limit, times
+/// `schemas.ref_depth_max`; measured in `BENCHMARKS.md`: the default
+/// needs between 1 and 2 MiB, a core's whole stack).
+pub const INLINE_NESTING_MAX: usize = 32;
+
+/// How deep `document`'s arrays and objects nest, read from its bytes
+/// (strings skipped): whether a core may check it.
+pub fn nesting(document: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in document {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 #[cfg(test)]

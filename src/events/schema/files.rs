@@ -11,6 +11,7 @@
 //! links are followed where they stay inside the directory; one that
 //! leads out of it is refused, named.
 
+use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
 
 use super::SchemaProblem;
@@ -145,6 +146,34 @@ pub fn list(
         }
     }
     Ok((files, problems))
+}
+
+/// Entries read per directory for a fingerprint: past `schemas.files_max`'s
+/// range, so a change among any files the load would count is seen.
+const FINGERPRINT_ENTRIES_MAX: usize = 100_001;
+
+/// What the schema files under `dir` look like now (names, what links
+/// resolve to, sizes, modification times, and the problems met): a reload
+/// is due when it changes. A ConfigMap update swaps `..data`, so every
+/// link's target changes even when sizes and times do not.
+pub fn fingerprint(dir: &Path) -> u64 {
+    let mut hasher = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
+    match list(dir, FINGERPRINT_ENTRIES_MAX) {
+        Ok((found, problems)) => {
+            for file in found {
+                file.path.hash(&mut hasher);
+                file.target.hash(&mut hasher);
+                file.bytes.hash(&mut hasher);
+                file.modified.hash(&mut hasher);
+            }
+            for problem in problems {
+                problem.file.hash(&mut hasher);
+                problem.reason.hash(&mut hasher);
+            }
+        }
+        Err(problem) => problem.reason.hash(&mut hasher),
+    }
+    hasher.finish()
 }
 
 #[cfg(test)]
