@@ -6,17 +6,34 @@
 # attacks, the slowest answer a victim got meanwhile on another connection
 # (a small valid event every 10 ms).
 #   bench/schema_attacks.py BINARY [ATTACK ...]
-# ATTACK: unique unique_max pattern pattern_max chain doubling patterns
-# files files_max (default: all but the _max ones). Prints one line each.
+# ATTACK: unique unique_max pattern pattern_max worst chain doubling
+# patterns files files_max (default: all but unique_max, pattern_max,
+# worst and files_max). Prints one line each.
 import json, os, random, signal, socket, subprocess, sys, tempfile, threading, time
 
 KEY = "cs_live_bench_key"
 BINARY = sys.argv[1]
 
 
+def cpu_by_thread(pid):
+    """Seconds on CPU per thread name (schedstat: nanoseconds)."""
+    seconds = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = open(f"/proc/{pid}/task/{task}/comm").read().strip()
+            ran = int(open(f"/proc/{pid}/task/{task}/schedstat").read().split()[0]) / 1e9
+        except OSError:
+            continue
+        seconds[name] = seconds.get(name, 0.0) + ran
+    return seconds
+
+
 def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_by_thread(pid).values())
+
+
+def core_seconds(pid):
+    return sum(v for k, v in cpu_by_thread(pid).items() if k.startswith("sluice-core"))
 
 
 def peak_rss_mib(pid):
@@ -141,16 +158,20 @@ def request_attack(name, schema, body, timeout=120):
     victim = Victim(server.port)
     victim.start()
     time.sleep(0.3)
-    cpu = cpu_seconds(pid)
+    cpu, core = cpu_seconds(pid), core_seconds(pid)
     status, took = post(server.port, body, timeout)
-    cpu = cpu_seconds(pid) - cpu if server.process.poll() is None else float("nan")
+    if server.process.poll() is None:
+        cpu, core = cpu_seconds(pid) - cpu, core_seconds(pid) - core
+    else:
+        cpu = core = float("nan")
     time.sleep(0.2)
     victim.stop = True
     victim.join(timeout + 5)
     alive = server.process.poll() is None
     rss = peak_rss_mib(pid) if alive else float("nan")
     print(f"{name}: {len(body)} bytes, answer {status} after {took:.3f} s, "
-          f"process CPU {cpu:.3f} s, peak RSS {rss:.0f} MiB, victim slowest {victim.slowest*1000:.1f} ms "
+          f"CPU {cpu*1000:.1f} ms (the core's {core*1000:.1f} ms; victim included), peak RSS {rss:.0f} MiB, "
+          f"victim slowest {victim.slowest*1000:.1f} ms "
           f"over {victim.count} events{'' if alive else ', SERVER DIED'}", flush=True)
     server.stop()
 
@@ -194,7 +215,7 @@ def load_attack(name, files, probe=None, timeout=120):
     alive = server.process.poll() is None
     cpu = cpu_seconds(pid) - cpu if alive else float("nan")
     rss = peak_rss_mib(pid) if alive else float("nan")
-    line = (f"{name}: reload {took:.2f} s, {verdict}; process CPU {cpu:.2f} s, "
+    line = (f"{name}: reload {took:.2f} s, {verdict}; CPU {cpu:.2f} s, "
             f"peak RSS {rss:.0f} MiB (at start {baseline_rss:.0f})")
     if probe and alive:
         status, probe_took = post(server.port, event(probe, "{}"), 10)
@@ -220,6 +241,19 @@ def decimals(n):
 UNIQUE = '{"properties":{"properties":{"properties":{"values":{"type":"array","uniqueItems":true}}}}}'
 PATTERN = '{"properties":{"properties":{"properties":{"text":{"type":"string","pattern":"a[ab]{1000}[^ab]"}}}}}'
 
+# Within every load budget (expansion 5, depth 4), 2^levels validations
+# of the innermost value: the meter cuts it at the event's budget.
+DOUBLING = json.dumps({"$defs": {"t": {"properties": {"a": {"allOf": [
+    {"$ref": "#/$defs/t"}, {"$ref": "#/$defs/t"}]}}}}, "$ref": "#/$defs/t"})
+
+
+def nested(levels):
+    value = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
 ATTACKS = {
     "unique": lambda: request_attack(
         "uniqueItems, 2,000 decimals that round to one f64", UNIQUE,
@@ -233,6 +267,9 @@ ATTACKS = {
     "pattern_max": lambda: request_attack(
         "pattern a[ab]{1000}[^ab], 500 KB of random a/b", PATTERN,
         event("attack", f'{{"text":"{random_ab(500_000)}"}}')),
+    "worst": lambda: request_attack(
+        "two $refs per level on 24 nested levels, padded to 512 KiB", DOUBLING,
+        event("attack", json.dumps({"a": nested(24), "pad": "x" * 500_000}))),
     "chain": lambda: load_attack(
         "$ref chain of 15,000", {"chain.json": json.dumps({
             "$defs": {**{f"a{i}": {"$ref": f"#/$defs/a{i + 1}"} for i in range(15000)},
@@ -255,6 +292,7 @@ ATTACKS = {
 }
 
 if __name__ == "__main__":
-    wanted = sys.argv[2:] or [name for name in ATTACKS if not name.endswith("_max")]
+    wanted = sys.argv[2:] or [name for name in ATTACKS
+                              if not name.endswith("_max") and name != "worst"]
     for name in wanted:
         ATTACKS[name]()

@@ -85,3 +85,15 @@ pub(super) async fn check(
         by_index,
     }))
 }
+
+/// A request's body as `ingest` takes it: with its events' verdicts.
+#[derive(Clone, Copy)]
+pub struct Body<'a> {
+    pub kind: BodyKind,
+    /// Inflated, when it came gzipped.
+    pub bytes: &'a [u8],
+    /// Native routes only: a Segment call's `messageId` is its own key.
+    pub idempotency_key: Option<&'a [u8]>,
+    /// The events' schema checks, done ahead ([`check`]).
+    pub verdicts: Option<&'a Verdicts>,
+}

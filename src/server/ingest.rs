@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::TrySendError;
 
 use super::context::{Core, Scratch};
+pub use super::contracts::Body;
 use super::inflight::{settle_markers, Claims};
 use super::routing::{judge_key, rerouted, stamp, write_schema_header, Provenance};
 use crate::dedup::table::{Claim, NO_CLAIM};
@@ -15,7 +16,7 @@ use crate::error::ApiError;
 use crate::events::dead_letter::write_dead_letter;
 use crate::events::ids::idempotency_markers;
 use crate::events::record::Enrichment;
-use crate::events::schema::checks::{verdict_or_check, Verdicts};
+use crate::events::schema::checks::verdict_or_check;
 use crate::events::segment::{dead_letter_raw, translate, Envelope};
 use crate::events::split::{event_spans, BodyKind, Shared};
 use crate::events::validate::record_bytes_max;
@@ -64,18 +65,6 @@ impl Outcome {
         self.rejected.clear();
         self.duplicates.clear();
     }
-}
-
-/// A request's body, as `ingest` takes it.
-#[derive(Clone, Copy)]
-pub struct Body<'a> {
-    pub kind: BodyKind,
-    /// Inflated, when it came gzipped.
-    pub bytes: &'a [u8],
-    /// Native routes only: a Segment call's `messageId` is its own key.
-    pub idempotency_key: Option<&'a [u8]>,
-    /// The events' schema checks, done ahead (`contracts::check`).
-    pub verdicts: Option<&'a Verdicts>,
 }
 
 /// Validates `body` and hands its records over. Rejected events of a batch
@@ -229,7 +218,12 @@ fn fill_batch<'g>(
     batch: &mut Batch,
     outcome: &mut Outcome,
 ) -> Result<(usize, Admission<'g>), ApiError> {
-    let (kind, body) = (request_body.kind, request_body.bytes);
+    let Body {
+        kind,
+        bytes: body,
+        idempotency_key,
+        ..
+    } = request_body;
     let limits = &core.shared.config.limits;
     let mut scratch = core.scratch.borrow_mut();
     let Scratch {
