@@ -6,9 +6,10 @@
 # attacks, the slowest answer a victim got meanwhile on another connection
 # (a small valid event every 10 ms).
 #   bench/schema_attacks.py BINARY [ATTACK ...]
-# ATTACK: unique unique_max pattern pattern_max worst chain doubling
-# patterns files files_max (default: all but unique_max, pattern_max,
-# worst and files_max). Prints one line each.
+# ATTACK: unique unique_max pattern pattern_max worst plain_max chain
+# doubling patterns files files_max (default: unique pattern chain doubling
+# patterns files). Prints one line each; a request attack's figures are
+# medians of ROUNDS (3) fresh servers.
 import json, os, random, signal, socket, subprocess, sys, tempfile, threading, time
 
 KEY = "cs_live_bench_key"
@@ -152,28 +153,40 @@ class Victim(threading.Thread):
             time.sleep(0.01)
 
 
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+
+
 def request_attack(name, schema, body, timeout=120):
-    server = Server({"attack.json": schema})
-    pid = server.process.pid
-    victim = Victim(server.port)
-    victim.start()
-    time.sleep(0.3)
-    cpu, core = cpu_seconds(pid), core_seconds(pid)
-    status, took = post(server.port, body, timeout)
-    if server.process.poll() is None:
-        cpu, core = cpu_seconds(pid) - cpu, core_seconds(pid) - core
-    else:
-        cpu = core = float("nan")
-    time.sleep(0.2)
-    victim.stop = True
-    victim.join(timeout + 5)
-    alive = server.process.poll() is None
-    rss = peak_rss_mib(pid) if alive else float("nan")
-    print(f"{name}: {len(body)} bytes, answer {status} after {took:.3f} s, "
-          f"CPU {cpu*1000:.1f} ms (the core's {core*1000:.1f} ms; victim included), peak RSS {rss:.0f} MiB, "
-          f"victim slowest {victim.slowest*1000:.1f} ms "
-          f"over {victim.count} events{'' if alive else ', SERVER DIED'}", flush=True)
-    server.stop()
+    """ROUNDS fresh servers; each figure is the median of the rounds."""
+    rounds = []
+    for _ in range(ROUNDS):
+        server = Server({"attack.json": schema} if schema else {})
+        pid = server.process.pid
+        victim = Victim(server.port)
+        victim.start()
+        time.sleep(0.3)
+        cpu, core = cpu_seconds(pid), core_seconds(pid)
+        status, took = post(server.port, body, timeout)
+        if server.process.poll() is None:
+            cpu, core = cpu_seconds(pid) - cpu, core_seconds(pid) - core
+        else:
+            cpu = core = float("nan")
+        time.sleep(0.2)
+        victim.stop = True
+        victim.join(timeout + 5)
+        alive = server.process.poll() is None
+        rss = peak_rss_mib(pid) if alive else float("nan")
+        rounds.append((took, cpu, core, rss, victim.slowest, status, alive))
+        server.stop()
+        if took > 30:
+            break  # one round of a minutes-long attack is enough
+    median = lambda index: sorted(r[index] for r in rounds)[len(rounds) // 2]
+    statuses = sorted({str(r[5]) for r in rounds})
+    died = "" if all(r[6] for r in rounds) else ", SERVER DIED"
+    print(f"{name}: {len(body)} bytes, answer {'/'.join(statuses)} after {median(0):.3f} s, "
+          f"CPU {median(1)*1000:.1f} ms (the core's {median(2)*1000:.1f} ms; victim included), "
+          f"peak RSS {median(3):.0f} MiB, victim slowest {median(4)*1000:.1f} ms "
+          f"(median of {len(rounds)}){died}", flush=True)
 
 
 def load_attack(name, files, probe=None, timeout=120):
@@ -269,7 +282,15 @@ ATTACKS = {
         event("attack", f'{{"text":"{random_ab(500_000)}"}}')),
     "worst": lambda: request_attack(
         "two $refs per level on 24 nested levels, padded to 512 KiB", DOUBLING,
-        event("attack", json.dumps({"a": nested(24), "pad": "x" * 500_000}))),
+        json.dumps({"user_id": "u", "event_type": "attack", "event_time": int(time.time() * 1000),
+                    "a": nested(24), "pad": "x" * 500_000})),
+    "plain_max": lambda: request_attack(
+        "no schema (baseline), the same 512 KiB event as worst", None,
+        json.dumps({"user_id": "u", "event_type": "attack", "event_time": int(time.time() * 1000),
+                    "a": nested(24), "pad": "x" * 500_000})),
+    "plain_unique_max": lambda: request_attack(
+        "no schema (baseline), the same 22,000 decimals as unique_max", None,
+        event("attack", f'{{"values":[{decimals(22000)}]}}')),
     "chain": lambda: load_attack(
         "$ref chain of 15,000", {"chain.json": json.dumps({
             "$defs": {**{f"a{i}": {"$ref": f"#/$defs/a{i + 1}"} for i in range(15000)},
@@ -292,7 +313,6 @@ ATTACKS = {
 }
 
 if __name__ == "__main__":
-    wanted = sys.argv[2:] or [name for name in ATTACKS
-                              if not name.endswith("_max") and name != "worst"]
+    wanted = sys.argv[2:] or ["unique", "pattern", "chain", "doubling", "patterns", "files"]
     for name in wanted:
         ATTACKS[name]()

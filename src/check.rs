@@ -394,7 +394,8 @@ fn check_schemas(config: &Config, findings: &mut Vec<Finding>) {
     }
 }
 
-/// Kafka answers metadata, and has the event, dead-letter and per-key topics.
+/// Kafka answers metadata, and has the event, dead-letter, overflow and
+/// per-key topics.
 fn check_kafka(
     config: &Config,
     key_topics: &[String],
@@ -435,6 +436,9 @@ fn check_kafka(
         ("kafka.topic", config.kafka.topic.clone()),
         ("kafka.dlq_topic", config.kafka.dlq_topic.clone()),
     ];
+    if config.overflow.enabled() {
+        wanted.push(("overflow.topic", config.overflow.topic.clone()));
+    }
     wanted.extend(
         key_topics
             .iter()

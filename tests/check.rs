@@ -189,15 +189,15 @@ fn a_broken_keys_file_and_schema_are_named_at_their_place() {
 fn missing_topics_and_an_address_in_use_are_named() {
     let broker = Broker::start();
     let dir = TempDir::new("check-kafka");
-    // A key whose topic the cluster lacks, and a dead-letter topic that
-    // was never created.
+    // A key whose topic the cluster lacks, and dead-letter and overflow
+    // topics that were never created.
     let keys = dir.file(
         "keys.toml",
         "[[keys]]\nkey = \"cs_1\"\ntenant_id = \"t\"\ntopic = \"events_tenant_missing\"\n",
     );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let config = format!(
-        "[server]\nlisten = \"{}\"\n\n[auth]\nkeys_file = \"{}\"\n\n[kafka]\nbrokers = \"{}\"\ndlq_topic = \"events_dlq_never_created\"\n",
+        "[server]\nlisten = \"{}\"\n\n[auth]\nkeys_file = \"{}\"\n\n[kafka]\nbrokers = \"{}\"\ndlq_topic = \"events_dlq_never_created\"\n\n[overflow]\ntopic = \"events_overflow_never_created\"\n",
         taken.local_addr().unwrap(),
         keys.display(),
         broker.address
@@ -209,6 +209,13 @@ fn missing_topics_and_an_address_in_use_are_named() {
         &["kafka.dlq_topic events_dlq_never_created", "no such topic"],
     );
     assert_problem(&run, &["events_tenant_missing", "no such topic"]);
+    assert_problem(
+        &run,
+        &[
+            "overflow.topic events_overflow_never_created",
+            "no such topic",
+        ],
+    );
     assert_problem(&run, &["sluice.toml:2:1:", "in use by another process"]);
     // A check changes nothing: the missing topics were not created.
     let after = check(&dir, &config, &[], &[]);

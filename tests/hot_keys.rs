@@ -213,3 +213,22 @@ fn a_hot_key_overflows_and_comes_back_and_a_forced_key_always_overflows() {
     );
     assert_eq!(sluice.metric("sluice_overflow_forced_keys"), 1.0);
 }
+
+// Overflow works in `--dev` too (its mock cluster is given the overflow
+// topic with the others): a forced key's event is stored and counted.
+#[test]
+fn dev_mode_has_the_overflow_topic() {
+    let sluice = Sluice::dev(&format!(
+        "[overflow]\ntopic = \"{OVERFLOW_TOPIC}\"\nforce_keys = [\"{TENANT}:dev_forced\"]\n"
+    ));
+    let answer = sluice.post(
+        "/v1/events",
+        &[("X-CS-API-Key", KEY), ("Content-Type", "application/json")],
+        event("dev_forced", "").as_bytes(),
+    );
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    assert_eq!(
+        sluice.metric("sluice_overflow_events_total{reason=\"forced\"}"),
+        1.0
+    );
+}

@@ -69,7 +69,9 @@ pub const BOUNDS: &[Bound] = &[
     bound(
         "server",
         "error_log_bytes_per_second_max",
-        0,
+        // Below one error line's worst size (256 bytes), no line would
+        // ever fit and every error line would be dropped silently.
+        256,
         GIB,
         "bytes per second",
     ),

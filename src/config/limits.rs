@@ -21,11 +21,15 @@ pub const RECORD_BYTES_PER_BODY_BYTE_MAX: usize = 4;
 pub const RECORD_BYTES_PER_EVENT_MAX: usize = 1024;
 
 /// The most the server adds to an event's bytes in its Kafka message: its
-/// fields in the value, the key (`<tenant>:<user_id>`) and the headers.
+/// fields in the value (about 400 bytes), the key (`<tenant>:<user_id>`,
+/// under 400) and the headers (about 1,700: `tenant_id`, `event_type`,
+/// `content-type`, `request_id` up to 128, `traceparent` up to 128,
+/// `tracestate` up to 512, `schema` up to 160, `overflow` and a spread
+/// record's `key`, with their names and lengths).
 /// `limits.event_bytes_max` plus this must fit librdkafka's
 /// `message.max.bytes`, checked at start, so that no valid event is
 /// refused by Kafka after the client waited (a 503 that no retry cures).
-pub const RECORD_OVERHEAD_BYTES_MAX: usize = 2048;
+pub const RECORD_OVERHEAD_BYTES_MAX: usize = 4096;
 
 /// librdkafka's `message.max.bytes` when `[kafka.properties]` sets none.
 pub const KAFKA_MESSAGE_BYTES_MAX_DEFAULT: usize = 1_000_000;

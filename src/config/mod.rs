@@ -400,6 +400,18 @@ impl Config {
                 problems.push(Problem::new("auth.postgres_url", format!("{error:#}")));
             }
         }
+        // A claim's Redis rounds (the claim, and a retry of it) must end
+        // well before the client's answer is due.
+        let redis_rounds_ms = 2 * self.dedup.redis_timeout_ms + DEDUP_REDIS_MARGIN_MS;
+        if !self.dedup.redis_url.is_empty() && self.server.delivery_timeout_ms <= redis_rounds_ms {
+            problems.push(Problem::new(
+                "server.delivery_timeout_ms",
+                format!(
+                    "{} must be more than 2 x dedup.redis_timeout_ms ({}) + {DEDUP_REDIS_MARGIN_MS} ms when dedup.redis_url is set: the fleet dedup's Redis rounds would outlast the answer",
+                    self.server.delivery_timeout_ms, self.dedup.redis_timeout_ms
+                ),
+            ));
+        }
         if self.kafka.message_timeout_ms < self.server.delivery_timeout_ms {
             problems.push(Problem::new(
                 "kafka.message_timeout_ms",
@@ -482,6 +494,10 @@ pub fn env_name(section: &str, key: &str) -> String {
 
 /// An environment value is read as a TOML value when it parses as one
 /// (numbers, booleans, arrays), otherwise as a plain string.
+/// What `server.delivery_timeout_ms` must exceed besides two Redis
+/// rounds of the fleet dedup (`dedup.redis_timeout_ms` each).
+const DEDUP_REDIS_MARGIN_MS: u64 = 500;
+
 fn parse_env_value(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut table) => table
@@ -707,6 +723,31 @@ mod tests {
             ..Default::default()
         };
         Config::load(&overrides, |_| None)
+    }
+
+    #[test]
+    fn the_delivery_timeout_outlasts_two_redis_rounds_of_the_fleet_dedup() {
+        let redis = "[dedup]\nredis_url = \"redis://127.0.0.1:6379\"\nredis_timeout_ms = 1000\n";
+        let error =
+            load_with(&format!("{redis}[server]\ndelivery_timeout_ms = 2500\n")).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("2 x dedup.redis_timeout_ms"),
+            "{error:#}"
+        );
+        load_with(&format!("{redis}[server]\ndelivery_timeout_ms = 2501\n")).unwrap();
+        // Without Redis, no such bound.
+        load_with("[dedup]\nredis_timeout_ms = 1000\n[server]\ndelivery_timeout_ms = 1000\n")
+            .unwrap();
+    }
+
+    #[test]
+    fn too_few_error_log_bytes_are_refused() {
+        let error = load_with("[server]\nerror_log_bytes_per_second_max = 255\n").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("error_log_bytes_per_second_max"),
+            "{error:#}"
+        );
+        load_with("[server]\nerror_log_bytes_per_second_max = 256\n").unwrap();
     }
 
     #[test]

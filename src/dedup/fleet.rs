@@ -19,8 +19,9 @@
 //!   reports every record by then.
 //! - after the delivery report (sent by the core through
 //!   [`FleetDedup::settle`]): stored, [`STORE`] sets `S` for the window;
-//!   not stored, [`RELEASE`] deletes the key if still this instance's
-//!   claim.
+//!   not stored, [`RELEASE`] deletes the key if still that request's
+//!   claim (a claim's value: this process's token and the request's
+//!   dedup owner).
 //!
 //! A request sent with an `Idempotency-Key` has two markers
 //! (`handoff::Markers`, SPEC §12), keys of the same form, claimed before
@@ -107,6 +108,14 @@ fn key_prefix(tenant: &str) -> String {
 /// The sorted set indexing a tenant's live keys.
 fn index_key(tenant: &str) -> String {
     format!("sluice:ddi:{tenant}")
+}
+
+/// The value a claim sets in Redis: this process's token and the
+/// claiming request's identity (its dedup `owner`), so that a release
+/// deletes only its own claim, never a newer claim of the same key by
+/// another request of this instance.
+fn claim_token(token: &str, owner: u64) -> String {
+    format!("{token}-{owner:x}")
 }
 
 fn member(event_id: u128) -> String {
@@ -267,13 +276,21 @@ impl Fleet {
 
     /// Warns (once per process) when Redis may evict keys itself: then a
     /// tenant filling its memory would push out other tenants' keys,
-    /// whatever the caps. A Redis that refuses CONFIG is left unchecked.
+    /// whatever the caps. A Redis that refuses CONFIG is left unchecked,
+    /// said once.
     fn check_eviction_policy(&self, connection: &mut redis::Connection) {
         let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory-policy")
             .query(connection);
-        let Ok(policy) = policy else { return };
+        let Ok(policy) = policy else {
+            if !self.state.policy_warned.swap(true, Relaxed) {
+                tracing::info!(
+                    "Redis refused CONFIG GET maxmemory-policy: whether it may evict dedup keys could not be checked (it must be noeviction)"
+                );
+            }
+            return;
+        };
         let Some(policy) = policy.get(1) else { return };
         if policy != "noeviction" && !self.state.policy_warned.swap(true, Relaxed) {
             tracing::warn!(
@@ -329,7 +346,7 @@ impl Fleet {
                     .arg(2)
                     .arg(key)
                     .arg(index)
-                    .arg(token)
+                    .arg(claim_token(token, settle.owner))
                     .arg(member(settle.event_id))
                     .ignore();
             }
@@ -338,6 +355,7 @@ impl Fleet {
         let mut marked = 0u64;
         for batch in batches.iter() {
             let (prefix, index) = (key_prefix(&batch.tenant_id), index_key(&batch.tenant_id));
+            let claim_token = claim_token(token, batch.owner);
             // A request's markers before its events: the key may keep the
             // whole request back.
             if let Some(markers) = &batch.markers {
@@ -348,7 +366,7 @@ impl Fleet {
                     .arg(format!("{prefix}{payload}"))
                     .arg(format!("{prefix}{operation}"))
                     .arg(&index)
-                    .arg(token)
+                    .arg(&claim_token)
                     .arg(self.pending_ttl_ms)
                     .arg(self.keys_per_tenant_max)
                     .arg(self.window_ms)
@@ -365,7 +383,7 @@ impl Fleet {
                         .arg(2)
                         .arg(format!("{prefix}{member}"))
                         .arg(&index)
-                        .arg(token)
+                        .arg(&claim_token)
                         .arg(self.pending_ttl_ms)
                         .arg(self.keys_per_tenant_max)
                         .arg(self.window_ms)
@@ -471,6 +489,7 @@ impl Fleet {
                     self.state.settle(Settle {
                         tenant: Arc::clone(&batch.tenant_id),
                         event_id,
+                        owner: batch.owner,
                         stored: false,
                     });
                 }
@@ -515,6 +534,78 @@ impl Fleet {
 mod tests {
     use super::*;
 
+    /// A release re-sent after failed rounds deletes only its own claim,
+    /// not a newer claim of the same key by another request of this
+    /// instance (the token was once per process).
+    #[test]
+    fn a_release_deletes_only_its_own_claim() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        /// Stops the server even when an assertion fails.
+        struct Server(std::process::Child);
+        impl Drop for Server {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let Ok(server) = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            eprintln!("redis-server is not installed: skipped");
+            return;
+        };
+        let _server = Server(server);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let mut connection = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                client.get_connection().ok()
+            })
+            .expect("redis-server started");
+        let scripts = Scripts::new();
+        let (key, index) = ("k", "i");
+        let claim = |connection: &mut redis::Connection, owner: u64| {
+            let _: redis::Value = scripts
+                .claim
+                .key(key)
+                .key(index)
+                .arg(claim_token("P1", owner))
+                .arg(15_000)
+                .arg(10)
+                .arg(60_000)
+                .arg("m")
+                .arg("p")
+                .invoke(connection)
+                .unwrap();
+        };
+        let release = |connection: &mut redis::Connection, owner: u64| -> i64 {
+            scripts
+                .release
+                .key(key)
+                .key(index)
+                .arg(claim_token("P1", owner))
+                .arg("m")
+                .invoke(connection)
+                .unwrap()
+        };
+        claim(&mut connection, 1);
+        assert_eq!(release(&mut connection, 1), 1);
+        // Request 2 claims the key again; request 1's release is re-sent.
+        claim(&mut connection, 2);
+        assert_eq!(release(&mut connection, 1), 0);
+        let value: Option<String> = redis::cmd("GET").arg(key).query(&mut connection).unwrap();
+        assert_eq!(value, Some(claim_token("P1", 2)));
+        assert_eq!(release(&mut connection, 2), 1);
+    }
+
     fn fleet() -> Fleet {
         Fleet {
             client: redis::Client::open("redis://127.0.0.1:1/").unwrap(),
@@ -532,6 +623,7 @@ mod tests {
             settle: Settle {
                 tenant: "t".into(),
                 event_id: 1,
+                owner: 1,
                 stored,
             },
             since: now - age,

@@ -3,7 +3,9 @@
 //! and release event keys (and an `Idempotency-Key` request's markers),
 //! and keep each tenant's sorted set of live keys within its cap
 //! (`dedup.redis_keys_per_tenant_max`), deleting only that tenant's
-//! oldest keys.
+//! oldest keys: at most 64 a call, so that lowering the cap never has
+//! one call delete a tenant's whole excess at once (later claims delete
+//! the rest).
 
 /// KEYS: the event's key, its tenant's index. ARGV: this instance's
 /// token, the pending TTL (ms), the tenant's cap, the window (ms), the
@@ -19,7 +21,7 @@ local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]) * 1000)
 redis.call('ZADD', KEYS[2], now, ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+local over = math.min(redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3]), 64)
 if over <= 0 then return false end
 local removed = 0
 for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, over)) do
@@ -75,7 +77,7 @@ local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[4]) * 1000)
 redis.call('ZADD', KEYS[3], now, ARGV[5], now, ARGV[6])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
-local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[3])
+local over = math.min(redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[3]), 64)
 if over <= 0 then return false end
 local removed = 0
 for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, over + 1)) do

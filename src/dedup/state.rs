@@ -17,6 +17,9 @@ pub(super) const SETTLES_MAX: usize = 1 << 16;
 pub struct Settle {
     pub tenant: Arc<str>,
     pub event_id: u128,
+    /// The request that claimed it (its dedup table `owner`): a release
+    /// deletes only that request's claim.
+    pub owner: u64,
     pub stored: bool,
 }
 

@@ -24,15 +24,22 @@
 //! count with the window, with no sweep). A tenant's *share* is the
 //! table's entries divided by the classes holding young entries
 //! (recomputed at most every [`SHARE_REFRESH_MS`]); a tenant is *over its
-//! share* when it holds more. A claim that must evict takes, oldest
-//! first: a young entry of a tenant over its share (unless the claimant
-//! is over its own), else one of the claimant's own. An entry of another
-//! tenant within its share is never evicted. When the set offers neither,
-//! the event is published without an entry (`Fresh(NO_CLAIM)`): the
-//! claimant alone loses the memory of it, counted as its own. So a tenant
-//! alone may fill the whole table, and a flooding tenant only ever pushes
-//! out its own entries once over its share. Every young entry forced out
-//! is counted under its tenant.
+//! share* when it holds more. A claim that must evict takes: if the
+//! claimant is within its share, the oldest entry of the tenant holding
+//! the most young entries (table-wide) among those in the set, if that
+//! tenant holds more than the claimant and more than half a share
+//! (max-min fairness); else, or for a
+//! claimant over its share, the oldest of the claimant's own. When the
+//! set offers neither, the event is published without an entry
+//! (`Fresh(NO_CLAIM)`): the claimant alone loses the memory of it,
+//! counted as its own. So a tenant's entry is taken by another tenant's
+//! claim only when that claimant is within its share and holds fewer
+//! entries than it, and it holds more than half a share: a tenant alone may fill the whole table, a flood
+//! (however patient) cannot push out the entries of a tenant holding
+//! fewer, and a tenant within its share gets an entry unless its set is
+//! full of tenants each holding no more than it or than half a share
+//! (or of pending claims).
+//! Every young entry forced out is counted under its tenant.
 //!
 //! The rule is judged without a lock, on counters other cores move at
 //! the same time: a judgment may be off by the settles in progress at
@@ -345,32 +352,45 @@ impl DedupTable {
         now_ms: u64,
     ) -> Result<Victim, Claim> {
         let share = self.occupancy.share(now_ms);
-        let over = |class: usize| self.occupancy.young(class, now_ms) > share;
-        let claimant_over = over(tenant.index());
-        // (rank: 0 another tenant over its share, 1 the claimant's own; age)
-        let mut best: Option<(u8, u64, usize)> = None;
+        let own = self.occupancy.young(tenant.index(), now_ms);
+        let claimant_over = own > share;
+        // A claimant within its share takes from the richest other tenant
+        // in the set if it holds more young entries (table-wide) than the
+        // claimant and than half a share (max-min fairness; half a share
+        // is never taken from), else from its own. (rank: 0 the
+        // richer tenant, 1 the claimant's own; that tenant's count; age)
+        let mut best: Option<(u8, u64, u64, usize)> = None;
         for (way, &value) in values.iter().enumerate() {
             let (_, meta) = split(value);
             if meta & STATE_MASK != STORED {
                 continue;
             }
             let class = class_of(meta);
-            let rank = if class == tenant.index() {
-                1
-            } else if !claimant_over && over(class) {
-                0
-            } else {
+            let (rank, held) = if class == tenant.index() {
+                (1, 0)
+            } else if claimant_over {
                 continue;
+            } else {
+                let held = self.occupancy.young(class, now_ms);
+                if held <= own.max(share / 2) {
+                    continue;
+                }
+                (0, held)
             };
             let age = now_ms.saturating_sub(meta & TIME_MASK);
-            if best.is_none_or(|(best_rank, best_age, _)| {
-                rank < best_rank || (rank == best_rank && age > best_age)
+            if best.is_none_or(|(best_rank, best_held, best_age, _)| {
+                (rank, std::cmp::Reverse(held), std::cmp::Reverse(age))
+                    < (
+                        best_rank,
+                        std::cmp::Reverse(best_held),
+                        std::cmp::Reverse(best_age),
+                    )
             }) {
-                best = Some((rank, age, way));
+                best = Some((rank, held, age, way));
             }
         }
         match best {
-            Some((_, age, way)) => Ok(Victim {
+            Some((_, _, age, way)) => Ok(Victim {
                 slot: set_index * WAYS + way,
                 old: values[way],
                 young: true,
@@ -723,7 +743,8 @@ mod tests {
     }
 
     /// The attack on one table: a tenant sends twice the table's
-    /// size in new ids; the victim's 400 entries within its share stay,
+    /// size in new ids; the victim's 400 entries within its share stay
+    /// (but for the few taken while the attacker held fewer than it),
     /// and the victim can still store new events while the flood lasts.
     #[test]
     fn a_flood_never_evicts_a_tenant_within_its_share() {
@@ -743,17 +764,24 @@ mod tests {
             .count();
         let flood = prints(&table, "attacker", 0, 8_192);
         let mut unremembered = 0;
+        // While the attacker holds fewer than the victim, it may take the
+        // victim's entries in full sets (max-min fairness); not after.
+        let mut richer = None;
         for (serial, &print) in flood.iter().enumerate() {
             let now = 2_000 + serial as u64 / 8;
+            if richer.is_none() && table.young_entries(attacker, now) > 400 {
+                richer = Some(victims.iter().filter(|&&p| table.is_stored(p, now)).count());
+            }
             if store(&table, attacker, print, serial as u64, now) == Claim::Fresh(NO_CLAIM) {
                 unremembered += 1;
             }
         }
         let now = 2_000 + 8_192 / 8;
         let kept = victims.iter().filter(|&&p| table.is_stored(p, now)).count();
-        assert_eq!(kept, before, "the flood evicted the victim's entries");
+        assert_eq!(Some(kept), richer, "the flood evicted the victim's entries");
+        assert!(kept + 5 >= before);
         let losses = table.counters.losses_by_tenant();
-        assert_eq!(losses[1].evicted_young, 400 - before as u64);
+        assert_eq!(losses[1].evicted_young, 400 - kept as u64);
         assert!(losses[2].evicted_young > 0);
         assert_eq!(losses[2].unremembered, unremembered);
         assert!(
@@ -793,11 +821,12 @@ mod tests {
         assert_eq!(table.counters.losses_by_tenant()[1], idle_losses);
     }
 
-    /// In one set of four: an entry of a tenant within its share is never
-    /// taken by another; over its share, a tenant's entries go first; a
-    /// claimant over its share evicts only its own, or none (counted).
+    /// In one set of four: a claimant within its share takes the oldest
+    /// entry of the tenant holding the most, if it holds more than the
+    /// claimant; else its own oldest; a claimant over its share evicts
+    /// only its own, or none (counted).
     #[test]
-    fn only_entries_over_a_share_or_ones_own_are_evicted() {
+    fn only_entries_of_richer_tenants_or_ones_own_are_evicted() {
         let table = DedupTable::new(4, HOUR_MS);
         let (a, b, c) = (table.tenant(1, 0), table.tenant(2, 0), table.tenant(3, 0));
         let hash = |name| table.tenant_hash(name);
@@ -829,28 +858,63 @@ mod tests {
         );
         assert!(!table.is_stored(key("a", 2), 1_600));
         // A, B, C and D hold one each, within their share: a new tenant E
-        // may take none, its event is published unremembered (counted as
-        // E's); D may take its own.
+        // (none) holds fewer than each, and takes the oldest (B's).
         let e = table.tenant(5, 0);
-        assert_eq!(
-            store(&table, e, key("e", 0), 50, 1_800),
-            Claim::Fresh(NO_CLAIM)
+        assert!(
+            matches!(store(&table, e, key("e", 0), 50, 1_800), Claim::Fresh(s) if s != NO_CLAIM)
         );
+        assert!(!table.is_stored(key("b", 0), 1_800));
+        // A, C, D and E hold one each: D holds no fewer than any, may take
+        // only its own; B (none now) may take from any; a tenant over its
+        // share none but its own (counted as unremembered).
         assert!(
             matches!(store(&table, d, key("d", 1), 41, 2_000), Claim::Fresh(s) if s != NO_CLAIM)
         );
         assert!(!table.is_stored(key("d", 0), 2_000));
-        for kept in [key("a", 9), key("b", 0), key("c", 0), key("d", 1)] {
+        for kept in [key("a", 9), key("c", 0), key("d", 1), key("e", 0)] {
             assert!(table.is_stored(kept, 2_000));
         }
         let losses = table.counters.losses_by_tenant();
-        assert_eq!(losses[5].unremembered, 1);
         assert_eq!(losses[1].evicted_young, 3);
+        assert_eq!(losses[2].evicted_young, 1);
         assert_eq!(losses[4].evicted_young, 1);
         assert_eq!(
-            (losses[2], losses[3]),
+            (losses[3], losses[5]),
             (TenantLosses::default(), TenantLosses::default())
         );
+    }
+
+    /// A patient attacker that stays within its share (it sends new ids
+    /// only while it holds under half the table) fills some sets whole;
+    /// the victim's events landing there take the attacker's entries
+    /// (it holds more), so the victim remembers all it stores.
+    #[test]
+    fn a_steady_attacker_within_its_share_does_not_cost_the_victim_entries() {
+        let table = DedupTable::new(4_096, HOUR_MS);
+        let (victim, attacker) = (table.tenant(1, 0), table.tenant(2, 0));
+        let flood = prints(&table, "attacker", 0, 40_000);
+        let steady = |ids: &[u64], first: usize, now: u64| {
+            for (serial, &print) in ids.iter().enumerate() {
+                if table.young_entries(attacker, now) < 2_048 {
+                    store(&table, attacker, print, (first + serial) as u64, now);
+                }
+            }
+        };
+        steady(&flood[..20_000], 0, 1_000);
+        assert!(table.young_entries(attacker, 1_000) > 2_000);
+        let victims = prints(&table, "victim", 0, 400);
+        for (serial, &print) in victims.iter().enumerate() {
+            store(&table, victim, print, 100_000 + serial as u64, 2_000);
+        }
+        steady(&flood[20_000..], 20_000, 3_000);
+        // A retry of each of the victim's events finds it stored (but
+        // for five of them in one set of four: one chance in 16).
+        let kept = victims
+            .iter()
+            .filter(|&&p| table.is_stored(p, 3_000))
+            .count();
+        assert!(kept >= 399, "the victim kept {kept} of 400");
+        assert_eq!(table.counters.losses_by_tenant()[1].unremembered, 0);
     }
 
     /// A tenant's count of young entries follows its stores and the

@@ -47,42 +47,66 @@ pub struct Copied {
     pub invalid: Option<Invalid>,
 }
 
+/// `tracestate` header lines looked at, at most (each holds a member or
+/// more, and more than 32 members is invalid).
+const TRACESTATE_LINES_MAX: usize = TRACESTATE_MEMBERS_MAX;
+
 /// Copies the trace context of a complete, validated request head
 /// (`head`: request line and header lines) to the end of `out`:
 /// `traceparent` when it is valid, then `tracestate` (its lines joined
 /// with `,`) when it is valid too. A `tracestate` without a `traceparent`
-/// is ignored, as the W3C text says.
+/// is ignored, as the W3C text says. One pass over the head's lines.
 pub fn copy_trace_context(head: &[u8], out: &mut Vec<u8>) -> Copied {
     let mut copied = Copied::default();
-    let mut parents = header_values(head, b"traceparent");
-    let Some(parent) = parents.next() else {
+    let mut parent: Option<&[u8]> = None;
+    let mut parents = 0;
+    let mut states: [&[u8]; TRACESTATE_LINES_MAX] = [&[]; TRACESTATE_LINES_MAX];
+    let mut state_lines = 0;
+    let mut too_many_states = false;
+    for line in lines(head) {
+        // Both names start with a `t`: most lines stop here.
+        if !matches!(line.first(), Some(b't' | b'T')) {
+            continue;
+        }
+        if let Some(value) = field_value(line, b"traceparent") {
+            parents += 1;
+            parent.get_or_insert(value);
+        } else if let Some(value) = field_value(line, b"tracestate") {
+            if value.is_empty() {
+                continue;
+            }
+            match states.get_mut(state_lines) {
+                Some(slot) => *slot = value,
+                None => too_many_states = true,
+            }
+            state_lines += 1;
+        }
+    }
+    let Some(parent) = parent else {
         return copied;
     };
-    if parents.next().is_some() || !is_valid_traceparent(parent) {
+    if parents > 1 || !is_valid_traceparent(parent) {
         copied.invalid = Some(Invalid::Traceparent);
         return copied;
     }
     let start = out.len();
     out.extend_from_slice(parent);
     copied.traceparent = start..out.len();
+    let states = &states[..state_lines.min(TRACESTATE_LINES_MAX)];
+    let joined =
+        states.iter().map(|state| state.len()).sum::<usize>() + states.len().saturating_sub(1);
+    if too_many_states || joined > TRACESTATE_BYTES_MAX {
+        copied.invalid = Some(Invalid::Tracestate);
+        return copied;
+    }
     let state_start = out.len();
-    let mut joined = 0usize;
-    for value in header_values(head, b"tracestate") {
-        if value.is_empty() {
-            continue;
-        }
-        joined += usize::from(joined > 0) + value.len();
-        if joined > TRACESTATE_BYTES_MAX {
-            out.truncate(state_start);
-            copied.invalid = Some(Invalid::Tracestate);
-            return copied;
-        }
-        if out.len() > state_start {
+    for (index, state) in states.iter().enumerate() {
+        if index > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(value);
+        out.extend_from_slice(state);
     }
-    if out.len() > state_start && !is_valid_tracestate(&out[state_start..]) {
+    if !is_valid_tracestate(&out[state_start..]) {
         out.truncate(state_start);
         copied.invalid = Some(Invalid::Tracestate);
         return copied;
@@ -91,18 +115,31 @@ pub fn copy_trace_context(head: &[u8], out: &mut Vec<u8>) -> Copied {
     copied
 }
 
-/// The trimmed values of every header line called `name` (ASCII case
-/// ignored) in a validated head.
-fn header_values<'a>(head: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-    head.split(|&byte| byte == b'\n')
-        .skip(1)
-        .filter_map(move |line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let colon = line.iter().position(|&byte| byte == b':')?;
-            line[..colon]
-                .eq_ignore_ascii_case(name)
-                .then(|| super::request::trim(&line[colon + 1..]))
-        })
+/// The header lines of a validated head (the request line skipped), each
+/// without its line end.
+fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = match memchr::memchr(b'\n', head) {
+        Some(newline) => &head[newline + 1..],
+        None => &[][..],
+    };
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or_default();
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    })
+}
+
+/// The trimmed value of `line` when it is the field `name` (ASCII case
+/// ignored; a validated field name has no whitespace before its colon).
+fn field_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let value = line.get(name.len()..)?.strip_prefix(b":")?;
+    line[..name.len()]
+        .eq_ignore_ascii_case(name)
+        .then(|| super::request::trim(value))
 }
 
 fn is_lower_hex(bytes: &[u8]) -> bool {
@@ -318,6 +355,10 @@ mod tests {
             assert!(copied.tracestate.is_empty(), "{bad:?}");
             assert_eq!(out.len(), b"prefix".len() + PARENT.len(), "{bad:?}");
         }
+        // 33 members over 33 header lines: too many, however sent.
+        let lines: String = (0..33).map(|i| format!("tracestate: k{i}=v\r\n")).collect();
+        let (copied, _) = copy(&format!("traceparent: {PARENT}\r\n{lines}"));
+        assert_eq!(copied.invalid, Some(Invalid::Tracestate));
         // 32 members and empty ones between them are fine.
         let members: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
         let list = format!("{}, ,", members.join(" ,"));

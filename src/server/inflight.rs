@@ -367,6 +367,7 @@ impl Inflight {
             fleet.settle(Settle {
                 tenant: Arc::clone(tenant),
                 event_id,
+                owner: slot.owner,
                 stored: completion.delivered,
             });
         }
@@ -391,6 +392,7 @@ impl Inflight {
                     fleet.settle(Settle {
                         tenant: Arc::clone(tenant),
                         event_id,
+                        owner: slot.owner,
                         stored,
                     });
                 }

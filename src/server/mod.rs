@@ -49,7 +49,10 @@ pub fn run(
     mut config: Config,
     log_lines_dropped: impl Fn() -> u64 + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let topics = [config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
+    let mut topics = vec![config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
+    if config.overflow.enabled() {
+        topics.push(config.overflow.topic.as_str());
+    }
     let dev = if config.dev {
         Some(DevCluster::start(&topics)?)
     } else {
