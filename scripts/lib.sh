@@ -8,7 +8,7 @@ wait_port() {
   return 1
 }
 
-# start_broker CPU OUT_DIR: starts Tansu with both topics; sets broker_port, broker_pid.
+# start_broker CPU OUT_DIR: starts Tansu with the events, dead-letter and overflow topics; sets broker_port, broker_pid.
 start_broker() {
   local tansu
   tansu=$(scripts/install-broker)
@@ -18,7 +18,7 @@ start_broker() {
     >"$2/tansu.log" 2>&1 &
   broker_pid=$!
   wait_port "$broker_port"
-  for topic in events_raw events_dlq; do
+  for topic in events_raw events_dlq events_overflow; do
     "$tansu" topic create "$topic" --partitions 3 --broker "tcp://127.0.0.1:$broker_port" >/dev/null
   done
 }

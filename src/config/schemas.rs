@@ -38,7 +38,9 @@ pub struct SchemasConfig {
     /// Validation steps (about a nanosecond each) an event may take per
     /// byte; past its budget it is refused, 422 `schema_budget_exceeded`.
     pub validation_steps_per_event_byte: u64,
-    /// Validation steps any event may take, however small.
+    /// Validation steps any event may take, however small (a batch of
+    /// `limits.batch_events_max` tiny events may take this many times
+    /// over: part of a request's bound).
     pub validation_steps_min: u64,
     /// Steps a core spends checking one request's events; the rest are
     /// checked by the checker threads while the core serves others.
@@ -66,7 +68,7 @@ impl Default for SchemasConfig {
             patterns_max: 2_000,
             pattern_states_max: 500_000,
             validation_steps_per_event_byte: 256,
-            validation_steps_min: 1_000_000,
+            validation_steps_min: 250_000,
             core_steps_per_request_max: 500_000,
             core_body_bytes_max: 64 << 10,
             checker_threads: 2,

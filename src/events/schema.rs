@@ -542,7 +542,10 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> ApiError {
         }
     }
     let keyword = error.kind().keyword().to_string();
-    violation(pointer, format!("{error} (schema keyword {keyword})"))
+    // jsonschema's message quotes the offending value whole: a 500 KB
+    // string would be answered, dead-lettered and logged per event.
+    let shown = crate::error::capped_display(error, crate::error::ERROR_VALUE_BYTES_MAX);
+    violation(pointer, format!("{shown} (schema keyword {keyword})"))
 }
 
 fn violation(pointer: String, message: String) -> ApiError {
