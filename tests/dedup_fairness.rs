@@ -38,14 +38,6 @@ fn batch_body(tag: &str, ids: std::ops::Range<u64>) -> String {
     format!(r#"{{"events":[{}]}}"#, events.join(","))
 }
 
-fn post_batch(sluice: &Sluice, key: &str, body: &str) -> Response {
-    sluice.post(
-        "/v1/events/batch",
-        &[("X-CS-API-Key", key), ("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-}
-
 /// Sends ids `ids` in batches, retrying a 503 as a client would, and
 /// returns how many the answers listed as duplicates.
 fn send_all(sluice: &Sluice, key: &str, tag: &str, ids: std::ops::Range<u64>) -> usize {
@@ -56,7 +48,7 @@ fn send_all(sluice: &Sluice, key: &str, tag: &str, ids: std::ops::Range<u64>) ->
         let body = batch_body(tag, start..end);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let response = post_batch(sluice, key, &body);
+            let response = sluice.post_batch(key, &body);
             match response.status {
                 202 => {
                     duplicates += response.json()["duplicates"].as_array().map_or(0, Vec::len);
@@ -300,7 +292,7 @@ fn the_outcomes_of_a_failed_redis_round_are_sent_again() {
     let body = batch_body(&tag, n..n + 1);
     broker.hang();
     std::thread::scope(|scope| {
-        let first = scope.spawn(|| post_batch(&a, KEY, &body).status);
+        let first = scope.spawn(|| a.post_batch(KEY, &body).status);
         wait_until(
             "A claimed the event in Redis",
             Duration::from_secs(10),
@@ -322,7 +314,7 @@ fn the_outcomes_of_a_failed_redis_round_are_sent_again() {
         get(&mut connection).is_none_or(|value| value == "S")
     });
     let value = get(&mut connection);
-    let retry = post_batch(&b, KEY, &body);
+    let retry = b.post_batch(KEY, &body);
     eprintln!(
         "after Redis took writes again: key {value:?}; the retry on B: {} {}",
         retry.status,

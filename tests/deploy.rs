@@ -20,15 +20,6 @@ fn deploy(path: &str) -> PathBuf {
         .join(path)
 }
 
-fn assert_success(output: &std::process::Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn alert_rules_are_valid_and_pass_their_unit_tests() {
     let rules = deploy("prometheus/alerts.yml");

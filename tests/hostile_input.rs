@@ -625,26 +625,6 @@ fn unexpected(name: &str, response: &Response, status: u16, field: Option<&str>)
     (found != wanted).then(|| format!("{name}: {found:?}, expected {wanted:?}: {json}"))
 }
 
-/// Standard base64 with padding (for a Basic credential).
-fn base64_of(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let mut bits = 0u32;
-        for (i, &byte) in chunk.iter().enumerate() {
-            bits |= u32::from(byte) << (16 - 8 * i);
-        }
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Hostile JSON bodies for `/v1/events`: each is a 400 with a code.
 fn json_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let valid = |extra: &str| event("hostile_json", extra).into_bytes();

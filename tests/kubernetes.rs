@@ -68,15 +68,6 @@ fn tool(name: &str) -> PathBuf {
     tools().join("bin").join(name)
 }
 
-fn assert_success(output: &std::process::Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Runs `command` within `timeout` with its output in files (a pipe would
 /// fill up and block a tool that prints much); its status, stdout and
 /// stderr.

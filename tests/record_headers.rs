@@ -29,25 +29,8 @@ fn sha256_12(text: &str) -> String {
         .collect()
 }
 
-/// Base64 of `KEY:`, the Segment SDKs' Basic credentials.
 fn basic(key: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = format!("{key}:").into_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let mut bits = 0u32;
-        for (i, &byte) in chunk.iter().enumerate() {
-            bits |= u32::from(byte) << (16 - 8 * i);
-        }
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    format!("Basic {out}")
+    segment_basic(key)
 }
 
 fn tagged_records(broker: &Broker, topic: &str, tag: &str, count: usize) -> Vec<Consumed> {

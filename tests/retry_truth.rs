@@ -35,14 +35,6 @@ fn batch(tag: &str, count: usize, event_bytes: usize) -> String {
     format!(r#"{{"events":[{}]}}"#, events.join(","))
 }
 
-fn post_batch(sluice: &Sluice, key: &str, body: &str) -> Response {
-    sluice.post(
-        "/v1/events/batch",
-        &[("X-CS-API-Key", key), ("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-}
-
 // Truth case 1: a batch larger than the key's burst got `429 Retry-After:
 // 1` forever: no wait can ever admit it.
 #[test]
@@ -55,7 +47,7 @@ fn a_batch_over_the_keys_burst_is_a_permanent_413() {
         ..Default::default()
     });
     sluice.wait_ready(200, Duration::from_secs(20));
-    let response = post_batch(&sluice, "cs_truth_burst", &batch("burst", 11, 100));
+    let response = sluice.post_batch("cs_truth_burst", &batch("burst", 11, 100));
     assert_eq!(response.status, 413, "{}", response.text());
     assert_eq!(response.code(), "payload_too_large");
     assert!(
@@ -68,7 +60,7 @@ fn a_batch_over_the_keys_burst_is_a_permanent_413() {
         "permanent: nothing to wait for"
     );
     // Within the burst it is admitted.
-    let response = post_batch(&sluice, "cs_truth_burst", &batch("burst", 10, 100));
+    let response = sluice.post_batch("cs_truth_burst", &batch("burst", 10, 100));
     assert_eq!(response.status, 202, "{}", response.text());
 }
 
@@ -91,8 +83,8 @@ fn retry_after_covers_every_limit_the_request_is_over() {
         "{}",
         body.len()
     );
-    assert_eq!(post_batch(&sluice, "cs_truth_wait", &body).status, 202);
-    let refused = post_batch(&sluice, "cs_truth_wait", &body);
+    assert_eq!(sluice.post_batch("cs_truth_wait", &body).status, 202);
+    let refused = sluice.post_batch("cs_truth_wait", &body);
     assert_eq!(refused.status, 429, "{}", refused.text());
     let wait: u64 = refused.header("Retry-After").unwrap().parse().unwrap();
     let policy = refused.header("RateLimit-Policy").unwrap().to_string();
@@ -108,7 +100,7 @@ fn retry_after_covers_every_limit_the_request_is_over() {
     );
     // Waiting what the answer says is enough.
     std::thread::sleep(Duration::from_secs(wait) + Duration::from_millis(100));
-    let retried = post_batch(&sluice, "cs_truth_wait", &body);
+    let retried = sluice.post_batch("cs_truth_wait", &body);
     assert_eq!(retried.status, 202, "{}", retried.text());
 }
 
@@ -175,11 +167,7 @@ fn a_shed_request_costs_its_key_nothing() {
         sluice.metric("sluice_inflight_requests") >= 1.0
     });
     for index in 0..4 {
-        let response = post_batch(
-            &sluice,
-            "cs_truth_shed",
-            &batch(&format!("shed_{index}"), 1, 100),
-        );
+        let response = sluice.post_batch("cs_truth_shed", &batch(&format!("shed_{index}"), 1, 100));
         assert_eq!(response.status, 503, "{}", response.text());
     }
     broker.signal(libc::SIGCONT);
@@ -189,7 +177,7 @@ fn a_shed_request_costs_its_key_nothing() {
     });
     assert!(free.is_some(), "the slot came back");
     // 5 - 1 (the holder) is still there: the four shed requests took none.
-    let response = post_batch(&sluice, "cs_truth_shed", &batch("after", 4, 100));
+    let response = sluice.post_batch("cs_truth_shed", &batch("after", 4, 100));
     assert_eq!(response.status, 202, "{}", response.text());
 }
 
@@ -329,7 +317,7 @@ fn a_large_valid_request_is_never_shed_forever() {
     // records (about 710 KB) are not.
     let body = batch("large", 100, 7_000);
     for attempt in 0..3 {
-        let response = post_batch(&sluice, KEY, &body);
+        let response = sluice.post_batch(KEY, &body);
         assert_eq!(
             response.status,
             202,

@@ -12,25 +12,8 @@ use std::time::Duration;
 
 use common::*;
 
-/// Base64 of `KEY:`, the SDKs' Basic credentials.
 fn basic(key: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = format!("{key}:").into_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let mut bits = 0u32;
-        for (i, &byte) in chunk.iter().enumerate() {
-            bits |= u32::from(byte) << (16 - 8 * i);
-        }
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    format!("Basic {out}")
+    segment_basic(key)
 }
 
 /// POSTs a Segment JSON body with the test key as the Basic user name.

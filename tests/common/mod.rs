@@ -478,6 +478,15 @@ impl Sluice {
         self.raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
     }
 
+    /// A JSON batch (`{"events":[...]}`) to `/v1/events/batch` under `key`.
+    pub fn post_batch(&self, key: &str, body: &str) -> Response {
+        self.post(
+            "/v1/events/batch",
+            &[("X-CS-API-Key", key), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
         let mut request = format!(
             "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n",
@@ -1062,4 +1071,40 @@ pub fn promtool(args: &[&str], input: Option<&str>) -> std::process::Output {
     let mut command = Command::new("promtool");
     command.args(args).stdin(stdin);
     output_within(&mut command, Duration::from_secs(60))
+}
+
+/// Standard base64 with padding (a Basic credential's encoding).
+pub fn base64_of(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let mut bits = 0u32;
+        for (i, &byte) in chunk.iter().enumerate() {
+            bits |= u32::from(byte) << (16 - 8 * i);
+        }
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `Basic <base64 of KEY:>`, the Segment SDKs' credentials (the write key
+/// as the user name, no password).
+pub fn segment_basic(key: &str) -> String {
+    format!("Basic {}", base64_of(format!("{key}:").as_bytes()))
+}
+
+/// Fails with the command's output when it did not succeed.
+pub fn assert_success(output: &std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
