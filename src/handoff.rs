@@ -180,6 +180,9 @@ pub struct Batch {
     /// Rerouted records are produced without a key (spread over the
     /// partitions; the key in header `key`) rather than keyed.
     pub overflow_spread: bool,
+    /// Records handed to librdkafka so far, in order (an event loop stops
+    /// at a full queue and leaves the rest to a producer thread).
+    pub produced: usize,
 }
 
 impl Batch {
@@ -205,6 +208,7 @@ impl Batch {
             tracestate: 0..0,
             overflow_topic: empty.clone(),
             overflow_spread: true,
+            produced: 0,
         }
     }
 
@@ -216,6 +220,7 @@ impl Batch {
         self.request_id = 0..0;
         self.traceparent = 0..0;
         self.tracestate = 0..0;
+        self.produced = 0;
     }
 }
 

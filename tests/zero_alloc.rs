@@ -158,6 +158,7 @@ fn start_core_with(schemas: sluice::events::schema::Schemas) -> std::net::Socket
             listener,
             shared,
             batches,
+            direct: None,
             inflight,
         })
         .unwrap();

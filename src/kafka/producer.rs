@@ -22,9 +22,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 
 use super::client_log::{self, RepeatFilter, Verdict};
 use crate::config::Config;
@@ -229,6 +227,7 @@ pub fn client_config(config: &Config, brokers: &str) -> ClientConfig {
 pub struct ProducerPool {
     /// Each thread's current producer; swapped when one is replaced.
     producers: Vec<Arc<ArcSwap<Producer>>>,
+    client_logs: Arc<RepeatFilter>,
     threads: Vec<JoinHandle<()>>,
     closing: Arc<AtomicBool>,
 }
@@ -299,9 +298,19 @@ impl ProducerPool {
         }
         Ok(ProducerPool {
             producers,
+            client_logs,
             threads,
             closing,
         })
+    }
+
+    /// Core `core`'s [`LoopProducer`]: the producers are shared among the
+    /// cores in turn.
+    pub fn loop_producer(&self, core: usize) -> LoopProducer {
+        LoopProducer {
+            slot: self.producers[core % self.producers.len()].clone(),
+            client_logs: self.client_logs.clone(),
+        }
     }
 
     /// The first thread's producer, current at each load, for the readiness probe.
@@ -404,7 +413,9 @@ fn produce_unless_expired(
 ) {
     if durable && Instant::now() >= batch.deadline {
         let mailbox = &mailboxes[batch.ticket.core];
-        for (index, record) in batch.records.iter().enumerate() {
+        // Records an event loop produced already (`batch.produced`) are
+        // librdkafka's: their reports come from it.
+        for (index, record) in batch.records.iter().enumerate().skip(batch.produced) {
             if record.skip {
                 continue;
             }
@@ -463,13 +474,48 @@ fn record_headers(batch: &Batch, record: &Record, spread_key: Option<&[u8]>) -> 
 
 fn produce(
     producer: &Producer,
-    batch: Batch,
+    mut batch: Batch,
     mailboxes: &[Arc<Mailbox>],
     client_logs: &RepeatFilter,
 ) {
     let mailbox = &mailboxes[batch.ticket.core];
-    for (index, record) in batch.records.iter().enumerate() {
+    produce_records(
+        producer,
+        &mut batch,
+        mailbox,
+        client_logs,
+        Room::WaitUntilDeadline,
+    );
+    mailbox.recycle(batch);
+}
+
+/// What to do when librdkafka's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// Wait for room (a producer thread), up to the batch's deadline.
+    WaitUntilDeadline,
+    /// Stop at once, leaving the rest to a producer thread (an event loop,
+    /// which must not sleep).
+    Stop,
+}
+
+/// Hands the batch's records from `batch.produced` on to librdkafka, in
+/// order, advancing `batch.produced`. A record librdkafka refuses for
+/// another reason than a full queue is reported failed to its core. Returns
+/// `false` when it stopped at a full queue ([`Room::Stop`]) with records
+/// left.
+fn produce_records(
+    producer: &Producer,
+    batch: &mut Batch,
+    mailbox: &Mailbox,
+    client_logs: &RepeatFilter,
+    room: Room,
+) -> bool {
+    while batch.produced < batch.records.len() {
+        let index = batch.produced;
+        let record = &batch.records[index];
         if record.skip {
+            batch.produced += 1;
             continue;
         }
         let opaque = Opaque::new(batch.ticket, index, record.dead_letter);
@@ -483,38 +529,140 @@ fn produce(
         // over the overflow topic's partitions; the key is kept in a header.
         let spread = overflow.is_some() && batch.overflow_spread;
         let key = &batch.data[record.key.clone()];
-        let mut pending = BaseRecord::with_opaque_to(topic, opaque.0)
-            .payload(&batch.data[record.value.clone()])
-            .headers(record_headers(&batch, record, spread.then_some(key)));
-        if !spread {
-            pending = pending.key(key);
-        }
+        let value = &batch.data[record.value.clone()];
+        let mut headers = record_headers(batch, record, spread.then_some(key));
         loop {
-            match producer.send(pending) {
+            let code = match send_record(
+                producer,
+                topic,
+                (!spread).then_some(key),
+                value,
+                headers,
+                opaque,
+            ) {
                 Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
-                    if Instant::now() < batch.deadline =>
-                {
-                    pending = returned;
+                Err((code, returned)) => {
+                    headers = returned;
+                    code
+                }
+            };
+            match code {
+                RDKafkaErrorCode::QueueFull if room == Room::Stop => return false,
+                RDKafkaErrorCode::QueueFull if Instant::now() < batch.deadline => {
                     std::thread::sleep(QUEUE_FULL_BACKOFF);
                 }
-                Err((error, _)) => {
-                    let kind = format!("produce failed: {:?}", error.rdkafka_error_code());
+                code => {
+                    let kind = format!("produce failed: {code:?}");
                     if let Some(repeated) = written(client_logs.check(&kind, Instant::now())) {
-                        tracing::warn!(
-                            code = ?error.rdkafka_error_code(),
-                            %error,
-                            repeated,
-                            "kafka produce failed"
-                        );
+                        tracing::warn!(?code, repeated, "kafka produce failed");
                     }
                     mailbox.complete(Completion::produced(opaque, false));
                     break;
                 }
             }
         }
+        batch.produced += 1;
     }
-    mailbox.recycle(batch);
+    true
+}
+
+/// Longest topic name Kafka allows (249 bytes), with room to spare.
+const TOPIC_BYTES_MAX: usize = 255;
+
+/// One record into librdkafka's queue: the call rdkafka's
+/// `BaseProducer::send` makes (`rd_kafka_producev`, the payload and key
+/// copied, the headers handed over on success), but with the topic's name
+/// NUL-terminated on the stack rather than in a new `CString`, so that an
+/// event loop allocates nothing per record. The opaque is read back by
+/// [`DeliveryRouter::delivery`] (rdkafka's `usize` opaque is the pointer's
+/// value). On failure the headers come back with librdkafka's code.
+fn send_record(
+    producer: &Producer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: OwnedHeaders,
+    opaque: Opaque,
+) -> Result<(), (RDKafkaErrorCode, OwnedHeaders)> {
+    use rdkafka::bindings as rdsys;
+    use rdkafka::bindings::rd_kafka_vtype_t::*;
+    use std::ffi::{c_char, c_void};
+
+    let mut name = [0u8; TOPIC_BYTES_MAX + 1];
+    let long_name;
+    let topic_ptr: *const c_char = if topic.len() <= TOPIC_BYTES_MAX && !topic.contains('\0') {
+        name[..topic.len()].copy_from_slice(topic.as_bytes());
+        name.as_ptr().cast()
+    } else {
+        // Not a name Kafka accepts: librdkafka refuses it with its own
+        // error (the allocation only ever happens for such a name).
+        long_name = std::ffi::CString::new(topic.replace('\0', "")).unwrap_or_default();
+        long_name.as_ptr()
+    };
+    let (key_ptr, key_len) = match key {
+        Some(key) => (key.as_ptr() as *mut c_void, key.len()),
+        None => (std::ptr::null_mut(), 0),
+    };
+    // The headers' native handle: `BorrowedHeaders` is librdkafka's
+    // headers struct itself.
+    let headers_ptr = headers.as_borrowed() as *const _ as *mut rdsys::rd_kafka_headers_t;
+    // SAFETY: the arguments are what `rd_kafka_producev` documents for
+    // each tag, and every pointer is valid for the call: the name is
+    // NUL-terminated, the payload and key are copied (MSG_F_COPY), and
+    // the headers are librdkafka's from here only on success (forgotten
+    // below), destroyed with `headers` otherwise.
+    let code = unsafe {
+        rdsys::rd_kafka_producev(
+            producer.client().native_ptr(),
+            RD_KAFKA_VTYPE_TOPIC,
+            topic_ptr,
+            RD_KAFKA_VTYPE_PARTITION,
+            -1i32, // RD_KAFKA_PARTITION_UA: the partitioner chooses
+            RD_KAFKA_VTYPE_MSGFLAGS,
+            rdsys::RD_KAFKA_MSG_F_COPY,
+            RD_KAFKA_VTYPE_VALUE,
+            value.as_ptr() as *mut c_void,
+            value.len(),
+            RD_KAFKA_VTYPE_KEY,
+            key_ptr,
+            key_len,
+            RD_KAFKA_VTYPE_OPAQUE,
+            opaque.0 as *mut c_void,
+            RD_KAFKA_VTYPE_TIMESTAMP,
+            0i64,
+            RD_KAFKA_VTYPE_HEADERS,
+            headers_ptr,
+            RD_KAFKA_VTYPE_END,
+        )
+    };
+    if code == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        std::mem::forget(headers);
+        Ok(())
+    } else {
+        Err((code.into(), headers))
+    }
+}
+
+/// A core's own way into librdkafka: the records of a request are handed
+/// to the producer from the event loop that built them (librdkafka's
+/// produce call is thread-safe and never blocks), so no thread is woken
+/// per request; a producer thread takes over only what a full queue left.
+/// The producer is read at each call, so a replaced one is used at once.
+pub struct LoopProducer {
+    slot: Arc<ArcSwap<Producer>>,
+    client_logs: Arc<RepeatFilter>,
+}
+
+impl LoopProducer {
+    /// Produces `batch` (whose in-flight slot is reserved) from the calling
+    /// thread, reporting to `mailbox` (its core's). `true`: every record
+    /// is librdkafka's (or reported failed), and the batch may be pooled.
+    /// `false`: librdkafka's queue is full; the records from
+    /// `batch.produced` on are still to be produced.
+    pub fn produce(&self, batch: &mut Batch, mailbox: &Mailbox) -> bool {
+        let producer = self.slot.load();
+        produce_records(&producer, batch, mailbox, &self.client_logs, Room::Stop)
+    }
 }
 
 #[cfg(test)]

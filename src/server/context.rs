@@ -85,6 +85,9 @@ pub struct Core {
     pub index: usize,
     pub shared: Arc<Shared>,
     pub batches: Sender<Batch>,
+    /// Produces a request's records from this core's own thread (none with
+    /// fleet dedup, whose thread stands between the cores and Kafka).
+    pub direct: Option<crate::kafka::producer::LoopProducer>,
     pub mailbox: Arc<Mailbox>,
     /// This core's own copies of the topic names, so that the reference
     /// count each request's batch bumps is not shared with other cores.
@@ -138,6 +141,7 @@ impl Core {
         index: usize,
         shared: Arc<Shared>,
         batches: Sender<Batch>,
+        direct: Option<crate::kafka::producer::LoopProducer>,
         inflight: Inflight,
     ) -> Core {
         let limits = &shared.config.limits;
@@ -152,6 +156,7 @@ impl Core {
         Core {
             index,
             batches,
+            direct,
             mailbox,
             topic: Arc::from(&*shared.topic),
             dead_letter_topic: Arc::from(&*shared.dead_letter_topic),

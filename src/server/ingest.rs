@@ -20,7 +20,7 @@ use crate::events::schema::checks::verdict_or_check;
 use crate::events::segment::{dead_letter_raw, translate, Envelope};
 use crate::events::split::{event_spans, BodyKind, Shared};
 use crate::events::validate::record_bytes_max;
-use crate::handoff::{Batch, Markers, Overflow, Record, Ticket};
+use crate::handoff::{Batch, Completion, Mailbox, Markers, Opaque, Overflow, Record, Ticket};
 use crate::tenancy::keys::Grant;
 
 /// A request's take of its key's rate limit, given back when the request
@@ -141,21 +141,48 @@ impl<'c> Unsent<'c> {
     /// (full, or the producers gone) the batch stays here, to be given
     /// back on drop.
     fn hand_over(&mut self) -> Result<(), TrySendError<()>> {
-        let batch = self.batch.take().expect("a batch is handed over once");
+        let mut batch = self.batch.take().expect("a batch is handed over once");
+        if let Some(direct) = &self.core.direct {
+            if direct.produce(&mut batch, &self.core.mailbox) {
+                self.core.mailbox.recycle(batch);
+                return Ok(());
+            }
+            // librdkafka's queue is full: a producer thread waits for room
+            // (up to the deadline) for what is left.
+        }
+        let started = batch.produced > 0;
         self.core
             .batches
             .try_send(batch)
-            .map_err(|error| match error {
+            .or_else(|error| match error {
+                // Some records are librdkafka's already: the request is
+                // answered by their reports, the rest reported failed.
+                TrySendError::Full(batch) | TrySendError::Disconnected(batch) if started => {
+                    fail_unproduced(&self.core.mailbox, batch);
+                    Ok(())
+                }
                 TrySendError::Full(batch) => {
                     self.batch = Some(batch);
-                    TrySendError::Full(())
+                    Err(TrySendError::Full(()))
                 }
                 TrySendError::Disconnected(batch) => {
                     self.batch = Some(batch);
-                    TrySendError::Disconnected(())
+                    Err(TrySendError::Disconnected(()))
                 }
             })
     }
+}
+
+/// Reports every record of `batch` not yet produced as failed (its
+/// request's other records are librdkafka's), and pools the batch.
+fn fail_unproduced(mailbox: &Mailbox, batch: Batch) {
+    for (index, record) in batch.records.iter().enumerate().skip(batch.produced) {
+        if !record.skip {
+            let opaque = Opaque::new(batch.ticket, index, record.dead_letter);
+            mailbox.complete(Completion::produced(opaque, false));
+        }
+    }
+    mailbox.recycle(batch);
 }
 
 impl std::ops::Deref for Unsent<'_> {

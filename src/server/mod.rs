@@ -130,6 +130,8 @@ pub fn run(
     // With fleet dedup, batches pass through its thread on their way to
     // the producers.
     let cores_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Without fleet dedup a core produces its requests' records itself.
+    let direct = fleet.is_none();
     let fleet_thread = match fleet {
         Some(state) => {
             let (to_fleet, from_cores) = crossbeam_channel::bounded(config.kafka.queue_batches_max);
@@ -201,6 +203,7 @@ pub fn run(
             listener,
             shared: shared.clone(),
             batches: batches.clone(),
+            direct: direct.then(|| producers.loop_producer(index)),
             inflight,
         };
         let thread = std::thread::Builder::new()
