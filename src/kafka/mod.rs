@@ -8,6 +8,7 @@ pub mod client_log;
 pub mod dev;
 pub mod probe;
 pub mod producer;
+pub mod send;
 
 /// Whether the configured librdkafka properties keep `acks=all` and idempotence,
 /// which durable mode's promise rests on.

@@ -19,6 +19,7 @@ pub mod inflight;
 pub mod ingest;
 pub mod routing;
 mod startup;
+mod unsent;
 pub mod wire;
 
 pub use context::Shared;
