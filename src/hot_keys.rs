@@ -15,10 +15,17 @@
 //! # Memory and error
 //!
 //! The table holds [`TRACKED_KEYS`] entries of 16 bytes (1 MiB), in sets
-//! of [`WAYS`] (one 128-byte line pair) chosen by the key's 64-bit
-//! fingerprint under a per-process seed; an entry is one 128-bit word
-//! (tag, schedule, last time over) changed by compare-and-swap. Whatever
-//! the number of distinct keys, that is all the memory it takes.
+//! of [`WAYS`] that fill one 64-byte cache line, chosen by the key's
+//! 64-bit fingerprint under a per-process seed. An entry is two 64-bit
+//! words, each tagged with 16 bits of the fingerprint (0: empty): the
+//! *schedule* (the key's GCRA schedule, µs since the table's epoch) and
+//! the *last time over* (ms + 1; 0: never), which counts only while its
+//! tag is the schedule's. A judgment reads the set's four schedule words
+//! (one cache line, plain loads), changes the key's schedule by one
+//! compare-and-swap, and writes the time over only when the key is over
+//! the rate (once a millisecond at most). Times are 48 bits: 8.9 years
+//! of uptime. Whatever the number of distinct keys, that is all the
+//! memory it takes.
 //!
 //! A key without an entry takes one in its set: an empty one, else the
 //! one with the least *fill* (how far its schedule runs ahead of now).
@@ -35,27 +42,32 @@
 //!   protected, that is when [`WAYS`] other keys of its set are each at or
 //!   over the rate: its events stay on their partition and are counted
 //!   (`sluice_overflow_untracked_events_total`). With k keys at the rate
-//!   spread over 8,192 sets, that takes ~9 in one set: for k = 1,000 the
-//!   chance is about 10^-10;
-//! - two keys are confused only when they share a set and a 32-bit tag:
-//!   at most [`WAYS`] / 2^32 per event (2 in 10^9), and then only the
-//!   other key's judgment is borrowed.
+//!   spread over 16,384 sets, that takes 5 in one set: the chance that
+//!   any set has them is about k^5 / (120 × 16,384^4), 10^-9 for k = 100
+//!   and 10^-4 for k = 1,000;
+//! - two keys are confused only when they share a set and a 16-bit tag:
+//!   at most [`WAYS`] / 2^16 per event (6 in 10^5), and then the event
+//!   borrows the other key's judgment (a reroute only if that key is
+//!   overflowing: at most one event in 2^30 per key overflowing) and adds
+//!   one event to its schedule;
+//! - rates are kept in whole microseconds: above 10,000 a second a key's
+//!   rate is rounded up by less than 10 % (`overflow.key_events_per_second`
+//!   is at most 100,000).
 //!
 //! The unit test `a_million_distinct_keys_do_not_hide_a_hot_one` holds
 //! these up against a million distinct keys and one hot key.
 
 use std::hash::BuildHasher as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::time::Instant;
-
-use portable_atomic::AtomicU128;
 
 use crate::config::OverflowConfig;
 
 /// Entries of the table: 16 bytes each, 1 MiB in all.
 pub const TRACKED_KEYS: usize = 1 << 16;
-/// Entries per set; a key lives in one set.
-pub const WAYS: usize = 8;
+/// Entries per set (one 64-byte cache line); a key lives in one set.
+pub const WAYS: usize = 4;
 /// Fill, in events at the key's rate, past which an entry is not taken
 /// by another key (the burst, when that is smaller).
 pub const PROTECTED_EVENTS: u64 = 2;
@@ -65,6 +77,7 @@ const ATTEMPTS_MAX: usize = 4;
 /// Times are microseconds (the schedule) and milliseconds (the last time
 /// over) since the table's epoch, 48 bits each: 8.9 years of uptime.
 const TIME_MAX: u64 = (1 << 48) - 1;
+const TAG_BITS: u32 = 16;
 const MICROS_PER_SECOND: u64 = 1_000_000;
 
 /// The verdict on one event.
@@ -81,33 +94,38 @@ pub enum Judged {
     Untracked,
 }
 
-/// One entry, unpacked: tag (32 bits, 0: empty) | schedule in µs (48) |
-/// last time over in ms + 1 (48; 0: never).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    tag: u32,
-    scheduled_us: u64,
-    over_ms: u64,
+/// A word of an entry: tag (16 bits, low) | time (48).
+fn pack(tag: u16, time: u64) -> u64 {
+    u64::from(tag) | time.min(TIME_MAX) << TAG_BITS
 }
 
-impl Entry {
-    fn unpack(word: u128) -> Entry {
-        Entry {
-            tag: word as u32,
-            scheduled_us: (word >> 32) as u64 & TIME_MAX,
-            over_ms: (word >> 80) as u64 & TIME_MAX,
+fn tag_of(word: u64) -> u16 {
+    word as u16
+}
+
+fn time_of(word: u64) -> u64 {
+    word >> TAG_BITS
+}
+
+/// One cache line: the schedules of its four entries, then their last
+/// times over (way `i` is `schedules[i]` and `overs[i]`).
+#[repr(C, align(64))]
+struct Set {
+    schedules: [AtomicU64; WAYS],
+    overs: [AtomicU64; WAYS],
+}
+
+impl Set {
+    /// Way `way`'s last time over (ms + 1), when it is `tag`'s; else 0.
+    fn over_ms(&self, way: usize, tag: u16) -> u64 {
+        let word = self.overs[way].load(Relaxed);
+        if tag_of(word) == tag {
+            time_of(word)
+        } else {
+            0
         }
     }
-
-    fn pack(self) -> u128 {
-        u128::from(self.tag)
-            | u128::from(self.scheduled_us.min(TIME_MAX)) << 32
-            | u128::from(self.over_ms.min(TIME_MAX)) << 80
-    }
 }
-
-#[repr(align(128))]
-struct Set([AtomicU128; WAYS]);
 
 /// The keys of `overflow.force_keys`, by fingerprint (sorted), then
 /// compared whole.
@@ -154,9 +172,13 @@ impl HotKeys {
         // by less than 10 % (bounded at 100,000 in config/bounds.rs).
         let interval_us = (MICROS_PER_SECOND / config.key_events_per_second.max(1)).max(1);
         let tolerance_us = interval_us.saturating_mul(config.key_burst.max(1));
+        let empty = || std::array::from_fn(|_| AtomicU64::new(0));
         HotKeys {
             sets: (0..TRACKED_KEYS / WAYS)
-                .map(|_| Set(std::array::from_fn(|_| AtomicU128::new(0))))
+                .map(|_| Set {
+                    schedules: empty(),
+                    overs: empty(),
+                })
                 .collect(),
             hasher,
             forced: Forced(forced),
@@ -166,12 +188,6 @@ impl HotKeys {
             dwell_ms: config.dwell_ms,
             epoch: Instant::now(),
         }
-    }
-
-    /// Whether the table's atomics are lock-free here (`cmpxchg16b` on
-    /// x86-64; portable-atomic's fallback takes a lock otherwise).
-    pub fn is_lock_free() -> bool {
-        AtomicU128::is_lock_free()
     }
 
     fn micros(&self, now: Instant) -> u64 {
@@ -186,7 +202,8 @@ impl HotKeys {
         }
         let now_us = self.micros(now);
         let set = &self.sets[(fingerprint as usize) & (self.sets.len() - 1)];
-        let tag = ((fingerprint >> 32) as u32).max(1);
+        // The tag is the fingerprint's top bits; the set took its bottom.
+        let tag = ((fingerprint >> (64 - TAG_BITS)) as u16).max(1);
         for _ in 0..ATTEMPTS_MAX {
             if let Some(judged) = self.attempt(set, tag, now_us) {
                 return judged;
@@ -197,86 +214,94 @@ impl HotKeys {
 
     /// One pass over the set: the key's entry updated, or a new one
     /// taken; `None` when a race changed an entry under it.
-    fn attempt(&self, set: &Set, tag: u32, now_us: u64) -> Option<Judged> {
+    fn attempt(&self, set: &Set, tag: u16, now_us: u64) -> Option<Judged> {
         let now_ms = now_us / 1_000;
-        // The entry to take when the key has none: (way, word, fill).
-        let mut lightest: Option<(usize, u128, u64)> = None;
-        for (way, slot) in set.0.iter().enumerate() {
-            let word = slot.load(Relaxed);
-            let entry = Entry::unpack(word);
-            if entry.tag == tag {
-                let (next, judged) = self.step(entry, now_us, now_ms);
-                if next == entry {
-                    return Some(judged);
+        let words: [u64; WAYS] = std::array::from_fn(|way| set.schedules[way].load(Relaxed));
+        if let Some(way) = words.iter().position(|&word| tag_of(word) == tag) {
+            return self.step(set, way, words[way], now_us, now_ms);
+        }
+        // No entry: take the lightest one that may be taken.
+        let mut lightest: Option<(usize, u64)> = None;
+        for (way, &word) in words.iter().enumerate() {
+            if let Some(fill) = self.takeable(set, way, word, now_us, now_ms) {
+                if lightest.is_none_or(|(_, least)| fill < least) {
+                    lightest = Some((way, fill));
                 }
-                return slot
-                    .compare_exchange(word, next.pack(), AcqRel, Relaxed)
-                    .ok()
-                    .map(|_| judged);
-            }
-            if let Some(fill) = self.takeable(entry, now_us, now_ms) {
-                if lightest.is_none_or(|(_, _, least)| fill < least) {
-                    lightest = Some((way, word, fill));
+                if fill == 0 {
+                    break;
                 }
             }
         }
-        let Some((way, word, _)) = lightest else {
+        let Some((way, _)) = lightest else {
             return Some(Judged::Untracked);
         };
-        let fresh = Entry {
-            tag,
-            scheduled_us: now_us + self.interval_us,
-            over_ms: 0,
-        };
         // A first event always conforms (the burst is at least 1).
-        set.0[way]
-            .compare_exchange(word, fresh.pack(), AcqRel, Relaxed)
+        let fresh = pack(tag, now_us + self.interval_us);
+        set.schedules[way]
+            .compare_exchange(words[way], fresh, AcqRel, Relaxed)
             .ok()
             .map(|_| Judged::Stay)
     }
 
-    /// The key's entry after one more event at `now`, and the verdict.
-    fn step(&self, entry: Entry, now_us: u64, now_ms: u64) -> (Entry, Judged) {
-        let next_us = entry.scheduled_us.max(now_us) + self.interval_us;
-        let mut next = entry;
+    /// One more event of the key whose schedule is `word`, in way `way`:
+    /// the verdict, once the schedule is advanced (conforming) or the
+    /// time over written (not).
+    fn step(&self, set: &Set, way: usize, word: u64, now_us: u64, now_ms: u64) -> Option<Judged> {
+        let tag = tag_of(word);
+        let over_ms = set.over_ms(way, tag);
+        let next_us = time_of(word).max(now_us) + self.interval_us;
         if next_us - now_us <= self.tolerance_us {
-            next.scheduled_us = next_us;
-            let judged = if self.overflowing(entry, now_ms) {
+            let judged = if self.overflowing(over_ms, now_ms) {
                 Judged::Rate
             } else {
                 Judged::Stay
             };
-            (next, judged)
-        } else {
-            next.over_ms = now_ms + 1;
-            (next, Judged::Rate)
+            return set.schedules[way]
+                .compare_exchange(word, pack(tag, next_us), AcqRel, Relaxed)
+                .ok()
+                .map(|_| judged);
         }
+        // Over the rate: the schedule stays; the time over is now (one
+        // write a millisecond at most). Should another key have taken the
+        // entry meanwhile, the word is not its (tag) and counts for nobody.
+        if over_ms != now_ms + 1 {
+            set.overs[way].store(pack(tag, now_ms + 1), Relaxed);
+        }
+        Some(Judged::Rate)
     }
 
-    /// Whether `entry`'s key was over the rate within the dwell.
-    fn overflowing(&self, entry: Entry, now_ms: u64) -> bool {
-        entry.over_ms != 0 && now_ms < (entry.over_ms - 1).saturating_add(self.dwell_ms)
+    /// Whether a key last over at `over_ms` (ms + 1; 0: never) is
+    /// overflowing at `now_ms` (within the dwell).
+    fn overflowing(&self, over_ms: u64, now_ms: u64) -> bool {
+        over_ms != 0 && now_ms < (over_ms - 1).saturating_add(self.dwell_ms)
     }
 
-    /// `Some(fill)` when another key may take this entry: empty, or
-    /// neither overflowing nor filled past the protection.
-    fn takeable(&self, entry: Entry, now_us: u64, now_ms: u64) -> Option<u64> {
-        if entry.tag == 0 {
+    /// `Some(fill)` when another key may take way `way` (its schedule
+    /// `word`): empty, or its key neither overflowing nor filled past the
+    /// protection.
+    fn takeable(&self, set: &Set, way: usize, word: u64, now_us: u64, now_ms: u64) -> Option<u64> {
+        let tag = tag_of(word);
+        if tag == 0 {
             return Some(0);
         }
-        let fill = entry.scheduled_us.saturating_sub(now_us);
-        (!self.overflowing(entry, now_ms) && fill < self.protected_us).then_some(fill)
+        let fill = time_of(word).saturating_sub(now_us);
+        (fill < self.protected_us && !self.overflowing(set.over_ms(way, tag), now_ms))
+            .then_some(fill)
     }
 
     /// Keys overflowing for their rate now (a scrape's scan: 1 MiB).
     pub fn overflowing_keys(&self, now: Instant) -> u64 {
         let now_ms = self.micros(now) / 1_000;
-        self.sets
-            .iter()
-            .flat_map(|set| set.0.iter())
-            .map(|slot| Entry::unpack(slot.load(Relaxed)))
-            .filter(|entry| entry.tag != 0 && self.overflowing(*entry, now_ms))
-            .count() as u64
+        let mut overflowing = 0;
+        for set in &self.sets {
+            for way in 0..WAYS {
+                let tag = tag_of(set.schedules[way].load(Relaxed));
+                if tag != 0 && self.overflowing(set.over_ms(way, tag), now_ms) {
+                    overflowing += 1;
+                }
+            }
+        }
+        overflowing
     }
 
     /// Keys of `overflow.force_keys`.
@@ -310,27 +335,42 @@ mod tests {
     }
 
     #[test]
-    fn entries_pack_and_unpack() {
-        for entry in [
-            Entry {
-                tag: 1,
-                scheduled_us: 0,
-                over_ms: 0,
-            },
-            Entry {
-                tag: u32::MAX,
-                scheduled_us: TIME_MAX,
-                over_ms: TIME_MAX,
-            },
-            Entry {
-                tag: 77,
-                scheduled_us: 123_456_789,
-                over_ms: 42,
-            },
-        ] {
-            assert_eq!(Entry::unpack(entry.pack()), entry);
+    fn words_pack_and_unpack_and_a_set_is_one_line() {
+        for (tag, time) in [(1, 0), (u16::MAX, TIME_MAX), (77, 123_456_789)] {
+            let word = pack(tag, time);
+            assert_eq!((tag_of(word), time_of(word)), (tag, time));
         }
-        assert_eq!(std::mem::size_of::<Set>(), 128);
+        assert_eq!(time_of(pack(3, u64::MAX)), TIME_MAX, "times saturate");
+        assert_eq!(std::mem::size_of::<Set>(), 64);
+        assert_eq!(std::mem::align_of::<Set>(), 64);
+    }
+
+    // The last time over counts for the key whose tag it carries, and only
+    // while that key holds the entry: a key that takes over an entry (or
+    // finds a stale word beside its own) is judged on its own schedule.
+    #[test]
+    fn a_time_over_counts_only_for_its_key() {
+        let keys = HotKeys::with_seed(&config(100, 5, 60_000), 13);
+        let now = keys.epoch + Duration::from_secs(1);
+        let key = b"t:calm";
+        let fingerprint = keys.hasher.hash_one(key);
+        let set = &keys.sets[(fingerprint as usize) & (keys.sets.len() - 1)];
+        let tag = ((fingerprint >> (64 - TAG_BITS)) as u16).max(1);
+        let now_ms = keys.micros(now) / 1_000;
+        // Every way's time over is recent, but another key's.
+        for over in &set.overs {
+            over.store(pack(tag ^ 0x8000, now_ms), Relaxed);
+        }
+        assert_eq!(keys.judge(key, now), Judged::Stay);
+        assert_eq!(keys.judge(key, now), Judged::Stay);
+        assert_eq!(keys.overflowing_keys(now), 0);
+        // Its own, recent: overflowing.
+        let way = (0..WAYS)
+            .find(|&way| tag_of(set.schedules[way].load(Relaxed)) == tag)
+            .unwrap();
+        set.overs[way].store(pack(tag, now_ms + 1), Relaxed);
+        assert_eq!(keys.judge(key, now), Judged::Rate);
+        assert_eq!(keys.overflowing_keys(now), 1);
     }
 
     #[test]
@@ -400,10 +440,8 @@ mod tests {
         let rate = 100;
         let burst = 10;
         let keys = HotKeys::with_seed(&config(rate, burst, 60_000), 11);
-        assert_eq!(
-            std::mem::size_of::<Set>() * keys.sets.len(),
-            TRACKED_KEYS * 16
-        );
+        assert_eq!(std::mem::size_of::<Set>() * keys.sets.len(), 1 << 20);
+        assert_eq!(keys.sets.len() * WAYS, TRACKED_KEYS);
         let start = keys.epoch + Duration::from_secs(1);
         // The hot key at 1,500 a second: one event per 1,333 flood keys
         // (500 ns apart).

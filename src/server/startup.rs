@@ -124,11 +124,6 @@ pub(super) fn start_hot_keys(config: &Config) -> Option<Arc<crate::hot_keys::Hot
     if !settings.enabled() {
         return None;
     }
-    if !HotKeys::is_lock_free() {
-        tracing::warn!(
-            "this CPU has no 16-byte compare-and-swap: the hot-key table takes a lock per event"
-        );
-    }
     let detector = HotKeys::new(settings);
     tracing::info!(
         topic = settings.topic,
