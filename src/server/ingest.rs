@@ -80,11 +80,14 @@ pub fn ingest(
     outcome: &mut Outcome,
 ) -> Result<Handed, ApiError> {
     let mut batch = Unsent::new(core, core.take_batch());
-    batch.topic = grant.topic.clone().unwrap_or_else(|| core.topic.clone());
-    batch.dead_letter_topic = core.dead_letter_topic.clone();
-    batch.tenant_id = Arc::clone(&grant.tenant_id);
+    // A pooled batch mostly carries these names already: reassigned only
+    // when they differ (each assignment is two atomic counts).
+    let topic = grant.topic.as_ref().unwrap_or(&core.topic);
+    set_name(&mut batch.topic, topic);
+    set_name(&mut batch.dead_letter_topic, &core.dead_letter_topic);
+    set_name(&mut batch.tenant_id, &grant.tenant_id);
     batch.owner = core.next_dedup_owner();
-    batch.overflow_topic = core.overflow_topic.clone();
+    set_name(&mut batch.overflow_topic, &core.overflow_topic);
     batch.overflow_spread = core.shared.config.overflow.spread;
     stamp(core, &mut batch, provenance);
     let (rejected, admission) = fill_batch(core, grant, body, &mut batch, outcome)?;
@@ -113,6 +116,13 @@ pub fn ingest(
         accepted,
         rejected,
     })
+}
+
+/// Points `slot` at `name` unless it is that name already.
+fn set_name(slot: &mut Arc<str>, name: &Arc<str>) {
+    if !Arc::ptr_eq(slot, name) {
+        *slot = Arc::clone(name);
+    }
 }
 
 /// Splits the body, checks what can be checked before building anything
