@@ -271,6 +271,7 @@ impl ProducerPool {
                         }
                     }
                     let mut producer = thread_slot.load_full();
+                    let mut retired = Retired::default();
                     loop {
                         match thread_batches.recv_timeout(CLOSING_POLL_INTERVAL) {
                             Ok(batch) => produce_unless_expired(
@@ -286,8 +287,9 @@ impl ProducerPool {
                         }
                         if let Some(replacement) = factory.replace_if_broken(&producer) {
                             thread_slot.store(replacement.clone());
-                            producer = replacement;
+                            retired.keep(std::mem::replace(&mut producer, replacement));
                         }
+                        retired.release();
                     }
                 })
                 .context("spawning a producer thread")?;
@@ -333,6 +335,31 @@ impl ProducerPool {
             }
         }
         flushed
+    }
+}
+
+/// Producers a thread replaced, kept until nobody else holds them. An
+/// event loop reads the producer through the slot while it produces; if
+/// its read held the last reference, dropping it there would purge,
+/// flush (up to 500 ms) and join librdkafka's threads on the loop. So the
+/// producer thread drops a replaced producer itself, once it holds the
+/// only reference (an event loop's read lasts one produce call).
+struct Retired<T>(Vec<Arc<T>>);
+
+impl<T> Default for Retired<T> {
+    fn default() -> Self {
+        Retired(Vec::new())
+    }
+}
+
+impl<T> Retired<T> {
+    fn keep(&mut self, old: Arc<T>) {
+        self.0.push(old);
+    }
+
+    /// Drops, here, every kept value no one else holds any more.
+    fn release(&mut self) {
+        self.0.retain(|old| Arc::strong_count(old) > 1);
     }
 }
 
@@ -454,6 +481,25 @@ fn produce(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_producer_is_dropped_by_its_thread_not_by_a_reader() {
+        let mut retired = Retired::default();
+        let old = Arc::new(7u8);
+        let watch = Arc::downgrade(&old);
+        // An event loop's read of the slot, still in its produce call.
+        let reader = Arc::clone(&old);
+        retired.keep(old);
+        retired.release();
+        assert!(watch.upgrade().is_some(), "kept while a reader holds it");
+        drop(reader);
+        assert!(
+            watch.upgrade().is_some(),
+            "the reader's drop was not the last: the thread still holds it"
+        );
+        retired.release();
+        assert!(watch.upgrade().is_none(), "dropped by the thread");
+    }
 
     /// A real librdkafka producer (no broker: nothing is sent), a mailbox
     /// and a one-record batch whose deadline is `deadline`.
