@@ -183,6 +183,9 @@ pub struct Batch {
     /// Records handed to librdkafka so far, in order (an event loop stops
     /// at a full queue and leaves the rest to a producer thread).
     pub produced: usize,
+    /// Counted in its core's [`Mailbox::queued_batches`] until a producer
+    /// thread has produced it.
+    pub counted: bool,
 }
 
 impl Batch {
@@ -209,6 +212,7 @@ impl Batch {
             overflow_topic: empty.clone(),
             overflow_spread: true,
             produced: 0,
+            counted: false,
         }
     }
 
@@ -221,6 +225,7 @@ impl Batch {
         self.traceparent = 0..0;
         self.tracestate = 0..0;
         self.produced = 0;
+        self.counted = false;
     }
 }
 
@@ -265,6 +270,10 @@ pub enum FleetVerdict {
 
 /// What producer threads send back to one core.
 pub struct Mailbox {
+    /// The core's batches a producer thread has yet to produce: while any
+    /// are, the core sends its next ones the same way rather than
+    /// producing them itself, so a key's records keep their order.
+    queued_batches: std::sync::atomic::AtomicUsize,
     completions: ArrayQueue<Completion>,
     waker: AtomicWaker,
     recycled: ArrayQueue<Batch>,
@@ -275,6 +284,7 @@ impl Mailbox {
     /// have in flight, so that a completion always finds room.
     pub fn new(completions_max: usize) -> Self {
         Mailbox {
+            queued_batches: std::sync::atomic::AtomicUsize::new(0),
             completions: ArrayQueue::new(completions_max.max(1)),
             waker: AtomicWaker::new(),
             recycled: ArrayQueue::new(RECYCLED_BATCHES_MAX),
@@ -299,13 +309,39 @@ impl Mailbox {
         queued
     }
 
-    /// Called by producer threads: give an emptied batch back for reuse.
+    /// Called by producer threads (and the core, for a batch it produced or
+    /// gave up): give an emptied batch back for reuse; a batch counted in
+    /// [`Mailbox::queued_batches`] is done.
     pub fn recycle(&self, mut batch: Batch) {
+        self.uncount_queued(&mut batch);
         if batch.data.capacity() > RECYCLED_BATCH_BYTES_MAX {
             return;
         }
         batch.clear();
         let _ = self.recycled.push(batch);
+    }
+
+    /// Called by the core as it sends `batch` to a producer thread.
+    pub fn count_queued(&self, batch: &mut Batch) {
+        batch.counted = true;
+        self.queued_batches
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Called once a counted batch is produced (by a producer thread), or
+    /// was not queued after all (by the core).
+    pub fn uncount_queued(&self, batch: &mut Batch) {
+        if std::mem::take(&mut batch.counted) {
+            self.queued_batches
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// Whether a producer thread still holds batches of this core.
+    pub fn has_queued_batches(&self) -> bool {
+        self.queued_batches
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
     }
 
     /// Called by the core: take a pooled batch, if any.
@@ -327,6 +363,22 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_core_waits_for_its_queued_batches_before_producing_itself() {
+        let mailbox = Mailbox::new(4);
+        let empty: Arc<str> = "".into();
+        let (mut first, mut second) = (Batch::new(&empty), Batch::new(&empty));
+        assert!(!mailbox.has_queued_batches());
+        mailbox.count_queued(&mut first);
+        mailbox.count_queued(&mut second);
+        mailbox.uncount_queued(&mut first);
+        assert!(mailbox.has_queued_batches(), "one still queued");
+        mailbox.uncount_queued(&mut first);
+        assert!(mailbox.has_queued_batches(), "a batch is uncounted once");
+        mailbox.uncount_queued(&mut second);
+        assert!(!mailbox.has_queued_batches());
+    }
 
     #[test]
     fn large_batches_are_freed_not_pooled() {

@@ -38,34 +38,34 @@ impl<'c> Unsent<'c> {
     /// back on drop.
     pub(super) fn hand_over(&mut self) -> Result<(), TrySendError<()>> {
         let mut batch = self.batch.take().expect("a batch is handed over once");
+        let mailbox = &self.core.mailbox;
         if let Some(direct) = &self.core.direct {
-            if direct.produce(&mut batch, &self.core.mailbox) {
-                self.core.mailbox.recycle(batch);
+            // While a producer thread still holds some of this core's
+            // batches, the next go the same way, so that a key's records
+            // keep their order.
+            if !mailbox.has_queued_batches() && direct.produce(&mut batch, mailbox) {
+                mailbox.recycle(batch);
                 return Ok(());
             }
             // librdkafka's queue is full: a producer thread waits for room
             // (up to the deadline) for what is left.
+            mailbox.count_queued(&mut batch);
         }
         let started = batch.produced > 0;
-        self.core
-            .batches
-            .try_send(batch)
-            .or_else(|error| match error {
-                // Some records are librdkafka's already: the request is
-                // answered by their reports, the rest reported failed.
-                TrySendError::Full(batch) | TrySendError::Disconnected(batch) if started => {
-                    fail_unproduced(&self.core.mailbox, batch);
-                    Ok(())
-                }
-                TrySendError::Full(batch) => {
-                    self.batch = Some(batch);
-                    Err(TrySendError::Full(()))
-                }
-                TrySendError::Disconnected(batch) => {
-                    self.batch = Some(batch);
-                    Err(TrySendError::Disconnected(()))
-                }
-            })
+        let (error, mut batch) = match self.core.batches.try_send(batch) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(batch)) => (TrySendError::Full(()), batch),
+            Err(TrySendError::Disconnected(batch)) => (TrySendError::Disconnected(()), batch),
+        };
+        mailbox.uncount_queued(&mut batch);
+        if started {
+            // Some records are librdkafka's already: the request is
+            // answered by their reports, the rest reported failed.
+            fail_unproduced(mailbox, batch);
+            return Ok(());
+        }
+        self.batch = Some(batch);
+        Err(error)
     }
 }
 
