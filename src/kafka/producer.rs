@@ -483,6 +483,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_topic_name_kafka_refuses_is_refused_before_librdkafka() {
+        let (producer, _mailboxes, _batch) = producer_and_batch(Instant::now());
+        let opaque = Opaque(0);
+        for bad in ["a\0b".to_string(), "t".repeat(300)] {
+            let refused = crate::kafka::send::send_record(
+                &producer,
+                &bad,
+                None,
+                b"{}",
+                rdkafka::message::OwnedHeaders::new(),
+                opaque,
+            );
+            assert!(
+                matches!(refused, Err((RDKafkaErrorCode::InvalidTopic, _))),
+                "{bad:?}"
+            );
+        }
+        let queued = crate::kafka::send::send_record(
+            &producer,
+            "events_raw",
+            None,
+            b"{}",
+            Default::default(),
+            opaque,
+        );
+        assert!(queued.is_ok());
+    }
+
+    #[test]
     fn a_replaced_producer_is_dropped_by_its_thread_not_by_a_reader() {
         let mut retired = Retired::default();
         let old = Arc::new(7u8);

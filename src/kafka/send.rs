@@ -140,7 +140,7 @@ const TOPIC_BYTES_MAX: usize = 255;
 /// event loop allocates nothing per record. The opaque is read back by
 /// [`DeliveryRouter::delivery`] (rdkafka's `usize` opaque is the pointer's
 /// value). On failure the headers come back with librdkafka's code.
-fn send_record(
+pub(super) fn send_record(
     producer: &Producer,
     topic: &str,
     key: Option<&[u8]>,
@@ -152,17 +152,15 @@ fn send_record(
     use rdkafka::bindings::rd_kafka_vtype_t::*;
     use std::ffi::{c_char, c_void};
 
+    // Not a name Kafka accepts (at most 249 bytes, no NUL): refused here,
+    // reported failed like any record librdkafka refuses. Names come from
+    // the configuration and from key entries, which are checked already.
+    if topic.len() > TOPIC_BYTES_MAX || topic.contains('\0') {
+        return Err((RDKafkaErrorCode::InvalidTopic, headers));
+    }
     let mut name = [0u8; TOPIC_BYTES_MAX + 1];
-    let long_name;
-    let topic_ptr: *const c_char = if topic.len() <= TOPIC_BYTES_MAX && !topic.contains('\0') {
-        name[..topic.len()].copy_from_slice(topic.as_bytes());
-        name.as_ptr().cast()
-    } else {
-        // Not a name Kafka accepts: librdkafka refuses it with its own
-        // error (the allocation only ever happens for such a name).
-        long_name = std::ffi::CString::new(topic.replace('\0', "")).unwrap_or_default();
-        long_name.as_ptr()
-    };
+    name[..topic.len()].copy_from_slice(topic.as_bytes());
+    let topic_ptr: *const c_char = name.as_ptr().cast();
     let (key_ptr, key_len) = match key {
         Some(key) => (key.as_ptr() as *mut c_void, key.len()),
         None => (std::ptr::null_mut(), 0),
