@@ -23,8 +23,7 @@ use regex_automata::util::pool::Pool;
 use regex_automata::{hybrid, Input};
 use serde_json::Value;
 
-use super::instance::{Instance, Metered};
-use super::metered::charge;
+use super::metered::{charge, Instance, Metered};
 
 /// Steps per byte the lazy DFA is charged while its states fit its cache.
 const DFA_STEPS_PER_BYTE: u64 = 2;
@@ -144,7 +143,10 @@ impl<'i> Keyword<'i, Metered> for Pattern {
     }
 
     fn is_valid(&self, instance: Instance<'i>) -> bool {
-        instance.text().is_none_or(|text| self.is_match(text))
+        match &instance.0 {
+            Value::String(text) => self.is_match(text),
+            _ => true,
+        }
     }
 }
 
