@@ -180,6 +180,12 @@ fn a_hot_key_overflows_and_comes_back_and_a_forced_key_always_overflows() {
         .collect();
     assert!(spread.len() > 1, "spread over partitions: {spread:?}");
     assert_eq!(overflow.iter().filter(|r| user_of(r) == forced).count(), 5);
+    eprintln!(
+        "hot keys: {} events sent, {} stored once; hot user {hot_rerouted} of {hot_sent} rerouted over partitions {spread:?}; {} users rerouted",
+        sent.len(),
+        stored.len(),
+        rerouted_users.len()
+    );
 
     // The main topic: keyed, no overflow header; the hot user's records
     // (its burst, then its late events) on one partition, its key's.
