@@ -22,7 +22,10 @@ pub(super) struct Occupancy {
     rings: Box<[Ring]>,
     epoch_ms: u64,
     entries: u64,
-    share: AtomicU64,
+    /// The census behind the share: how many classes held young entries
+    /// at `share_at_ms`, and which (one bit each).
+    active: AtomicU64,
+    active_bits: Box<[AtomicU64]>,
     share_at_ms: AtomicU64,
 }
 
@@ -39,7 +42,10 @@ impl Occupancy {
                 .collect(),
             epoch_ms: window_ms.div_ceil(EPOCHS as u64 - 1).max(1),
             entries: entries as u64,
-            share: AtomicU64::new(entries as u64),
+            active: AtomicU64::new(0),
+            active_bits: (0..tenants.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             share_at_ms: AtomicU64::new(NEVER),
         }
     }
@@ -104,8 +110,15 @@ impl Occupancy {
         sum.max(0) as u64
     }
 
-    /// The entries each tenant holding young entries may keep at least.
-    pub(super) fn share(&self, now_ms: u64) -> u64 {
+    /// The entries each tenant holding young entries may keep at least,
+    /// as `claimant` sees it: the table divided by the classes holding
+    /// young entries at the last census, and the claimant's own class if
+    /// the census missed it. A tenant that starts storing is active from
+    /// its first claim; without that, for up to [`SHARE_REFRESH_MS`] it
+    /// was judged against a share that left it out (a share of the whole
+    /// table for the one tenant counted), so every entry of the others
+    /// looked within their share and it could only evict its own.
+    pub(super) fn share(&self, claimant: usize, now_ms: u64) -> u64 {
         let at = self.share_at_ms.load(Relaxed);
         if (at == NEVER || now_ms.abs_diff(at) >= SHARE_REFRESH_MS)
             && self
@@ -113,13 +126,31 @@ impl Occupancy {
                 .compare_exchange(at, now_ms, Relaxed, Relaxed)
                 .is_ok()
         {
-            let active = (0..self.rings.len())
-                .filter(|&tenant| self.young(tenant, now_ms) > 0)
-                .count()
-                .max(1);
-            self.share.store(self.entries / active as u64, Relaxed);
+            self.take_census(now_ms);
         }
-        self.share.load(Relaxed)
+        let (word, bit) = (claimant / 64, 1u64 << (claimant % 64));
+        let counted = self.active_bits[word].load(Relaxed) & bit != 0;
+        let active = self.active.load(Relaxed) + u64::from(!counted);
+        self.entries / active.max(1)
+    }
+
+    /// Counts the classes holding young entries now. Readers may see a
+    /// census half written: a judgment off by the classes changing at
+    /// that instant, as with every other counter here.
+    fn take_census(&self, now_ms: u64) {
+        let mut active = 0;
+        for (word, cell) in self.active_bits.iter().enumerate() {
+            let mut bits = 0u64;
+            for bit in 0..64 {
+                let tenant = word * 64 + bit;
+                if tenant < self.rings.len() && self.young(tenant, now_ms) > 0 {
+                    bits |= 1 << bit;
+                    active += 1;
+                }
+            }
+            cell.store(bits, Relaxed);
+        }
+        self.active.store(active, Relaxed);
     }
 }
 
