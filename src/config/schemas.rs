@@ -50,7 +50,8 @@ pub struct SchemasConfig {
     /// Threads that check what the cores hand over (nice +10).
     pub checker_threads: u64,
     /// Requests waiting for a checker thread; past it a request is shed
-    /// (503).
+    /// (503). A tenant may hold this divided by the tenants waiting
+    /// (itself counted; half while alone).
     pub checker_queue_requests_max: u64,
 }
 

@@ -3,22 +3,32 @@
 //!
 //! A fixed number of threads (`schemas.checker_threads`) take jobs from one
 //! bounded queue (`schemas.checker_queue_requests_max`; full: the request
-//! is shed with a 503, as a full in-flight table sheds it). Each job owns a
+//! is shed with a 503, as a full in-flight table sheds it). The queue is
+//! fair between tenants: each tenant with jobs waiting has its own line,
+//! and the threads take one job from each line in turn, so a tenant's job
+//! waits behind at most one job of each other tenant, not behind a
+//! flood. A tenant may hold at most its share of the queue's places (the
+//! places divided by the tenants waiting, itself counted; never more
+//! than half while it is alone), so a flood cannot take every place from
+//! the next tenant. A job whose request stopped waiting (its deadline
+//! passed, its connection closed) is dropped unchecked. Each job owns a
 //! copy of its body and the set it is checked against; its verdicts go
 //! back through a one-slot queue and a waker, so the core awaits them
-//! without a lock. The threads run at a lower priority than the cores
+//! without a lock. Submitting takes the queue's mutex for a few
+//! instructions (this is the slow path: only requests whose checks would
+//! hold their core come here). The threads run at a lower priority than the cores
 //! (nice +10): a validation never takes a core's CPU from it. Their stacks
 //! hold the deepest validation the budgets allow: an event nested 128
 //! deep (the parser's limit) with `schemas.ref_depth_max` in-place
 //! subschemas at every level.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crossbeam_queue::ArrayQueue;
 
 use super::checks::{check_events, RequestShape, Verdict};
@@ -47,7 +57,99 @@ struct Reply {
 
 /// The checker threads' queue.
 pub struct Checker {
-    jobs: Sender<Job>,
+    queue: Arc<FairQueue>,
+}
+
+/// Jobs in one line per tenant, served in turn.
+struct FairQueue {
+    lines: Mutex<Lines>,
+    ready: Condvar,
+    places: usize,
+    /// Jobs dropped unchecked: their requests had stopped waiting.
+    abandoned: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Lines {
+    by_tenant: HashMap<Arc<str>, VecDeque<Job>>,
+    /// Tenants with jobs waiting, in the order they are served.
+    turns: VecDeque<Arc<str>>,
+    waiting: usize,
+    closed: bool,
+}
+
+impl FairQueue {
+    fn lock(&self) -> MutexGuard<'_, Lines> {
+        // A checker thread holds the lock only to move jobs; a panic
+        // there leaves the lines whole.
+        self.lines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, job: Job) -> Result<(), Full> {
+        let mut lines = self.lock();
+        let held = lines.by_tenant.get(&job.tenant).map_or(0, VecDeque::len);
+        let tenants = lines.by_tenant.len() + usize::from(held == 0);
+        let share = (self.places / tenants.max(2)).max(1);
+        if lines.waiting >= self.places || held >= share {
+            return Err(Full);
+        }
+        if held == 0 {
+            lines.turns.push_back(Arc::clone(&job.tenant));
+        }
+        lines
+            .by_tenant
+            .entry(Arc::clone(&job.tenant))
+            .or_default()
+            .push_back(job);
+        lines.waiting += 1;
+        drop(lines);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next job, in the tenants' turn; `None` once closed.
+    fn pop(&self) -> Option<Job> {
+        let mut lines = self.lock();
+        loop {
+            if let Some(tenant) = lines.turns.pop_front() {
+                // A tenant has a turn while its line holds jobs.
+                let Some(line) = lines.by_tenant.get_mut(&tenant) else {
+                    continue;
+                };
+                let job = line.pop_front();
+                if line.is_empty() {
+                    lines.by_tenant.remove(&tenant);
+                } else {
+                    lines.turns.push_back(tenant);
+                }
+                if let Some(job) = job {
+                    lines.waiting -= 1;
+                    return Some(job);
+                }
+                continue;
+            }
+            if lines.closed {
+                return None;
+            }
+            lines = self
+                .ready
+                .wait(lines)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 /// The queue was full: shed the request.
@@ -77,15 +179,31 @@ impl Future for Pending {
 impl Checker {
     /// Starts `threads` checker threads behind a queue of `queue_max` jobs.
     pub fn start(threads: usize, queue_max: usize) -> std::io::Result<Checker> {
-        let (jobs, queue) = crossbeam_channel::bounded(queue_max.max(1));
+        let checker = Checker::idle(queue_max);
         for index in 0..threads.max(1) {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("sluice-checker-{index}"))
-                .stack_size(CHECKER_STACK_BYTES)
-                .spawn(move || run(queue))?;
+            checker.spawn_thread(index)?;
         }
-        Ok(Checker { jobs })
+        Ok(checker)
+    }
+
+    /// The queue, with no thread taking jobs yet.
+    fn idle(queue_max: usize) -> Checker {
+        let queue = Arc::new(FairQueue {
+            lines: Mutex::new(Lines::default()),
+            ready: Condvar::new(),
+            places: queue_max.max(1),
+            abandoned: Default::default(),
+        });
+        Checker { queue }
+    }
+
+    fn spawn_thread(&self, index: usize) -> std::io::Result<()> {
+        let queue = Arc::clone(&self.queue);
+        std::thread::Builder::new()
+            .name(format!("sluice-checker-{index}"))
+            .stack_size(CHECKER_STACK_BYTES)
+            .spawn(move || run(queue))?;
+        Ok(())
     }
 
     /// Queues the check of `body`'s events from index `from` on (earlier
@@ -112,14 +230,12 @@ impl Checker {
             verdicts,
             reply: Arc::clone(&reply),
         };
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(Pending { reply }),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Full),
-        }
+        self.queue.push(job)?;
+        Ok(Pending { reply })
     }
 }
 
-fn run(queue: Receiver<Job>) {
+fn run(queue: Arc<FairQueue>) {
     // SAFETY: setpriority on this thread's own id only lowers its priority;
     // it reads and writes no memory of ours.
     let lowered = unsafe {
@@ -132,7 +248,14 @@ fn run(queue: Receiver<Job>) {
     if lowered != 0 {
         tracing::debug!("checker thread runs at the cores' priority: setpriority failed");
     }
-    while let Ok(mut job) = queue.recv() {
+    while let Some(mut job) = queue.pop() {
+        if Arc::strong_count(&job.reply) == 1 {
+            // Its request stopped waiting: nobody will read the verdicts.
+            queue
+                .abandoned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        }
         check_events(
             &job.set,
             &job.tenant,
@@ -168,7 +291,7 @@ mod tests {
         let pending = checker
             .submit(set, "t".into(), shape, body, 0, Vec::new())
             .unwrap();
-        let verdicts = futures_lite_block_on(pending);
+        let verdicts = block_on(pending);
         assert_eq!(verdicts.len(), 2);
         assert!(matches!(
             &verdicts[0],
@@ -180,35 +303,150 @@ mod tests {
         ));
     }
 
+    fn shape(kind: BodyKind) -> RequestShape {
+        RequestShape {
+            kind,
+            batch_events_max: 100,
+            received_at_ms: 0,
+        }
+    }
+
+    /// A tenant alone holds half the places at most; with others waiting,
+    /// the places divided by the tenants; and never more than the queue.
     #[test]
     fn a_full_queue_refuses() {
         let set = Arc::new(SchemaSet::default());
-        // No thread takes jobs while the test holds the only receiver.
-        let (jobs, _queue) = crossbeam_channel::bounded(1);
-        let checker = Checker { jobs };
-        let shape = RequestShape {
-            kind: BodyKind::Single,
-            batch_events_max: 1,
-            received_at_ms: 0,
+        let checker = Checker::idle(4);
+        let submit = |tenant: &str| {
+            checker
+                .submit(
+                    Arc::clone(&set),
+                    tenant.into(),
+                    shape(BodyKind::Single),
+                    b"{}",
+                    0,
+                    Vec::new(),
+                )
+                .map(drop)
+                .is_ok()
         };
-        assert!(checker
-            .submit(Arc::clone(&set), "t".into(), shape, b"{}", 0, Vec::new())
-            .is_ok());
-        assert!(checker
-            .submit(set, "t".into(), shape, b"{}", 0, Vec::new())
-            .is_err());
+        assert!(submit("a") && submit("a"));
+        assert!(!submit("a"), "alone, a tenant holds half the queue");
+        assert!(submit("b") && submit("b"));
+        assert!(!submit("c"), "the queue is full");
     }
 
-    /// Polls `future` on this thread until it is ready.
-    fn futures_lite_block_on<F: Future>(future: F) -> F::Output {
+    /// One checker thread, a flood of 40 slow jobs from one tenant, then
+    /// one job from another: it is checked after at most one or two of
+    /// the flood's (one line per tenant, served in turn), not after all
+    /// 40 (one line for all: it failed so, 40 of 40 done first).
+    #[test]
+    fn a_flood_does_not_delay_another_tenants_job() {
+        let scratch = super::super::files::tests::Scratch::new("checker-flood");
+        std::fs::write(
+            scratch.0.join("page.json"),
+            r#"{"properties":{"path":{"pattern":"^(/[a-z0-9]+)+$"}}}"#,
+        )
+        .unwrap();
+        let set = Arc::new(SchemaSet::load(&scratch.0, false).unwrap());
+        let checker = Checker::idle(1_024);
+        let event = format!(
+            r#"{{"event_type":"page","path":"{}"}}"#,
+            "/abc0".repeat(200)
+        );
+        let body = format!(r#"{{"events":[{}]}}"#, vec![event.as_str(); 20].join(","));
+        let submit = |tenant: &str| {
+            checker
+                .submit(
+                    Arc::clone(&set),
+                    tenant.into(),
+                    shape(BodyKind::JsonBatch),
+                    body.as_bytes(),
+                    0,
+                    Vec::new(),
+                )
+                .unwrap()
+        };
+        let flood: Vec<Pending> = (0..40).map(|_| submit("attacker")).collect();
+        let victim = submit("victim");
+        checker.spawn_thread(0).unwrap();
+        let started = std::time::Instant::now();
+        let verdicts = block_on(victim);
+        eprintln!("victim checked after {:?}", started.elapsed());
+        assert_eq!(verdicts.len(), 20);
+        // (A poll that finds verdicts takes them.)
+        let mut done_first = 0;
+        let mut later = Vec::new();
+        for mut pending in flood {
+            match poll_once(&mut pending) {
+                Some(verdicts) => {
+                    assert_eq!(verdicts.len(), 20);
+                    done_first += 1;
+                }
+                None => later.push(pending),
+            }
+        }
+        assert!(
+            done_first <= 3,
+            "{done_first} of the flood's 40 jobs were checked before the victim's"
+        );
+        for pending in later {
+            assert_eq!(block_on(pending).len(), 20);
+        }
+    }
+
+    /// A job whose request stopped waiting is dropped unchecked.
+    #[test]
+    fn an_abandoned_job_is_not_checked() {
+        let set = Arc::new(SchemaSet::default());
+        let checker = Checker::idle(8);
+        let submit = || {
+            checker
+                .submit(
+                    Arc::clone(&set),
+                    "t".into(),
+                    shape(BodyKind::Single),
+                    b"{}",
+                    0,
+                    Vec::new(),
+                )
+                .unwrap()
+        };
+        drop(submit());
+        let kept = submit();
+        checker.spawn_thread(0).unwrap();
+        block_on(kept);
+        let abandoned = &checker.queue.abandoned;
+        assert_eq!(abandoned.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    fn poll_once(pending: &mut Pending) -> Option<Vec<Verdict>> {
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(pending).poll(&mut context) {
+            Poll::Ready(verdicts) => Some(verdicts),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Waits for `future`, woken by its waker (no polling interval, so
+    /// the flood test sees the order jobs finished in).
+    fn block_on<F: Future>(future: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut context = Context::from_waker(&waker);
         let mut future = std::pin::pin!(future);
-        let waker = std::task::Waker::noop();
-        let mut context = Context::from_waker(waker);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
             if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
                 return output;
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            assert!(std::time::Instant::now() < deadline, "no verdicts in 120 s");
+            std::thread::park_timeout(std::time::Duration::from_millis(100));
         }
     }
 }
