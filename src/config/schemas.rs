@@ -51,7 +51,7 @@ pub struct SchemasConfig {
     pub checker_threads: u64,
     /// Requests waiting for a checker thread; past it a request is shed
     /// (503). A tenant may hold this divided by the tenants waiting
-    /// (itself counted; half while alone).
+    /// (itself counted; half while alone, at least one place).
     pub checker_queue_requests_max: u64,
 }
 
