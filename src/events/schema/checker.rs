@@ -401,14 +401,6 @@ mod tests {
         assert_eq!(abandoned.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
-    fn poll_once(pending: &mut Pending) -> Option<Vec<Verdict>> {
-        let mut context = Context::from_waker(std::task::Waker::noop());
-        match Pin::new(pending).poll(&mut context) {
-            Poll::Ready(verdicts) => Some(verdicts),
-            Poll::Pending => None,
-        }
-    }
-
     /// Waits for `future`, woken by its waker (no polling interval, so
     /// the flood test sees the order jobs finished in).
     fn block_on<F: Future>(future: F) -> F::Output {
