@@ -401,8 +401,7 @@ mod tests {
         assert_eq!(abandoned.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
-    /// Waits for `future`, woken by its waker (no polling interval, so
-    /// the flood test sees the order jobs finished in).
+    /// Waits for `future`, woken by its waker, for two minutes at most.
     fn block_on<F: Future>(future: F) -> F::Output {
         struct Unpark(std::thread::Thread);
         impl std::task::Wake for Unpark {
