@@ -313,11 +313,22 @@ fn dedup(c: &mut Criterion) {
     group.finish();
 }
 
+/// One of `events`, the other one each time.
+fn in_turn<'a>(events: &'a [String; 2], turn: &mut usize) -> &'a [u8] {
+    *turn += 1;
+    black_box(events[*turn % 2].as_bytes())
+}
+
 /// An event contract per event: a typical schema (ten properties, an
 /// enum, a pattern, bounds) on a valid event and on one that breaks it.
-/// `check` parses the event into a `serde_json::Value` (arbitrary
-/// precision) and validates it: what the server does per event.
+/// `check` parses the event into a simd-json tape (buffers reused) and
+/// validates the tape (before issue 31: into a `serde_json::Value`);
+/// `check_ahead` is the whole check a core does before a single event's
+/// records are built (find the event, parse it, read its `event_type`,
+/// validate, keep the verdict), and `check_ahead_and_record` that and the
+/// event's record, against `record_only`: what schemas on add per event.
 fn schemas(c: &mut Criterion) {
+    use sluice::events::schema::checks::{check_events, RequestShape};
     use sluice::events::schema::SchemaSet;
     let dir = std::env::temp_dir().join(format!("sluice-bench-schemas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -327,23 +338,83 @@ fn schemas(c: &mut Criterion) {
     )
     .unwrap();
     let set = SchemaSet::load(&dir, false).unwrap();
-    let valid = br#"{"user_id":"user_123","event_type":"checkout","event_time":1710000000000,"properties":{"order_id":"ord_0123abcd","amount":12.5,"currency":"EUR","items":2,"coupon":null,"gift":false,"note":"hi","tags":["a","b"],"channel":"web","rank":10}}"#;
-    let invalid = br#"{"user_id":"user_123","event_type":"checkout","event_time":1710000000000,"properties":{"order_id":"ord_0123abcd","amount":12.5,"currency":"JPY","items":2,"coupon":null,"gift":false,"note":"hi","tags":["a","b"],"channel":"web","rank":10}}"#;
+    // Two of each, taken in turn: a thread's last parse is reused for the
+    // same bytes (the record after the check), never across events.
+    let event = |user: &str, currency: &str| {
+        format!(
+            r#"{{"user_id":"{user}","event_type":"checkout","event_time":{NOW_MS},"properties":{{"order_id":"ord_0123abcd","amount":12.5,"currency":"{currency}","items":2,"coupon":null,"gift":false,"note":"hi","tags":["a","b"],"channel":"web","rank":10}}}}"#
+        )
+    };
+    let valid = [event("user_123", "EUR"), event("user_124", "EUR")];
+    let invalid = [event("user_123", "JPY"), event("user_124", "JPY")];
+    let mut turn = 0usize;
     let mut group = c.benchmark_group("schema");
     group.throughput(Throughput::Elements(1));
     group.bench_function("check_valid_event_10_properties", |b| {
-        b.iter(|| black_box(set.check("tenant_a", "checkout", black_box(valid)).is_ok()))
+        b.iter(|| {
+            black_box(
+                set.check("tenant_a", "checkout", in_turn(&valid, &mut turn))
+                    .is_ok(),
+            )
+        })
     });
-    // Where the time goes: the event into a serde_json::Value alone.
+    // What the check parsed each event into before (issue 31): a tree.
     group.bench_function("parse_only_into_serde_json_value", |b| {
-        b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(valid)).is_ok()))
+        b.iter(|| {
+            black_box(
+                serde_json::from_slice::<serde_json::Value>(in_turn(&valid, &mut turn)).is_ok(),
+            )
+        })
     });
     group.bench_function("check_violating_event_10_properties", |b| {
         b.iter(|| {
             black_box(
-                set.check("tenant_a", "checkout", black_box(invalid))
+                set.check("tenant_a", "checkout", in_turn(&invalid, &mut turn))
                     .is_err(),
             )
+        })
+    });
+    let shape = RequestShape {
+        kind: BodyKind::Single,
+        batch_events_max: 1_000,
+        received_at_ms: NOW_MS,
+    };
+    group.bench_function("check_ahead_single_event", |b| {
+        b.iter(|| {
+            let mut verdicts = Vec::new();
+            let progress = check_events(
+                &set,
+                "tenant_a",
+                shape,
+                in_turn(&valid, &mut turn),
+                0,
+                500_000,
+                &mut verdicts,
+            );
+            black_box((progress, verdicts))
+        })
+    });
+    // A core's whole work on a single event with its contract: the check
+    // ahead, then its record (validated, enriched); `record_only` is the
+    // record alone, as with schemas off.
+    let mut validator = Validator::new(limits(), 7);
+    let mut out = Vec::with_capacity(4096);
+    group.bench_function("check_ahead_and_record_single_event", |b| {
+        b.iter(|| {
+            let event = in_turn(&valid, &mut turn);
+            let mut verdicts = Vec::new();
+            let progress = check_events(&set, "tenant_a", shape, event, 0, 500_000, &mut verdicts);
+            out.clear();
+            let record = validator.validate_into(event, &enrichment(), &mut out);
+            black_box((progress, verdicts, record.is_ok()))
+        })
+    });
+    group.bench_function("record_only_single_event", |b| {
+        b.iter(|| {
+            out.clear();
+            let record =
+                validator.validate_into(in_turn(&valid, &mut turn), &enrichment(), &mut out);
+            black_box(record.is_ok())
         })
     });
     group.finish();

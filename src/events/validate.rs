@@ -2,8 +2,11 @@
 //! request and its events are held to; a valid event's record is written
 //! by [`super::record`].
 //!
-//! simd-json parses each event into a tape held in per-core buffers that are
-//! reused, so a steady stream of events allocates nothing here.
+//! simd-json parses each event into a tape held in per-thread buffers that
+//! are reused, so a steady stream of events allocates nothing here; the
+//! contract check reads the same tape ([`with_parse`]).
+
+use std::cell::RefCell;
 
 use simd_json::{Node, StaticNode, Tape};
 
@@ -41,13 +44,9 @@ pub struct EventLimits {
 /// Longest `Idempotency-Key` taken (400 beyond).
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 
-/// Per-core validator with reused parse buffers.
+/// Per-core validator (its parse buffers are the thread's: [`with_parse`]).
 pub struct Validator {
     limits: EventLimits,
-    buffers: simd_json::Buffers,
-    /// Always `Some` between calls; taken while a parse borrows `scratch`.
-    tape: Option<Tape<'static>>,
-    scratch: Vec<u8>,
     ids: EventIds,
     duplicates: DuplicateCheck,
 }
@@ -56,9 +55,6 @@ impl Validator {
     pub fn new(limits: EventLimits, seed: u64) -> Self {
         Validator {
             limits,
-            buffers: simd_json::Buffers::new(4096),
-            tape: Some(Tape::null().reset()),
-            scratch: Vec::with_capacity(4096),
             ids: EventIds::new(seed),
             duplicates: DuplicateCheck::default(),
         }
@@ -75,15 +71,7 @@ impl Validator {
         if raw.len() > self.limits.event_bytes_max {
             return Err(ApiError::event_too_large(self.limits.event_bytes_max));
         }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        scratch.extend_from_slice(raw);
-        let mut tape = self
-            .tape
-            .take()
-            .expect("tape is returned after every parse")
-            .reset();
-        let result = match simd_json::fill_tape(&mut scratch, &mut self.buffers, &mut tape) {
+        with_parse(raw, |parsed| match parsed {
             Err(error) => Err(ApiError::new(
                 400,
                 "invalid_json",
@@ -91,14 +79,75 @@ impl Validator {
             )),
             // The schema fields first (a repeated one is named as such),
             // then every object at every depth (I-JSON).
-            Ok(()) => inspect(&tape.0, &self.limits, enrichment.received_at_ms)
-                .and_then(|fields| self.duplicates.check(&tape.0).map(|()| fields))
+            Ok(parsed) => inspect(parsed.nodes, &self.limits, enrichment.received_at_ms)
+                .and_then(|fields| self.duplicates.check(parsed.nodes).map(|()| fields))
                 .map(|fields| write_record(raw, &fields, enrichment, &mut self.ids, out)),
-        };
-        self.tape = Some(tape.reset());
-        self.scratch = scratch;
-        result
+        })
     }
+}
+
+/// One event's simd-json tape, on this thread's buffers.
+pub struct Parsed<'a> {
+    pub nodes: &'a [Node<'a>],
+    /// simd-json's first stage: where each structural character and each
+    /// value starts in the event (valid with `nodes`).
+    pub structural_indexes: &'a [u32],
+}
+
+/// This thread's parse buffers and its last parse, shared by the request
+/// path and the contract check (`schema::tape`), which parses an event
+/// just before the request path does: the second finds it parsed.
+struct LastParse {
+    buffers: simd_json::Buffers,
+    scratch: Vec<u8>,
+    /// Either empty, or the parse of `source` held in `scratch` (its
+    /// strings point into `scratch`'s buffer, which is not written while
+    /// the tape is not empty: every parse empties it first).
+    tape: Tape<'static>,
+    /// The bytes `tape` was parsed from.
+    source: Vec<u8>,
+}
+
+thread_local! {
+    static LAST_PARSE: RefCell<LastParse> = RefCell::new(LastParse {
+        buffers: simd_json::Buffers::new(4096),
+        scratch: Vec::with_capacity(4096),
+        tape: Tape(Vec::new()),
+        source: Vec::with_capacity(4096),
+    });
+}
+
+/// Runs `work` on the tape of `raw`, parsed on this thread's buffers
+/// (reused from event to event: a steady stream allocates nothing), or
+/// on the tape of this thread's last parse when that was of the same
+/// bytes. Not reentrant: `work` parses nothing itself.
+pub fn with_parse<R>(
+    raw: &[u8],
+    work: impl FnOnce(Result<Parsed<'_>, simd_json::Error>) -> R,
+) -> R {
+    LAST_PARSE.with_borrow_mut(|last| {
+        if last.tape.0.is_empty() || last.source != raw {
+            let mut tape = Tape(std::mem::take(&mut last.tape.0)).reset();
+            last.source.clear();
+            last.scratch.clear();
+            last.scratch.extend_from_slice(raw);
+            if let Err(error) =
+                simd_json::fill_tape(&mut last.scratch, &mut last.buffers, &mut tape)
+            {
+                last.tape = tape.reset();
+                return work(Err(error));
+            }
+            // SAFETY: the tape borrows `last.scratch`, which stays as it is
+            // while the tape is kept: a parse empties the tape (above)
+            // before it writes `scratch`, and nothing else writes it.
+            last.tape = unsafe { std::mem::transmute::<Tape<'_>, Tape<'static>>(tape) };
+            last.source.extend_from_slice(raw);
+        }
+        work(Ok(Parsed {
+            nodes: &last.tape.0,
+            structural_indexes: last.buffers.structural_indexes(),
+        }))
+    })
 }
 
 /// A JSON syntax error in plain words, with where it is (line and column
@@ -689,6 +738,37 @@ mod tests {
             "x".repeat(5000)
         );
         assert_eq!(error(&raw).0, 413);
+    }
+
+    // The contract check and the request path share the thread's last
+    // parse: an event parsed again is found parsed, any other byte string
+    // (however alike) is parsed afresh, and a failed parse is never kept.
+    #[test]
+    fn the_last_parse_is_reused_for_the_same_bytes_only() {
+        let string_of = |raw: &[u8]| {
+            with_parse(raw, |parsed| match parsed.map(|parsed| parsed.nodes[2]) {
+                Ok(Node::String(text)) => text.to_string(),
+                other => format!("{other:?}"),
+            })
+        };
+        assert_eq!(string_of(br#"{"a":"x\u0079"}"#), "xy");
+        let again = br#"{"a":"x\u0079"}"#.to_vec();
+        assert_eq!(string_of(&again), "xy");
+        assert_eq!(string_of(br#"{"a":"x\u007a"}"#), "xz");
+        assert_eq!(string_of(br#"{"a":"x\u0079"}"#), "xy");
+        assert!(with_parse(b"{\"a\":", |parsed| parsed.is_err()));
+        assert!(with_parse(b"{\"a\":", |parsed| parsed.is_err()));
+        let mut validator = validator();
+        let mut out = Vec::new();
+        let valid = br#"{"user_id":"u","event_type":"t","event_time":1710000000000}"#;
+        let refused = br#"{"user_id":"u","event_type":"t","event_time":"1710000000000"}"#;
+        assert!(with_parse(valid, |parsed| parsed.is_ok()));
+        assert!(validator
+            .validate_into(valid, &enrichment(), &mut out)
+            .is_ok());
+        assert!(validator
+            .validate_into(refused, &enrichment(), &mut out)
+            .is_err());
     }
 
     #[test]

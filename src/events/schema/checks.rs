@@ -6,15 +6,18 @@
 //! milliseconds).
 //!
 //! Each event is found as the request path finds it (`split`), a Segment
-//! call translated as it will be published (`segment`), its `event_type`
-//! read by a parse that builds nothing; events of a type with no schema
-//! (and `schemas.require` off) are not parsed further. The outcome is one
+//! call translated as it will be published (`segment`), and parsed once
+//! into a simd-json tape ([`super::tape`]): its `event_type` is read from
+//! the tape, and the tape is what its contract validates; events of a
+//! type with no schema (and `schemas.require` off) go no further. The outcome is one
 //! [`Verdict`] per event, by index, which the request path then applies
 //! instead of checking again.
 
+use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::tape::with_document;
 use super::{Checked, SchemaSet, PARSE_STEPS_PER_BYTE};
 use crate::error::ApiError;
 use crate::events::segment::{translate, Envelope};
@@ -110,17 +113,24 @@ pub enum Progress {
     StoppedAt(usize),
 }
 
-/// `event_type` of an event, by a parse that builds nothing; `None` when
-/// it is missing, repeated, not a string or the event is not JSON (the
-/// request path refuses the event for that, before any schema).
+/// `event_type` of an event ([`super::tape::Document::event_type`]);
+/// `None` when it is missing, repeated, not a string or the event is not
+/// JSON (the request path refuses the event for that, before any schema).
 pub fn event_type(document: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Head<'a> {
-        #[serde(borrow)]
-        event_type: Option<std::borrow::Cow<'a, str>>,
-    }
-    let head: Head<'_> = serde_json::from_slice(document).ok()?;
-    head.event_type.map(|name| name.into_owned())
+    with_document(document, |parsed| parsed?.event_type().map(str::to_owned))
+}
+
+thread_local! {
+    /// The events of the request being checked, reused from request to
+    /// request.
+    static SPANS: RefCell<Vec<Range<usize>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What checking one event came to.
+enum Step {
+    Verdict(Verdict, u64),
+    /// Left for a checker thread, from this event on.
+    Stop,
 }
 
 /// Checks the events of `body` from index `from` on, spending at most
@@ -135,14 +145,40 @@ pub fn check_events(
     allowance: u64,
     verdicts: &mut Vec<Verdict>,
 ) -> Progress {
-    let mut left = allowance;
     let split_steps = PARSE_STEPS_PER_BYTE.saturating_mul(body.len() as u64);
-    if split_steps > left {
+    if split_steps > allowance {
         return Progress::StoppedAt(from);
     }
-    left -= split_steps;
-    let mut spans: Vec<Range<usize>> = Vec::new();
-    let Ok(shared) = event_spans(shape.kind, body, &mut spans, shape.batch_events_max) else {
+    let mut spans = SPANS.take();
+    spans.clear();
+    let progress = check_spans(
+        set,
+        tenant,
+        shape,
+        body,
+        from,
+        allowance - split_steps,
+        allowance == u64::MAX,
+        &mut spans,
+        verdicts,
+    );
+    SPANS.set(spans);
+    progress
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_spans(
+    set: &SchemaSet,
+    tenant: &str,
+    shape: RequestShape,
+    body: &[u8],
+    from: usize,
+    mut left: u64,
+    unbounded: bool,
+    spans: &mut Vec<Range<usize>>,
+    verdicts: &mut Vec<Verdict>,
+) -> Progress {
+    let Ok(shared) = event_spans(shape.kind, body, spans, shape.batch_events_max) else {
         // The request path refuses the body for that.
         return Progress::Finished;
     };
@@ -179,30 +215,42 @@ pub fn check_events(
             return Progress::StoppedAt(index);
         }
         left -= read_steps;
-        let Some(event_type) = event_type(document) else {
-            verdicts[index] = Verdict::Unchecked;
-            continue;
-        };
-        if !set.applies(tenant, &event_type) {
-            verdicts[index] = Verdict::Unchecked;
-            continue;
-        }
-        // A core's stack holds only so deep a validation.
-        if allowance != u64::MAX && nesting(document) > INLINE_NESTING_MAX {
-            return Progress::StoppedAt(index);
-        }
-        match set.check_within(tenant, &event_type, document, left) {
-            Checked::Done {
-                result,
-                spent_steps,
-            } => {
-                left = left.saturating_sub(spent_steps);
-                verdicts[index] = Verdict::Checked {
-                    event_type: event_type.into_boxed_str(),
-                    result,
-                };
+        // One parse: its event_type, then its contract.
+        let step = with_document(document, |parsed| {
+            let unchecked = Step::Verdict(Verdict::Unchecked, 0);
+            let Some(parsed) = parsed else {
+                return unchecked;
+            };
+            let Some(event_type) = parsed.event_type() else {
+                return unchecked;
+            };
+            if !set.applies(tenant, event_type) {
+                return unchecked;
             }
-            Checked::Deferred => return Progress::StoppedAt(index),
+            // A core's stack holds only so deep a validation.
+            if !unbounded && parsed.nests_deeper_than(INLINE_NESTING_MAX) {
+                return Step::Stop;
+            }
+            match set.check_parsed(tenant, event_type, document.len(), Some(parsed), left) {
+                Checked::Done {
+                    result,
+                    spent_steps,
+                } => Step::Verdict(
+                    Verdict::Checked {
+                        event_type: event_type.into(),
+                        result,
+                    },
+                    spent_steps,
+                ),
+                Checked::Deferred => Step::Stop,
+            }
+        });
+        match step {
+            Step::Verdict(verdict, spent_steps) => {
+                left = left.saturating_sub(spent_steps);
+                verdicts[index] = verdict;
+            }
+            Step::Stop => return Progress::StoppedAt(index),
         }
     }
     Progress::Finished

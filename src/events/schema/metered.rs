@@ -1,9 +1,9 @@
-//! The event as its contract sees it: a `serde_json::Value` behind
-//! jsonschema's `Json` trait, each step of a validation charged to a meter
-//! (SPEC §15: every cost one request can cause is bounded by its size
-//! times a stated constant).
+//! The meter of a validation: each step of one is charged to it (SPEC
+//! §15: every cost one request can cause is bounded by its size times a
+//! stated constant). The event's values are read through
+//! [`super::instance`], which charges each read here.
 //!
-//! jsonschema walks the instance only through this trait, so every value
+//! jsonschema walks the instance only through its `Json` trait, so every value
 //! it reads, every member or element it descends into, every string and
 //! number it looks at is paid for here, in *steps* (about a nanosecond of
 //! work each; `BENCHMARKS.md` measures the ratio). Work that does not touch
@@ -23,13 +23,8 @@
 //! value's type never changes while a keyword holds it, which is all the
 //! validator relies on.
 
-use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::sync::{Arc, LazyLock};
-
-use jsonschema::json::{Array, Json, Node, NodeIdentity, Object};
-use jsonschema::types::JsonType;
-use serde_json::{Map, Number, Value};
+use std::sync::Arc;
 
 /// Steps of reading one value's type or handle (an object, an array).
 pub const ACCESS_STEPS: u64 = 4;
@@ -151,7 +146,7 @@ pub fn is_cut() -> bool {
     METER.with(|cell| cell.get().cut)
 }
 
-fn weights() -> Weights {
+pub(super) fn weights() -> Weights {
     METER.with(|cell| cell.get().weights)
 }
 
@@ -193,243 +188,23 @@ fn materialized_digits(text: &str) -> u64 {
     digits.saturating_add(shift)
 }
 
-/// The stand-in number read once the meter is cut.
-static ZERO: LazyLock<Number> = LazyLock::new(|| Number::from(0u8));
-
-/// The representation: `serde_json`'s, metered.
-pub struct Metered;
-
-impl Json for Metered {
-    type Node<'a> = Instance<'a>;
-    type PreparedKey = String;
-    type StringBuffer = Value;
-
-    // The map is a `BTreeMap`, as for jsonschema's own `serde_json` nodes.
-    const KEYS_PER_LOOKUP: usize = 2;
-
-    fn prepare_key(key: &str) -> String {
-        key.to_owned()
-    }
-
-    fn with_string_node<T>(
-        buffer: &mut Value,
-        string: &str,
-        f: impl FnOnce(Instance<'_>) -> T,
-    ) -> T {
-        if let Value::String(existing) = buffer {
-            existing.clear();
-            existing.push_str(string);
-        } else {
-            *buffer = Value::String(string.to_owned());
-        }
-        f(Instance(buffer))
-    }
-}
-
-/// One value of the event.
-#[derive(Clone, Copy, Debug)]
-pub struct Instance<'a>(pub &'a Value);
-
-/// An object of the event.
-#[derive(Clone, Copy, Debug)]
-pub struct InstanceObject<'a>(&'a Map<String, Value>);
-
-/// An array of the event.
-#[derive(Clone, Copy, Debug)]
-pub struct InstanceArray<'a>(&'a [Value]);
-
-impl<'a> Node<'a, Metered> for Instance<'a> {
-    type Object = InstanceObject<'a>;
-    type Array = InstanceArray<'a>;
-    type Number = &'a Number;
-
-    fn as_object(&self) -> Option<InstanceObject<'a>> {
-        match self.0 {
-            Value::Object(members) => {
-                charge(ACCESS_STEPS);
-                Some(InstanceObject(members))
-            }
-            _ => None,
-        }
-    }
-
-    fn as_array(&self) -> Option<InstanceArray<'a>> {
-        match self.0 {
-            Value::Array(items) => {
-                charge(ACCESS_STEPS);
-                Some(InstanceArray(items))
-            }
-            _ => None,
-        }
-    }
-
-    fn as_string(&self) -> Option<Cow<'a, str>> {
-        match self.0 {
-            Value::String(string) if charge(text_steps(string.len())) => {
-                Some(Cow::Borrowed(string))
-            }
-            Value::String(_) => Some(Cow::Borrowed("")),
-            _ => None,
-        }
-    }
-
-    fn as_number(&self) -> Option<&'a Number> {
-        match self.0 {
-            Value::Number(number) if charge(number_steps(number.as_str())) => Some(number),
-            Value::Number(_) => Some(&ZERO),
-            _ => None,
-        }
-    }
-
-    fn as_boolean(&self) -> Option<bool> {
-        self.0.as_bool()
-    }
-
-    fn is_null(&self) -> bool {
-        self.0.is_null()
-    }
-
-    fn is_number(&self) -> bool {
-        self.0.is_number()
-    }
-
-    fn is_string(&self) -> bool {
-        self.0.is_string()
-    }
-
-    fn json_type(&self) -> JsonType {
-        match self.0 {
-            Value::Null => JsonType::Null,
-            Value::Bool(_) => JsonType::Boolean,
-            Value::Number(_) => JsonType::Number,
-            Value::String(_) => JsonType::String,
-            Value::Array(_) => JsonType::Array,
-            Value::Object(_) => JsonType::Object,
-        }
-    }
-
-    fn string_length(&self) -> Option<u64> {
-        match self.0 {
-            Value::String(string) if charge(text_steps(string.len())) => {
-                Some(string.chars().count() as u64)
-            }
-            Value::String(_) => Some(0),
-            _ => None,
-        }
-    }
-
-    fn equals_value(&self, expected: &Value) -> bool {
-        super::equality::equal(self.0, expected)
-    }
-
-    fn to_value(&self) -> Cow<'a, Value> {
-        Cow::Borrowed(self.0)
-    }
-
-    fn identity(&self) -> Option<NodeIdentity> {
-        Some(NodeIdentity::new(
-            std::ptr::from_ref::<Value>(self.0) as usize
-        ))
-    }
-}
-
-/// An object's members, one value entered each.
-pub struct Members<'a>(serde_json::map::Iter<'a>);
-
-impl<'a> Iterator for Members<'a> {
-    type Item = (&'a str, Instance<'a>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let (name, value) = self.0.next()?;
-        if !charge(weights().value_steps.saturating_add(text_steps(name.len()))) {
-            return None;
-        }
-        let affordable = NAME_PATTERNS.with_borrow(|patterns| {
-            patterns
-                .iter()
-                .flat_map(|patterns| patterns.iter())
-                .all(|pattern| {
-                    pattern.is_match(name);
-                    !is_cut()
-                })
-        });
-        affordable.then_some((name.as_str(), Instance(value)))
-    }
-}
-
-impl<'a> Object<'a, Metered> for InstanceObject<'a> {
-    type Node = Instance<'a>;
-    type MemberName = &'a str;
-    type MembersIter = Members<'a>;
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn get(&self, key: &String) -> Option<Instance<'a>> {
-        if !charge(ACCESS_STEPS) {
-            return None;
-        }
-        let value = self.0.get(key.as_str())?;
-        charge(weights().value_steps).then_some(Instance(value))
-    }
-
-    fn members(&self) -> Members<'a> {
-        Members(self.0.iter())
-    }
-}
-
-/// An array's elements, one value entered each.
-pub struct Elements<'a>(std::slice::Iter<'a, Value>);
-
-impl<'a> Iterator for Elements<'a> {
-    type Item = Instance<'a>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let value = self.0.next()?;
-        charge(weights().value_steps).then_some(Instance(value))
-    }
-}
-
-impl<'a> Array<'a, Metered> for InstanceArray<'a> {
-    type Node = Instance<'a>;
-    type ElementsIter = Elements<'a>;
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn elements(&self) -> Elements<'a> {
-        Elements(self.0.iter())
-    }
-
-    fn is_unique(&self) -> bool {
-        super::equality::is_unique(self.0)
-    }
+/// Matches a member name against the document's `patternProperties`
+/// patterns in sight of the meter; `false` once the meter is cut.
+pub(super) fn name_affordable(name: &str) -> bool {
+    NAME_PATTERNS.with_borrow(|patterns| {
+        patterns
+            .iter()
+            .flat_map(|patterns| patterns.iter())
+            .all(|pattern| {
+                pattern.is_match(name);
+                !is_cut()
+            })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn json(text: &str) -> Value {
-        serde_json::from_str(text).unwrap()
-    }
-
-    #[test]
-    fn a_cut_meter_stops_charging_and_reads_empty() {
-        let value = json(r#"{"a":"some text","b":[1,2,3]}"#);
-        let (seen, spent) = metered(10, Weights::default(), None, || {
-            let instance = Instance(&value);
-            let object = instance.as_object().unwrap();
-            let members: Vec<_> = object.members().map(|(name, _)| name).collect();
-            (members, object.get(&"a".to_string()).is_some())
-        });
-        assert!(spent.cut);
-        assert!(spent.steps <= 10);
-        assert!(seen.0.len() < 2, "{seen:?}");
-        assert!(!seen.1);
-    }
 
     #[test]
     fn long_numbers_cost_what_jsonschema_spends_on_them() {

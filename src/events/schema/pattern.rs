@@ -23,7 +23,8 @@ use regex_automata::util::pool::Pool;
 use regex_automata::{hybrid, Input};
 use serde_json::Value;
 
-use super::metered::{charge, Instance, Metered};
+use super::instance::{Instance, Metered};
+use super::metered::charge;
 
 /// Steps per byte the lazy DFA is charged while its states fit its cache.
 const DFA_STEPS_PER_BYTE: u64 = 2;
@@ -143,10 +144,7 @@ impl<'i> Keyword<'i, Metered> for Pattern {
     }
 
     fn is_valid(&self, instance: Instance<'i>) -> bool {
-        match &instance.0 {
-            Value::String(text) => self.is_match(text),
-            _ => true,
-        }
+        instance.text().is_none_or(|text| self.is_match(text))
     }
 }
 
