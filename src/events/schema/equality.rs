@@ -230,9 +230,10 @@ fn equal_instances(left: Instance<'_>, right: Instance<'_>) -> bool {
                 .into_iter()
                 .chain(pairs.map(|(left, _)| left))
                 .all(|(name, value)| {
-                    let (other, compared) = b.find(name);
-                    charge(text_steps(name.len()).saturating_add(compared as u64))
-                        && other.is_some_and(|other| equal_instances(value, other))
+                    charge(text_steps(name.len()))
+                        && b.lookup(name).is_ok_and(|other| {
+                            other.is_some_and(|other| equal_instances(value, other))
+                        })
                 })
         }
         _ => false,
