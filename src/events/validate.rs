@@ -100,11 +100,13 @@ pub struct Parsed<'a> {
 struct LastParse {
     buffers: simd_json::Buffers,
     scratch: Vec<u8>,
-    /// Either empty, or the parse of `source` held in `scratch` (its
-    /// strings point into `scratch`'s buffer, which is not written while
-    /// the tape is not empty: every parse empties it first).
+    /// Either empty, or the last parse, held in `scratch` (its strings
+    /// point into `scratch`'s buffer, which is not written while the
+    /// tape is not empty: every parse empties it first).
     tape: Tape<'static>,
-    /// The bytes `tape` was parsed from.
+    /// Whether `tape` is kept for the next call: then `source` holds the
+    /// bytes it was parsed from.
+    kept: bool,
     source: Vec<u8>,
 }
 
@@ -113,21 +115,43 @@ thread_local! {
         buffers: simd_json::Buffers::new(4096),
         scratch: Vec::with_capacity(4096),
         tape: Tape(Vec::new()),
+        kept: false,
         source: Vec::with_capacity(4096),
     });
 }
 
 /// Runs `work` on the tape of `raw`, parsed on this thread's buffers
 /// (reused from event to event: a steady stream allocates nothing), or
-/// on the tape of this thread's last parse when that was of the same
-/// bytes. Not reentrant: `work` parses nothing itself.
+/// on the tape [`with_kept_parse`] kept when that was of the same bytes.
+/// Not reentrant: `work` parses nothing itself.
 pub fn with_parse<R>(
     raw: &[u8],
     work: impl FnOnce(Result<Parsed<'_>, simd_json::Error>) -> R,
 ) -> R {
+    parse(raw, false, work)
+}
+
+/// [`with_parse`], keeping the tape for the next call of the same bytes
+/// on this thread (the contract check, which parses an event just before
+/// the request path does). Only this copies the event a second time, so
+/// without contracts nothing is copied or compared to be kept.
+pub fn with_kept_parse<R>(
+    raw: &[u8],
+    work: impl FnOnce(Result<Parsed<'_>, simd_json::Error>) -> R,
+) -> R {
+    parse(raw, true, work)
+}
+
+fn parse<R>(
+    raw: &[u8],
+    keep: bool,
+    work: impl FnOnce(Result<Parsed<'_>, simd_json::Error>) -> R,
+) -> R {
     LAST_PARSE.with_borrow_mut(|last| {
-        if last.tape.0.is_empty() || last.source != raw {
+        let reuse = last.kept && !last.tape.0.is_empty() && last.source == raw;
+        if !reuse {
             let mut tape = Tape(std::mem::take(&mut last.tape.0)).reset();
+            last.kept = false;
             last.source.clear();
             last.scratch.clear();
             last.scratch.extend_from_slice(raw);
@@ -141,7 +165,10 @@ pub fn with_parse<R>(
             // while the tape is kept: a parse empties the tape (above)
             // before it writes `scratch`, and nothing else writes it.
             last.tape = unsafe { std::mem::transmute::<Tape<'_>, Tape<'static>>(tape) };
-            last.source.extend_from_slice(raw);
+            if keep {
+                last.kept = true;
+                last.source.extend_from_slice(raw);
+            }
         }
         work(Ok(Parsed {
             nodes: &last.tape.0,
@@ -746,7 +773,7 @@ mod tests {
     #[test]
     fn the_last_parse_is_reused_for_the_same_bytes_only() {
         let string_of = |raw: &[u8]| {
-            with_parse(raw, |parsed| match parsed.map(|parsed| parsed.nodes[2]) {
+            with_kept_parse(raw, |parsed| match parsed.map(|parsed| parsed.nodes[2]) {
                 Ok(Node::String(text)) => text.to_string(),
                 other => format!("{other:?}"),
             })
@@ -756,13 +783,16 @@ mod tests {
         assert_eq!(string_of(&again), "xy");
         assert_eq!(string_of(br#"{"a":"x\u007a"}"#), "xz");
         assert_eq!(string_of(br#"{"a":"x\u0079"}"#), "xy");
-        assert!(with_parse(b"{\"a\":", |parsed| parsed.is_err()));
-        assert!(with_parse(b"{\"a\":", |parsed| parsed.is_err()));
+        assert!(with_kept_parse(b"{\"a\":", |parsed| parsed.is_err()));
+        assert!(with_kept_parse(b"{\"a\":", |parsed| parsed.is_err()));
+        // A parse not kept is never reused, not even for empty bytes.
+        assert!(with_parse(br#"{"a":"q"}"#, |parsed| parsed.is_ok()));
+        assert!(with_parse(b"", |parsed| parsed.is_err()));
         let mut validator = validator();
         let mut out = Vec::new();
         let valid = br#"{"user_id":"u","event_type":"t","event_time":1710000000000}"#;
         let refused = br#"{"user_id":"u","event_type":"t","event_time":"1710000000000"}"#;
-        assert!(with_parse(valid, |parsed| parsed.is_ok()));
+        assert!(with_kept_parse(valid, |parsed| parsed.is_ok()));
         assert!(validator
             .validate_into(valid, &enrichment(), &mut out)
             .is_ok());

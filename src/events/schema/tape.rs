@@ -1,6 +1,6 @@
 //! The event as its contract check reads it: the simd-json tape the
 //! request path parses events into, on the thread's reused buffers
-//! ([`crate::events::validate::with_parse`]), so a check builds no tree,
+//! ([`crate::events::validate::with_kept_parse`]), so a check builds no tree,
 //! a steady stream of events allocates nothing, and an event checked on
 //! a core is parsed once for its check and its record.
 //!
@@ -20,7 +20,7 @@ use std::cell::RefCell;
 
 use simd_json::{Node, StaticNode};
 
-use crate::events::validate::with_parse;
+use crate::events::validate::with_kept_parse;
 
 /// The deepest nesting the check parses: serde_json's (127 levels), which
 /// the check parsed with before. The checker threads' stacks are sized
@@ -171,7 +171,7 @@ thread_local! {
 /// [`PARSE_DEPTH_MAX`]), on the thread's buffers. Not reentrant: `work`
 /// parses nothing itself.
 pub fn with_document<R>(raw: &[u8], work: impl FnOnce(Option<&Document<'_>>) -> R) -> R {
-    with_parse(raw, |parsed| {
+    with_kept_parse(raw, |parsed| {
         let Ok(parsed) = parsed else {
             return work(None);
         };
