@@ -311,25 +311,23 @@ mod tests {
         }
     }
 
+    /// Queues the check of one empty event of `tenant`.
+    fn submit_empty(
+        checker: &Checker,
+        set: &Arc<SchemaSet>,
+        tenant: &str,
+    ) -> Result<Pending, Full> {
+        let shape = shape(BodyKind::Single);
+        checker.submit(Arc::clone(set), tenant.into(), shape, b"{}", 0, Vec::new())
+    }
+
     /// A tenant alone holds half the places at most; with others waiting,
     /// the places divided by the tenants; and never more than the queue.
     #[test]
     fn a_full_queue_refuses() {
         let set = Arc::new(SchemaSet::default());
         let checker = Checker::idle(4);
-        let submit = |tenant: &str| {
-            checker
-                .submit(
-                    Arc::clone(&set),
-                    tenant.into(),
-                    shape(BodyKind::Single),
-                    b"{}",
-                    0,
-                    Vec::new(),
-                )
-                .map(drop)
-                .is_ok()
-        };
+        let submit = |tenant: &str| submit_empty(&checker, &set, tenant).is_ok();
         assert!(submit("a") && submit("a"));
         assert!(!submit("a"), "alone, a tenant holds half the queue");
         assert!(submit("b") && submit("b"));
@@ -345,18 +343,7 @@ mod tests {
     fn a_flood_does_not_delay_another_tenants_job() {
         let set = Arc::new(SchemaSet::default());
         let checker = Checker::idle(1_024);
-        let submit = |tenant: &str| {
-            checker
-                .submit(
-                    Arc::clone(&set),
-                    tenant.into(),
-                    shape(BodyKind::Single),
-                    b"{}",
-                    0,
-                    Vec::new(),
-                )
-                .unwrap()
-        };
+        let submit = |tenant: &str| submit_empty(&checker, &set, tenant).unwrap();
         let _flood: Vec<Pending> = (0..40).map(|_| submit("attacker")).collect();
         let _victim = submit("victim");
         let order: Vec<Arc<str>> = std::iter::from_fn(|| {
@@ -381,18 +368,7 @@ mod tests {
     fn an_abandoned_job_is_not_checked() {
         let set = Arc::new(SchemaSet::default());
         let checker = Checker::idle(8);
-        let submit = || {
-            checker
-                .submit(
-                    Arc::clone(&set),
-                    "t".into(),
-                    shape(BodyKind::Single),
-                    b"{}",
-                    0,
-                    Vec::new(),
-                )
-                .unwrap()
-        };
+        let submit = || submit_empty(&checker, &set, "t").unwrap();
         drop(submit());
         let kept = submit();
         checker.spawn_thread(0).unwrap();
